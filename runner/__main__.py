@@ -1,0 +1,96 @@
+"""Command line: `python -m runner [run] RECIPE`, `validate RECIPE...`, `plan RECIPE`, `docs`.
+
+A user mistake (RecipeError) prints one report and exits with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import RecipeError
+
+COMMANDS = ("run", "validate", "plan", "docs")
+EXIT_USER_ERROR = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m runner", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a recipe (the default command)")
+    run.add_argument("recipe")
+    _add_set(run)
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run in the output directory (same as --set output.if_exists=overwrite)")
+    validate = sub.add_parser("validate", help="check recipes against the schema and each other, without torch")
+    validate.add_argument("recipes", nargs="+")
+    _add_set(validate)
+    plan = sub.add_parser("plan", help="print what a recipe will build, with every resolved argument")
+    plan.add_argument("recipe")
+    _add_set(plan)
+    sub.add_parser("docs", help="print the recipe reference (Markdown) generated from the schema")
+    return top
+
+
+def _add_set(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe value, e.g. --set training.learning_rate=1e-4 (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "run")
+    args = parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "docs": cmd_docs}[args.command](args)
+    except RecipeError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_validate(args) -> int:
+    from .plan import build_plan
+    from .recipe import load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            build_plan(load_recipe(path, args.overrides))
+            print(f"ok: {path}")
+        except RecipeError as err:
+            print(err.render(), file=sys.stderr)
+            failed += 1
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_plan(args) -> int:
+    from .plan import build_plan, to_json
+    from .recipe import load_recipe
+
+    print(to_json(build_plan(load_recipe(args.recipe, args.overrides))))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .plan import build_plan
+    from .recipe import load_recipe
+    from .run import run
+
+    overrides = args.overrides + (["output.if_exists=overwrite"] if args.overwrite else [])
+    plan = build_plan(load_recipe(args.recipe, overrides))
+    run(plan)
+    return 0
+
+
+def cmd_docs(args) -> int:
+    from .docs import reference
+
+    print(reference(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

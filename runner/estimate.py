@@ -1,0 +1,64 @@
+"""Parameter counts from a model's config.json, without torch.
+
+Only decoder architectures whose shapes we can write down exactly are counted; for any other
+the plan says the counts are unknown and run.json records the real ones after loading.
+The test suite checks these formulas against models built by transformers.
+"""
+from __future__ import annotations
+
+# model_type -> (attention q/k/v have a bias by default, extra per-layer q/k norms)
+DECODERS = {
+    "llama": (False, False),
+    "mistral": (False, False),
+    "qwen2": (True, False),
+    "qwen3": (False, True),
+}
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def linear_shapes(config: dict) -> dict[str, tuple[int, int, bool]] | None:
+    """Per-layer linear modules: name -> (in_features, out_features, has_bias); None if unknown."""
+    if config.get("model_type") not in DECODERS:
+        return None
+    qkv_bias_default, _ = DECODERS[config["model_type"]]
+    h, i = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    qkv_bias = config.get("attention_bias", qkv_bias_default)
+    o_bias = config.get("attention_bias", False) if config["model_type"] != "qwen2" else False
+    mlp_bias = config.get("mlp_bias", False)
+    return {
+        "q_proj": (h, heads * head_dim, qkv_bias),
+        "k_proj": (h, kv_heads * head_dim, qkv_bias),
+        "v_proj": (h, kv_heads * head_dim, qkv_bias),
+        "o_proj": (heads * head_dim, h, o_bias),
+        "gate_proj": (h, i, mlp_bias),
+        "up_proj": (h, i, mlp_bias),
+        "down_proj": (i, h, mlp_bias),
+    }
+
+
+def total_parameters(config: dict) -> int | None:
+    shapes = linear_shapes(config)
+    if shapes is None:
+        return None
+    h, vocab, layers = config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]
+    per_layer = sum(i * o + (o if bias else 0) for i, o, bias in shapes.values())
+    per_layer += 2 * h  # input and post-attention RMSNorm
+    if DECODERS[config["model_type"]][1]:
+        head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+        per_layer += 2 * head_dim  # q_norm and k_norm
+    embeddings = vocab * h
+    head = 0 if config.get("tie_word_embeddings", False) else vocab * h
+    return layers * per_layer + embeddings + head + h  # + final norm
+
+
+def lora_parameters(config: dict, r: int, target_modules) -> int | None:
+    """Trainable LoRA weights: r x (in + out) for every targeted linear module of every layer."""
+    shapes = linear_shapes(config)
+    if shapes is None:
+        return None
+    names = ATTENTION + MLP if target_modules == "all-linear" else tuple(target_modules)
+    return config["num_hidden_layers"] * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)

@@ -1,0 +1,69 @@
+"""Model and tokenizer from the plan's model spec: pretrained weights, or a fresh model built from a config."""
+from __future__ import annotations
+
+import os
+
+from .errors import Problem, RecipeError
+from .tasks import import_dotted
+
+
+def load_tokenizer(spec: dict):
+    from transformers import AutoTokenizer
+
+    revision = spec["revision"] if spec["tokenizer"] == spec["name_or_path"] else "main"
+    tokenizer = _hub_call("/model/tokenizer", spec["tokenizer"], AutoTokenizer.from_pretrained,
+                          spec["tokenizer"], revision=revision, trust_remote_code=spec["trust_remote_code"])
+    if tokenizer.pad_token is None:
+        # Batches need a pad token; padded positions are masked out of the loss, so reusing EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_config(spec: dict):
+    from transformers import AutoConfig
+
+    config = _hub_call("/model/name_or_path", spec["name_or_path"], AutoConfig.from_pretrained,
+                       spec["name_or_path"], revision=spec["revision"], trust_remote_code=spec["trust_remote_code"])
+    unknown = [key for key in spec["config_overrides"] if not hasattr(config, key)]
+    if unknown:
+        raise RecipeError([Problem(f"/model/config_overrides/{key}", f"not an attribute of {type(config).__name__}")
+                           for key in unknown])
+    for key, value in spec["config_overrides"].items():
+        setattr(config, key, value)
+    return config
+
+
+def load_model(spec: dict, seed: int):
+    """The model named by the plan, on CPU, in the dtype the recipe asks for."""
+    import torch
+    from transformers import set_seed
+
+    model_class = import_dotted(spec["class"])
+    config = load_config(spec)
+    kwargs = {"trust_remote_code": spec["trust_remote_code"]}
+    if spec["attn_implementation"] is not None:
+        kwargs["attn_implementation"] = spec["attn_implementation"]
+    if spec["init"] == "random":
+        set_seed(seed)  # the same recipe builds the same initial weights
+        dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
+        return model_class.from_config(config, dtype=dtype, **kwargs)
+    return _hub_call("/model/name_or_path", spec["name_or_path"], model_class.from_pretrained,
+                     spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"], **kwargs)
+
+
+def count_parameters(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "trainable_share": round(trainable / total, 6) if total else 0.0}
+
+
+def _hub_call(where: str, name: str, fn, *args, **kwargs):
+    """Call a from_pretrained-like function; a missing or unreachable model is the user's to fix."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = None
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            hint = "HF_HUB_OFFLINE=1 is set: only models already in the local cache or on disk can be loaded"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise RecipeError([Problem(where, f"cannot load '{name}': {first}", hint)]) from None

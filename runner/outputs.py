@@ -1,0 +1,114 @@
+"""The run directory: refusing to clobber, atomic records, the run.json manifest.
+
+Only the main process calls the writing functions. Records are written to a temporary file and
+renamed into place, so a crash never leaves a half-written run.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from .errors import Problem, RecipeError
+
+MANIFEST = "run.json"
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "jsonschema")
+
+
+def check_run_dir(output_dir: str, if_exists: str) -> None:
+    """Raise before anything is loaded if starting here would destroy something."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise RecipeError([Problem("/output/dir", f"{path} exists and is not a directory")])
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if if_exists == "error":
+        raise RecipeError([Problem("/output/dir", f"{path} already holds files",
+                                   "choose another output.dir, or pass --overwrite to replace the earlier run")])
+    if not (path / MANIFEST).is_file():
+        raise RecipeError([Problem("/output/dir", f"{path} is not empty and holds no {MANIFEST}; refusing to "
+                                                  "replace a directory the runner did not create",
+                                   "choose another output.dir")])
+
+
+def start_run_dir(output_dir: str) -> Path | None:
+    """Create the run directory; an earlier run there is moved aside (deleted only once this run succeeds)."""
+    path = Path(output_dir)
+    moved = None
+    if path.is_dir() and any(path.iterdir()):
+        moved = path.with_name(f".{path.name}.replaced-{int(time.time())}")
+        path.rename(moved)
+    path.mkdir(parents=True, exist_ok=True)
+    return moved
+
+
+def finish_replacing(moved: Path | None) -> None:
+    if moved is not None:
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(obj, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict:
+    found = {"python": sys.version.split()[0]}
+    for name in ("recipe-runner",) + LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def hardware() -> dict:
+    """What this process can see. bf16 is what `training.bf16: null` resolves to."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def new_manifest(plan: dict, hw: dict, argv: list[str]) -> dict:
+    return {
+        "name": plan["recipe"]["name"],
+        "status": "running",
+        "started_at": now(),
+        "finished_at": None,
+        "command": argv,
+        "recipe_file": plan["recipe_file"],
+        "output_dir": plan["output_dir"],
+        "versions": versions(),
+        "hardware": hw,
+        "parameters": None,
+        "metrics": {},
+        "history": [],
+    }

@@ -1,0 +1,234 @@
+"""Recipe -> Plan: the cross-field checks the schema cannot express, and every derived value.
+
+The plan is a plain JSON-serialisable dict that says exactly what will be built: the trainer
+and its config class with their keyword arguments, the model and how it is loaded, the adapter
+config, the data, the batch arithmetic and parameter counts. Pure apart from reading small
+files (model config, existence of data files); never imports torch, transformers or trl.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import __version__, estimate
+from .errors import Problem, RecipeError, did_you_mean
+from .recipe import Recipe, thaw
+from .tasks import TASKS, Task
+
+
+def build_plan(recipe: Recipe) -> dict:
+    task = TASKS[recipe["task"]]
+    doc = recipe.to_dict()
+    raw_config, config_source = read_model_config(doc["model"])
+    model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
+    problems = (
+        check_model(doc["model"], raw_config)
+        + check_data(doc["data"], task)
+        + check_training(doc, task)
+        + check_peft(doc["peft"], model_config)
+    )
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    output_dir = resolve_output_dir(doc)
+    return {
+        "runner_version": __version__,
+        "recipe_file": recipe.source,
+        "task": task.name,
+        "output_dir": output_dir,
+        "model": model_spec(doc["model"], task),
+        "data": data_spec(doc["data"], task),
+        "peft": peft_spec(doc["peft"], task),
+        "trainer": {
+            "class": task.trainer_class,
+            "config_class": task.config_class,
+            "config": trainer_config(doc["training"], output_dir),
+            "decided_at_launch": launch_decisions(doc["training"]),
+        },
+        "batch": batch_arithmetic(doc["training"]),
+        "parameters": parameter_counts(model_config, config_source, doc["peft"]),
+        "recipe": doc,
+    }
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+def read_model_config(model: dict) -> tuple[dict | None, str]:
+    """The model's own config.json (before overrides) and where it was read, when it can be read offline."""
+    location = model["name_or_path"]
+    path = Path(location) / "config.json"
+    if not Path(location).is_absolute():
+        path = _cached_hub_config(location, model["revision"])
+        if path is None:
+            return None, f"{location} is a Hub id whose config.json is not in the local cache"
+    if not path.is_file():
+        return None, f"no config.json in {location}"
+    return json.loads(path.read_text()), str(path)
+
+
+def _cached_hub_config(repo_id: str, revision: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+def check_model(model: dict, config: dict | None) -> list[Problem]:
+    location = Path(model["name_or_path"])
+    if location.is_absolute() and not location.is_dir():
+        return [Problem("/model/name_or_path", f"no such directory: {location}",
+                        "a relative path is resolved against the recipe's directory")]
+    if location.is_absolute() and config is None:
+        return [Problem("/model/name_or_path", f"{location} has no config.json")]
+    if config is None:
+        return []
+    return [
+        Problem(f"/model/config_overrides/{key}", "not a key of the model's config.json",
+                did_you_mean(key, config))
+        for key in model["config_overrides"] if key not in config
+    ]
+
+
+def model_spec(model: dict, task: Task) -> dict:
+    return {
+        "class": task.model_class,
+        "name_or_path": model["name_or_path"],
+        "revision": model["revision"],
+        "init": model["init"],
+        "config_overrides": model["config_overrides"],
+        "dtype": model["dtype"],
+        "attn_implementation": model["attn_implementation"],
+        "trust_remote_code": model["trust_remote_code"],
+        "tokenizer": model["tokenizer"] or model["name_or_path"],
+    }
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def check_data(data: dict, task: Task) -> list[Problem]:
+    problems = []
+    for split in ("train", "eval"):
+        source = data.get(split)
+        if source and "path" in source and not Path(source["path"]).is_file():
+            problems.append(Problem(f"/data/{split}/path", f"file not found: {source['path']}",
+                                    "a relative path is resolved against the recipe's directory"))
+        if source and "path" in source:
+            problems += [Problem(f"/data/{split}/{key}", "only applies to Hub datasets ('hub')")
+                         for key in ("subset", "revision") if source[key] is not None]
+    if data["eval"] is not None and data["eval_fraction"] is not None:
+        problems.append(Problem("/data/eval_fraction", "set either data.eval or data.eval_fraction, not both"))
+    wanted = task.formats[data["format"]]
+    for key in data["columns"]:
+        if key not in wanted:
+            problems.append(Problem(f"/data/columns/{key}", f"format '{data['format']}' has no field '{key}'",
+                                    f"its fields are: {', '.join(wanted)}"))
+    return problems
+
+
+def data_spec(data: dict, task: Task) -> dict:
+    fields = task.formats[data["format"]]
+    return {
+        "format": data["format"],
+        "train": data["train"],
+        "eval": data["eval"],
+        "eval_fraction": data["eval_fraction"],
+        # canonical field -> column in the source data
+        "columns": {f: data["columns"].get(f, f) for f in fields},
+    }
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def check_training(doc: dict, task: Task) -> list[Problem]:
+    training, data = doc["training"], doc["data"]
+    has_eval = data["eval"] is not None or data["eval_fraction"] is not None
+    problems = []
+    if not has_eval:
+        if training["eval_strategy"] != "no":
+            problems.append(Problem("/training/eval_strategy", f"'{training['eval_strategy']}' needs evaluation data",
+                                    "add data.eval, or set data.eval_fraction, or set eval_strategy to 'no'"))
+        if training["eval_on_start"]:
+            problems.append(Problem("/training/eval_on_start", "needs evaluation data", "add data.eval"))
+        if training["save_strategy"] == "best":
+            problems.append(Problem("/training/save_strategy", "'best' needs evaluation data", "add data.eval"))
+    for key, fmt in task.format_only_options.items():
+        if training.get(key) and data["format"] != fmt:
+            problems.append(Problem(f"/training/{key}", f"only applies to data.format '{fmt}'",
+                                    f"data.format is '{data['format']}'; remove {key} or change the format"))
+    if training["bf16"] and training["fp16"]:
+        problems.append(Problem("/training/fp16", "bf16 and fp16 cannot both be on", "keep one of them"))
+    if training["packing"] and training["max_length"] is None:
+        problems.append(Problem("/training/max_length", "packing needs a max_length (the packed row length)"))
+    return problems
+
+
+def trainer_config(training: dict, output_dir: str) -> dict:
+    """Keyword arguments of the trainer's config class: the recipe's section, unchanged, plus output_dir."""
+    config = {k: v for k, v in training.items() if k != "bf16" or v is not None}
+    return {"output_dir": output_dir, **config}
+
+
+def launch_decisions(training: dict) -> dict:
+    """Settings that depend on the machine the run lands on, with the rule that decides them."""
+    if training["bf16"] is None:
+        return {"bf16": "on if a GPU with bf16 support is visible, else off (recipe: bf16 null)"}
+    return {}
+
+
+def batch_arithmetic(training: dict) -> dict:
+    per_device, accum = training["per_device_train_batch_size"], training["gradient_accumulation_steps"]
+    return {
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accum,
+        "examples_per_step_per_process": per_device * accum,
+        "note": f"{per_device} per device x {accum} accumulation = {per_device * accum} examples per optimizer "
+                "step per process; multiply by the number of processes for the global batch",
+    }
+
+
+def resolve_output_dir(doc: dict) -> str:
+    chosen = doc["output"]["dir"] or f"runs/{doc['name']}"
+    return str(Path(chosen).expanduser().absolute())
+
+
+# --- peft -----------------------------------------------------------------------------------
+
+
+def check_peft(peft: dict, config: dict | None) -> list[Problem]:
+    if peft["method"] != "lora" or peft["target_modules"] == "all-linear":
+        return []
+    shapes = estimate.linear_shapes(config) if config else None
+    if shapes is None:
+        return []  # unknown architecture: peft checks the names when it wraps the model
+    return [
+        Problem("/peft/target_modules", f"'{name}' is not a linear module of this {config['model_type']} model",
+                did_you_mean(name, shapes) or f"its linear modules: {', '.join(shapes)}")
+        for name in peft["target_modules"] if name not in shapes
+    ]
+
+
+def peft_spec(peft: dict, task: Task) -> dict | None:
+    if peft["method"] == "none":
+        return None
+    kwargs = {k: v for k, v in peft.items() if k != "method"}
+    return {"class": "peft.LoraConfig", "kwargs": {"task_type": task.peft_task_type, **kwargs}}
+
+
+def parameter_counts(config: dict | None, source: str, peft: dict) -> dict:
+    total = estimate.total_parameters(config) if config else None
+    if total is None:
+        why = source if config is None else f"architecture '{config.get('model_type')}' is not in the estimator"
+        return {"known": False, "why": why + "; run.json records the counts after loading"}
+    if peft["method"] == "lora":
+        trainable = estimate.lora_parameters(config, peft["r"], peft["target_modules"])
+        total += trainable
+    else:
+        trainable = total
+    return {"known": True, "total": total, "trainable": trainable,
+            "trainable_share": round(trainable / total, 6), "from": source}
+
+
+def to_json(plan: dict) -> str:
+    return json.dumps(thaw(plan), indent=2, sort_keys=False)

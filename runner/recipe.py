@@ -1,0 +1,194 @@
+"""Recipe file -> resolved, validated, default-filled, frozen Recipe.
+
+Steps, in order: read JSON (syntax errors with line and column), resolve the file's local paths
+against its own directory, merge the `extends` chain (child wins), apply `--set` overrides
+(typed by the schema), validate, fill defaults. Only the result is ever validated or saved.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from . import schema
+from .errors import Problem, RecipeError, did_you_mean, pointer
+
+PATH_PREFIXES = ("./", "../", "/", "~")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe with defaults filled. Read-only: derived values belong to the plan."""
+
+    source: str  # absolute path of the recipe file it came from
+    doc: Mapping[str, Any]
+
+    def __getitem__(self, key: str):
+        return self.doc[key]
+
+    def to_dict(self) -> dict:
+        return thaw(self.doc)
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    source = str(Path(path).resolve())
+    merged = _read_chain(Path(source), chain=())
+    merged.pop("extends", None)
+    problems = apply_overrides(merged, overrides)
+    problems += schema.validate(merged) if not problems else []
+    if problems:
+        raise RecipeError(problems, source=str(path))
+    return Recipe(source=source, doc=freeze(schema.fill_defaults(merged)))
+
+
+def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
+    doc = read_json(path)
+    resolve_paths(doc, base=path.parent)
+    parent = doc.get("extends")
+    if not isinstance(parent, str):
+        return doc  # absent, or a wrong type that validation reports
+    base_path = Path(parent)
+    if base_path in chain + (path,):
+        cycle = " -> ".join(str(p) for p in chain + (path, base_path))
+        raise RecipeError([Problem("/extends", f"extends forms a cycle: {cycle}")], source=str(path))
+    if not base_path.is_file():
+        raise RecipeError([Problem("/extends", f"file not found: {base_path}",
+                                   "the path is relative to the recipe that names it")], source=str(path))
+    base = _read_chain(base_path, chain + (path,))
+    base.pop("extends", None)
+    return deep_merge(base, doc)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([Problem("", f"recipe file not found: {path}")], source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([Problem("", f"cannot read the recipe: {exc}")], source=str(path)) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise RecipeError([Problem("", msg)], source=str(path)) from None
+    if not isinstance(doc, dict):
+        raise RecipeError([Problem("", "a recipe must be a JSON object ({...})")], source=str(path))
+    return doc
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """Objects merge key by key; anything else in the child replaces the base's value."""
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None) -> None:
+    """Make the file's local paths absolute, relative to `base` (the directory of the file naming them)."""
+    for parts, kind in schema.path_fields():
+        if only is not None and parts[: len(only)] != only:
+            continue
+        parent = _get(doc, parts[:-1])
+        if isinstance(parent, dict) and isinstance(parent.get(parts[-1]), str):
+            parent[parts[-1]] = resolve_one(parent[parts[-1]], base, kind)
+
+
+def resolve_one(value: str, base: Path, kind: str) -> str:
+    candidate = (base / Path(value).expanduser()).resolve()
+    if kind == "local" or value.startswith(PATH_PREFIXES) or candidate.exists():
+        return str(candidate)
+    return value  # a Hub id
+
+
+def _get(doc, parts):
+    for part in parts:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(part)
+    return doc
+
+
+# --- --set overrides ------------------------------------------------------------------------
+
+
+def apply_overrides(doc: dict, overrides) -> list[Problem]:
+    """Apply `--set a.b=value` in order; values are JSON unless the key only takes strings."""
+    problems = []
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(Problem("", f"--set {text!r}: expected KEY=VALUE",
+                                    "e.g. --set training.learning_rate=1e-4"))
+            continue
+        subs = schema.subschemas_at(parts)
+        if not subs:
+            problems.append(_unknown_override(parts, text))
+            continue
+        target = doc
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = _typed(raw, subs)
+        resolve_paths(doc, base=Path.cwd(), only=tuple(parts))
+    return problems
+
+
+def _unknown_override(parts: list[str], text: str) -> Problem:
+    for depth in range(len(parts), 0, -1):
+        if schema.subschemas_at(parts[: depth - 1]) and not schema.subschemas_at(parts[:depth]):
+            known = schema.keys_at(parts[: depth - 1])
+            hint = did_you_mean(parts[depth - 1], known)
+            return Problem(pointer(parts[:depth]), f"unknown key (in --set {text!r})", hint)
+    return Problem(pointer(parts), f"unknown key (in --set {text!r})")
+
+
+def _typed(raw: str, subs: list[dict]):
+    """Strings stay strings where only a string fits; everything else is read as JSON."""
+    types = {t for s in subs for t in _types_of(s)}
+    if types == {"string"}:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # validation reports it with the expected type
+
+
+def _types_of(sub: dict) -> list[str]:
+    sub = schema.resolve(sub)
+    if "type" in sub:
+        return [sub["type"]] if isinstance(sub["type"], str) else list(sub["type"])
+    if "enum" in sub:
+        return ["string" if isinstance(v, str) else "other" for v in sub["enum"]]
+    if "const" in sub:
+        return ["string" if isinstance(sub["const"], str) else "other"]
+    branches = sub.get("anyOf", []) + sub.get("oneOf", [])
+    return [t for b in branches for t in _types_of(b)] or ["other"]
+
+
+# --- freezing -------------------------------------------------------------------------------
+
+
+def freeze(value):
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value):
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value

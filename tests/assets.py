@@ -1,0 +1,106 @@
+"""The tiny model and the reversal task shipped for the quickstart and the tests.
+
+Everything here is built offline and deterministically; `python tests/assets.py` rewrites
+`recipes/assets/` and the suite checks that the shipped files equal what this builds.
+
+- tokenizer: byte-level (every byte one token, no merges) plus chat special tokens, with a
+  chat template that marks assistant turns with {% generation %} for assistant-only loss;
+- model: a 2-layer Llama config small enough to train in seconds on a CPU;
+- data: reverse a short lowercase string, as prompt/completion pairs.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "recipes" / "assets"
+SPECIAL = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{%- else -%}{{ message['content'] + '<|end|>' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
+)
+VOCAB_SIZE = 256 + len(SPECIAL)
+
+
+def model_config() -> dict:
+    """A Llama small enough to train in seconds on two CPU cores (~0.3M parameters)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 96,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "pad_token_id": 256,
+        "eos_token_id": 257,
+        "bos_token_id": None,
+        "use_cache": True,
+    }
+
+
+def build_tokenizer():
+    """A byte-level tokenizer: each byte is one token, so string reversal is learnable per character."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(SPECIAL)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<|pad|>", eos_token="<|end|>",
+        chat_template=CHAT_TEMPLATE, model_max_length=256,
+    )
+
+
+def reverse_rows(count: int, seed: int, min_len: int = 3, max_len: int = 8) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(min_len, max_len)))
+        rows.append({"prompt": f"reverse {word} =", "completion": f" {word[::-1]}"})
+    return rows
+
+
+def write_model_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(model_config(), indent=2) + "\n")
+    build_tokenizer().save_pretrained(str(path))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_all(root: Path = ASSETS) -> None:
+    write_model_dir(root / "tiny-llama")
+    train = reverse_rows(4000, seed=1)
+    seen = {row["prompt"] for row in train}
+    held_out = [row for row in reverse_rows(220, seed=2) if row["prompt"] not in seen][:200]  # no leakage
+    write_jsonl(root / "reverse" / "train.jsonl", train)
+    write_jsonl(root / "reverse" / "eval.jsonl", held_out)
+
+
+if __name__ == "__main__":
+    write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else ASSETS)

@@ -14,10 +14,10 @@ BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parqu
 
 def load_splits(spec: dict, seed: int):
     """(train, eval or None) as datasets.Dataset objects with only the canonical columns."""
-    train = _canonical(load_source(spec["train"], "/data/train"), spec, "/data/train")
+    train = _canonical(load_source(spec["train"], "/data/train"), spec, "train")
     evaluation = None
     if spec["eval"] is not None:
-        evaluation = _canonical(load_source(spec["eval"], "/data/eval"), spec, "/data/eval")
+        evaluation = _canonical(load_source(spec["eval"], "/data/eval"), spec, "eval")
     elif spec["eval_fraction"] is not None:
         if len(train) < 2:
             raise RecipeError([Problem("/data/eval_fraction", "the training data has too few rows to split")])
@@ -37,30 +37,34 @@ def load_source(source: dict, where: str):
             dataset = datasets.load_dataset(source["hub"], source["subset"], split=source["split"],
                                             revision=source["revision"])
     except Exception as exc:  # datasets raises many types for unreadable or unreachable data
-        name = source.get("path") or source.get("hub")
         key = "path" if "path" in source else "hub"
-        raise RecipeError([Problem(f"{where}/{key}", f"cannot load {name}: {_first_line(exc)}")]) from None
+        raise RecipeError([Problem(f"{where}/{key}", f"cannot load {_name(source)}: {_first_line(exc)}")]) from None
     if source["limit"] is not None:
         dataset = dataset.select(range(min(source["limit"], len(dataset))))
     if len(dataset) == 0:
-        raise RecipeError([Problem(where, f"no rows in {source.get('path') or source.get('hub')}")])
+        raise RecipeError([Problem(where, f"no rows in {_name(source)}")])
     return dataset
 
 
-def _canonical(dataset, spec: dict, where: str):
+def _canonical(dataset, spec: dict, split: str):
     """Keep the format's columns, renamed to their canonical names."""
     columns = spec["columns"]  # canonical -> source column
+    name = _name(spec[split])
     missing = [(field, col) for field, col in columns.items() if col not in dataset.column_names]
     if missing:
         raise RecipeError([
-            Problem(where, f"no column '{col}' for field '{field}' (format '{spec['format']}'); "
-                           f"columns: {', '.join(dataset.column_names)}",
+            Problem(f"/data/{split}", f"no column '{col}' for field '{field}' (format '{spec['format']}') in "
+                                      f"{name}; columns: {', '.join(dataset.column_names)}",
                     did_you_mean(col, dataset.column_names) or f"map it with data.columns.{field}")
             for field, col in missing
         ])
     dataset = dataset.select_columns(list(columns.values()))
     renames = {col: field for field, col in columns.items() if col != field}
     return dataset.rename_columns(renames) if renames else dataset
+
+
+def _name(source: dict) -> str:
+    return source.get("path") or source["hub"]
 
 
 def _first_line(exc: Exception) -> str:

@@ -26,19 +26,21 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
     tokenizer = models.load_tokenizer(plan["model"])
     model = models.load_model(plan["model"], seed)
     hw = outputs.hardware()
-    trainer = build_trainer(plan, model, tokenizer, train_set, eval_set, hw)
 
+    run_dir = Path(plan["output_dir"])
+    moved = outputs.start_run_dir(plan["output_dir"]) if state.is_main_process else None
+    if plan["peft"] is not None and plan["model"]["init"] == "random":
+        keep_random_base(model, tokenizer, run_dir / "base_model", state.is_main_process)
+    state.wait_for_everyone()
+
+    trainer = build_trainer(plan, model, tokenizer, train_set, eval_set, hw)
     manifest = outputs.new_manifest(plan, hw, argv if argv is not None else sys.argv)
     manifest["parameters"] = models.count_parameters(trainer.model)
     manifest["examples"] = {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0}
-    run_dir = Path(plan["output_dir"])
-    moved = None
     if state.is_main_process:
-        moved = outputs.start_run_dir(plan["output_dir"])
         outputs.write_json(run_dir / "recipe.json", plan["recipe"])
         outputs.write_json(run_dir / "plan.json", plan)
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
-    state.wait_for_everyone()
 
     started = time.monotonic()
     try:
@@ -66,6 +68,18 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
         outputs.finish_replacing(moved)
         print(summary(manifest), flush=True)
     return manifest
+
+
+def keep_random_base(model, tokenizer, base_dir: Path, is_main: bool) -> None:
+    """An adapter on randomly initialised weights is useless without them: save the base beside it.
+
+    peft records `model.name_or_path` as the adapter's base, so pointing it at the saved copy
+    makes the adapter load back with from_pretrained like any other.
+    """
+    if is_main:
+        model.save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+    model.config._name_or_path = model.name_or_path = str(base_dir)
 
 
 def summary(manifest: dict) -> str:

@@ -56,6 +56,9 @@ def _with_defs(sub: dict) -> dict:
     return {**sub, "$defs": load_schema()["$defs"]}
 
 
+# Errors about an object's keys keep their own wording even where the object has an x-message.
+STRUCTURAL = ("additionalProperties", "unevaluatedProperties", "required")
+
 # --- validation -----------------------------------------------------------------------------
 
 
@@ -75,8 +78,8 @@ def _translate(error) -> list[Problem]:
     custom = error.schema.get("x-message") if isinstance(error.schema, dict) else None
     if kind in ("anyOf", "oneOf"):
         return _translate_branches(error, where, custom)
-    if custom:
-        return [Problem(where, f"{_show(inst)}: {custom}")]
+    if custom and kind not in STRUCTURAL:
+        return [Problem(where, _with_value(inst, custom))]
     if kind == "additionalProperties":
         known = error.schema.get("properties", {})
         return [_unknown_key(path, key, known) for key in inst if key not in known]
@@ -105,9 +108,14 @@ def _translate_branches(error, where: str, custom: str | None) -> list[Problem]:
     if len(type_ok) == 1 and not custom:
         return [p for e in type_ok[0] for p in _translate(e)]
     if custom:
-        return [Problem(where, custom)]
+        return [Problem(where, _with_value(error.instance, custom))]
     options = [_describe(resolve(b)) for b in error.validator_value]
     return [Problem(where, f"{_show(error.instance)} is not {' or '.join(options)}")]
+
+
+def _with_value(inst, message: str) -> str:
+    """Prefix a scalar value to its message; objects and lists would only be noise."""
+    return message if isinstance(inst, (dict, list)) else f"{_show(inst)}: {message}"
 
 
 def _describe(sub: dict) -> str:

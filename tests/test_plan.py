@@ -1,0 +1,167 @@
+"""The plan: cross-field checks with their paths, resolved trainer arguments, parameter counts."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from runner import estimate
+from runner.errors import RecipeError
+from runner.plan import build_plan
+from runner.recipe import load_recipe
+from conftest import ROOT, TINY_MODEL, base_recipe, write_json
+
+RECIPES = sorted((ROOT / "recipes").glob("*.json"))
+
+
+def plan_of(recipe_file, recipe, overrides=()):
+    return build_plan(load_recipe(recipe_file(recipe), overrides))
+
+
+def plan_problems(recipe_file, recipe):
+    with pytest.raises(RecipeError) as info:
+        plan_of(recipe_file, recipe)
+    return {(p.path, p.message, p.hint) for p in info.value.problems}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_validates_and_plans(path):
+    plan = build_plan(load_recipe(path))
+    json.dumps(plan)  # serialisable
+    assert plan["trainer"]["config"]["output_dir"] == plan["output_dir"]
+
+
+def test_quickstart_plan_names_trainer_config_and_arguments():
+    plan = build_plan(load_recipe(ROOT / "recipes" / "quickstart.json"))
+    assert plan["trainer"]["class"] == "trl.SFTTrainer"
+    assert plan["trainer"]["config_class"] == "trl.SFTConfig"
+    config = plan["trainer"]["config"]
+    assert config["learning_rate"] == 3e-3 and config["max_length"] == 64
+    assert "bf16" not in config and "bf16" in plan["trainer"]["decided_at_launch"]
+    assert plan["model"]["class"] == "transformers.AutoModelForCausalLM"
+    assert plan["data"]["columns"] == {"prompt": "prompt", "completion": "completion"}
+    assert plan["parameters"]["known"] and plan["parameters"]["trainable"] == plan["parameters"]["total"]
+
+
+def test_plan_imports_no_heavy_library():
+    code = ("import sys; from runner.__main__ import main; rc = main(['plan', 'recipes/quickstart.json']);"
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules];"
+            "assert rc == 0 and not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+
+
+def test_eval_strategy_without_eval_data(recipe_file, tmp_path):
+    recipe = base_recipe(tmp_path, training={"eval_strategy": "steps"})
+    assert plan_problems(recipe_file, recipe) >= {
+        ("/training/eval_strategy", "'steps' needs evaluation data",
+         "add data.eval, or set data.eval_fraction, or set eval_strategy to 'no'")}
+
+
+def test_format_only_loss_options(recipe_file, tmp_path):
+    recipe = base_recipe(tmp_path, training={"completion_only_loss": True, "assistant_only_loss": True})
+    found = {(p, m) for p, m, _ in plan_problems(recipe_file, recipe)}
+    assert ("/training/completion_only_loss", "only applies to data.format 'prompt_completion'") in found
+    assert ("/training/assistant_only_loss", "only applies to data.format 'messages'") in found
+
+
+def test_missing_data_file_and_foreign_column(recipe_file, tmp_path):
+    recipe = base_recipe(tmp_path, data={"train": {"path": "absent.jsonl"}, "columns": {"prompt": "q"}})
+    found = plan_problems(recipe_file, recipe)
+    assert ("/data/train/path", f"file not found: {tmp_path / 'absent.jsonl'}",
+            "a relative path is resolved against the recipe's directory") in found
+    assert ("/data/columns/prompt", "format 'text' has no field 'prompt'", "its fields are: text") in found
+
+
+def test_config_override_must_exist_in_the_config(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    recipe = base_recipe(tmp_path, model={"config_overrides": {"num_hiden_layers": 1}})
+    assert plan_problems(recipe_file, recipe) == {
+        ("/model/config_overrides/num_hiden_layers", "not a key of the model's config.json",
+         "did you mean 'num_hidden_layers'?")}
+
+
+def test_lora_target_module_must_exist(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    recipe = base_recipe(tmp_path, peft={"method": "lora", "target_modules": ["q_proj", "qproj", "query"]})
+    found = plan_problems(recipe_file, recipe)
+    assert ("/peft/target_modules", "'qproj' is not a linear module of this llama model",
+            "did you mean 'q_proj'?") in found
+    assert len(found) == 2
+
+
+def test_missing_local_model_directory(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    recipe = base_recipe(tmp_path, model={"name_or_path": "./no-such-model"})
+    (where, message, _), = plan_problems(recipe_file, recipe)
+    assert where == "/model/name_or_path" and message.startswith("no such directory")
+
+
+def test_lora_plan_has_peft_config_and_counts(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    plan = plan_of(recipe_file, base_recipe(tmp_path, peft={"method": "lora", "r": 4}))
+    assert plan["peft"]["class"] == "peft.LoraConfig"
+    assert plan["peft"]["kwargs"]["task_type"] == "CAUSAL_LM" and plan["peft"]["kwargs"]["r"] == 4
+    assert 0 < plan["parameters"]["trainable"] < plan["parameters"]["total"]
+
+
+def test_default_output_dir_is_runs_slash_name(recipe_file, tmp_path, monkeypatch):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    monkeypatch.chdir(tmp_path)
+    recipe = base_recipe(tmp_path, output={"dir": None})
+    assert plan_of(recipe_file, recipe)["output_dir"] == str(tmp_path / "runs" / "t")
+
+
+CONFIGS = {
+    "llama": {"model_type": "llama", "tie_word_embeddings": False, "attention_bias": True, "mlp_bias": True},
+    "mistral": {"model_type": "mistral", "num_key_value_heads": 1},
+    "qwen2": {"model_type": "qwen2", "tie_word_embeddings": True},
+    "qwen3": {"model_type": "qwen3", "head_dim": 24},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("lora", [None, "all-linear", ["q_proj", "down_proj"]])
+def test_parameter_estimate_matches_transformers_and_peft(name, lora):
+    """The plan's counts are the counts of the model transformers builds (and peft wraps)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 100, **CONFIGS[name]}
+    model_type = raw.pop("model_type")
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **raw))
+    config = {**model.config.to_dict(), "model_type": model_type}
+    expected_total = estimate.total_parameters(config)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=lora, task_type="CAUSAL_LM"))
+        expected_total += estimate.lora_parameters(config, 4, lora)
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == \
+            estimate.lora_parameters(config, 4, lora)
+    assert sum(p.numel() for p in model.parameters()) == expected_total
+
+
+def test_unknown_architecture_says_why(recipe_file, tmp_path):
+    model_dir = tmp_path / "gpt2ish"
+    write_json(model_dir / "config.json", {"model_type": "gpt2", "n_layer": 2})
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    plan = plan_of(recipe_file, base_recipe(tmp_path, model={"name_or_path": str(model_dir)}))
+    assert plan["parameters"] == {
+        "known": False,
+        "why": "architecture 'gpt2' is not in the estimator; run.json records the counts after loading"}
+
+
+def test_hub_model_not_in_cache_plans_without_counts(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    plan = plan_of(recipe_file, base_recipe(tmp_path, model={"name_or_path": "some-org/some-model",
+                                                             "init": "pretrained"}))
+    assert plan["parameters"]["known"] is False
+    assert "not in the local cache" in plan["parameters"]["why"]
+    assert plan["model"]["name_or_path"] == "some-org/some-model"
+
+
+def test_tiny_model_dir_is_local(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    plan = plan_of(recipe_file, base_recipe(tmp_path))
+    assert plan["model"]["name_or_path"] == str(TINY_MODEL)

@@ -1,0 +1,126 @@
+"""The schema itself: well-formed, documented, closed, defaults valid, names real in the libraries."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from runner import docs, schema
+from conftest import ROOT
+
+OPEN_MAPS = {"config_overrides"}  # free-form maps of Hugging Face config keys, checked against the config
+
+
+def walk(sub, path=()):
+    """Yield (path, subschema) for every schema object in the tree."""
+    if isinstance(sub, dict):
+        yield path, sub
+        for key, value in sub.items():
+            if key in ("properties", "$defs"):
+                for name, child in value.items():
+                    yield from walk(child, path + (name,))
+            elif key in ("allOf", "anyOf", "oneOf"):
+                for i, child in enumerate(value):
+                    yield from walk(child, path + (f"{key}[{i}]",))
+            elif key in ("then", "else", "if", "items", "additionalProperties", "not"):
+                yield from walk(value, path + (key,))
+
+
+def test_schema_is_valid_draft_2020_12():
+    Draft202012Validator.check_schema(schema.load_schema())
+    assert schema.load_schema()["$schema"].endswith("2020-12/schema")
+
+
+def test_every_property_has_a_description():
+    missing = [
+        path + (name,)
+        for path, sub in walk(schema.load_schema())
+        for name, prop in sub.get("properties", {}).items()
+        if "description" not in prop and "description" not in schema.resolve(prop)
+        and path[-1:] != ("if",)
+    ]
+    assert missing == []
+
+
+def test_every_object_is_closed():
+    open_objects = [
+        path for path, sub in walk(schema.load_schema())
+        if sub.get("type") == "object" and path[-1:] and path[-1] not in OPEN_MAPS
+        and sub.get("additionalProperties") is not False and sub.get("unevaluatedProperties") is not False
+        and path[-1] != "lora"  # merged into `peft`, which is closed by unevaluatedProperties
+    ]
+    assert open_objects == []
+
+
+def test_every_default_validates_against_its_own_subschema():
+    checked = 0
+    for path, sub in walk(schema.load_schema()):
+        for name, prop in sub.get("properties", {}).items():
+            resolved = schema.resolve(prop)
+            if "default" in resolved:
+                assert schema.is_valid(resolved["default"], resolved), path + (name,)
+                checked += 1
+    assert checked > 40
+
+
+def test_training_keys_are_real_sftconfig_fields():
+    """TRL renames things (max_seq_length -> max_length): a stale key must fail here, not in a user's run."""
+    from trl import SFTConfig
+
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    training = schema.resolve({"$ref": "#/$defs/training"})["properties"]
+    assert set(training) - fields == set()
+
+
+def test_enums_are_values_the_libraries_accept():
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    training = schema.resolve({"$ref": "#/$defs/training"})["properties"]
+    assert set(training["optim"]["enum"]) <= {o.value for o in OptimizerNames}
+    assert set(training["lr_scheduler_type"]["enum"]) <= {s.value for s in SchedulerType}
+
+
+def test_lora_keys_are_real_loraconfig_fields():
+    from peft import LoraConfig
+
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    assert set(schema.load_schema()["$defs"]["lora"]["properties"]) <= fields
+
+
+def test_docs_are_generated_from_the_schema():
+    generated = docs.reference()
+    assert (ROOT / "docs" / "recipe.md").read_text() == generated, "run: python -m runner docs > docs/recipe.md"
+    for key in ("learning_rate", "name_or_path", "eval_fraction", "lora_alpha", "if_exists"):
+        assert f"`{key}`" in generated
+
+
+def test_path_fields_are_found():
+    found = {".".join(parts): kind for parts, kind in schema.path_fields()}
+    assert found == {
+        "extends": "local",
+        "model.name_or_path": "local-or-hub",
+        "model.tokenizer": "local-or-hub",
+        "data.train.path": "local",
+        "data.eval.path": "local",
+    }
+
+
+@pytest.mark.slow
+def test_installed_wheel_carries_the_schema(tmp_path):
+    """An installed `runner` finds its schema without the source tree."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True)
+    wheel, = tmp_path.glob("recipe_runner-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert "runner/schemas/recipe.schema.json" in zf.namelist()
+        zf.extractall(tmp_path / "site")
+    probe = "import runner.schema as s; p = s.schema_path(); print(p); assert 'site' in str(p); s.load_schema()"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "site" / "runner" / "schemas" / "recipe.schema.json")

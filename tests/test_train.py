@@ -1,0 +1,165 @@
+"""Real SFT runs through TRL on the tiny Llama: each data format, full and LoRA.
+
+Each test asserts what a user cares about: the weights (or only the adapter) changed, the loss
+on the training examples fell, the output loads back with from_pretrained, the records exist.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assets import reverse_rows
+from runner import models
+from runner.errors import RecipeError
+from runner.plan import build_plan
+from runner.recipe import load_recipe
+from runner.run import run
+from conftest import base_recipe, write_jsonl
+
+ROWS = reverse_rows(64, seed=3)
+FORMATS = {
+    "text": [{"text": f"{r['prompt']}{r['completion']}"} for r in ROWS],
+    "prompt_completion": ROWS,
+    "messages": [{"messages": [{"role": "user", "content": r["prompt"]},
+                               {"role": "assistant", "content": r["completion"]}]} for r in ROWS],
+}
+# Enough steps at a high learning rate that the tiny model's loss falls far beyond noise.
+LEARN = {"max_steps": 12, "learning_rate": 5e-3, "per_device_train_batch_size": 16, "eval_strategy": "no",
+         "eval_on_start": True, "per_device_eval_batch_size": 64}
+
+
+def train(tmp_path, recipe_file, fmt="text", **sections):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS[fmt])
+    recipe = base_recipe(tmp_path, data={"format": fmt, "train": {"path": "train.jsonl"},
+                                         "eval": {"path": "train.jsonl"}},
+                         training=LEARN | sections.pop("training", {}), **sections)
+    plan = build_plan(load_recipe(recipe_file(recipe)))
+    return plan, run(plan, argv=["test"])
+
+
+def eval_losses(manifest):
+    return [h["eval_loss"] for h in manifest["history"] if "eval_loss" in h]
+
+
+def initial_weights(plan):
+    return models.load_model(plan["model"], plan["recipe"]["training"]["seed"]).state_dict()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_full_fine_tuning_learns_saves_and_reloads(tmp_path, recipe_file, fmt):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    training = {"assistant_only_loss": True} if fmt == "messages" else {}
+    plan, manifest = train(tmp_path, recipe_file, fmt, training=training)
+    first, *_, last = eval_losses(manifest)
+    assert last < 0.7 * first, (first, last)
+
+    out = tmp_path / "run"
+    saved = load_file(out / "model.safetensors")
+    before = initial_weights(plan)
+    changed = [k for k, v in saved.items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(saved), "every tensor trains in full fine-tuning"
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert torch.equal(reloaded.state_dict()["model.embed_tokens.weight"], saved["model.embed_tokens.weight"])
+    assert tokenizer.eos_token == "<|end|>"
+
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished" and record["metrics"]["eval"]["eval_loss"] == last
+    assert record["versions"]["trl"] and record["hardware"]["world_size"] == 1
+    assert record["parameters"]["trainable"] == record["parameters"]["total"] == plan["parameters"]["total"]
+    assert json.loads((out / "recipe.json").read_text()) == plan["recipe"]
+
+
+def test_lora_trains_only_the_adapter_and_reloads(tmp_path, recipe_file):
+    from peft import AutoPeftModelForCausalLM
+
+    plan, manifest = train(tmp_path, recipe_file, "prompt_completion",
+                           peft={"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+                           training={"learning_rate": 2e-2})
+    first, *_, last = eval_losses(manifest)
+    assert last < 0.9 * first, (first, last)
+
+    out = tmp_path / "run"
+    assert not (out / "model.safetensors").exists(), "only the adapter is saved"
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k), "lora_B starts at zero"
+    assert manifest["parameters"]["trainable"] == plan["parameters"]["trainable"]
+    assert manifest["parameters"]["total"] == plan["parameters"]["total"]
+
+    # The random base was saved beside the adapter, so the adapter loads like any other.
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(out / "base_model")
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(out)
+    base_before = initial_weights(plan)
+    base_after = reloaded.get_base_model().state_dict()
+    key = "model.layers.0.self_attn.q_proj.base_layer.weight"
+    assert torch.equal(base_after[key], base_before["model.layers.0.self_attn.q_proj.weight"]), "base frozen"
+
+
+def test_eval_fraction_and_column_mapping(tmp_path, recipe_file):
+    rows = [{"question": r["prompt"], "answer": r["completion"]} for r in ROWS]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion", "train": {"path": "qa.jsonl"},
+                                         "eval_fraction": 0.25,
+                                         "columns": {"prompt": "question", "completion": "answer"}})
+    manifest = run(build_plan(load_recipe(recipe_file(recipe))), argv=["test"])
+    assert manifest["examples"] == {"train": 48, "eval": 16}
+    assert "eval_loss" in manifest["metrics"]["eval"]
+
+
+def test_missing_column_is_reported_before_the_model_loads(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"txt": "hello"}])
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path))))
+    with pytest.raises(RecipeError) as info:
+        run(plan, argv=["test"])
+    (problem,) = info.value.problems
+    assert problem.path == "/data/train"
+    assert problem.message == f"no column 'text' for field 'text' (format 'text') in {tmp_path / 'train.jsonl'}; " \
+                              "columns: txt"
+    assert problem.hint == "did you mean 'txt'?"
+    assert not (tmp_path / "run").exists(), "nothing is written for a run that cannot start"
+
+
+def test_unreadable_data_file(tmp_path, recipe_file):
+    (tmp_path / "train.jsonl").write_text('{"text": "ok"}\n{not json\n')
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path))))
+    with pytest.raises(RecipeError) as info:
+        run(plan, argv=["test"])
+    assert info.value.problems[0].path == "/data/train/path"
+    assert info.value.problems[0].message.startswith(f"cannot load {tmp_path / 'train.jsonl'}")
+
+
+def test_existing_run_is_refused_then_replaced_with_overwrite(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    path = recipe_file(base_recipe(tmp_path))
+    run(build_plan(load_recipe(path)), argv=["test"])
+    first = json.loads((tmp_path / "run" / "run.json").read_text())["started_at"]
+
+    with pytest.raises(RecipeError) as info:
+        run(build_plan(load_recipe(path)), argv=["test"])
+    assert info.value.problems[0].path == "/output/dir"
+    assert "already holds files" in info.value.problems[0].message
+
+    manifest = run(build_plan(load_recipe(path, ["output.if_exists=overwrite"])), argv=["test"])
+    assert manifest["status"] == "finished"
+    assert not list(tmp_path.glob(".run.replaced-*")), "the replaced run is removed once the new one succeeds"
+    assert first  # the earlier run existed; the new run.json is the new run's
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+
+
+def test_overwrite_never_deletes_a_directory_the_runner_did_not_make(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    precious = tmp_path / "run" / "thesis.tex"
+    precious.parent.mkdir()
+    precious.write_text("years of work")
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path)), ["output.if_exists=overwrite"]))
+    with pytest.raises(RecipeError) as info:
+        run(plan, argv=["test"])
+    assert "refusing to replace a directory the runner did not create" in info.value.problems[0].message
+    assert precious.read_text() == "years of work"

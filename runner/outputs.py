@@ -93,7 +93,6 @@ def hardware() -> dict:
         "cpu_count": os.cpu_count(),
         "gpus": gpus,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
 
 

@@ -172,9 +172,10 @@ def trainer_config(training: dict, output_dir: str) -> dict:
 
 def launch_decisions(training: dict) -> dict:
     """Settings that depend on the machine the run lands on, with the rule that decides them."""
+    decisions = {"use_cpu": "on when no GPU is visible (the run then trains on the CPU)"}
     if training["bf16"] is None:
-        return {"bf16": "on if a GPU with bf16 support is visible, else off (recipe: bf16 null)"}
-    return {}
+        decisions["bf16"] = "on if a GPU with bf16 support is visible, else off (recipe: bf16 null)"
+    return decisions
 
 
 def batch_arithmetic(training: dict) -> dict:

@@ -17,7 +17,10 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
     """Train as planned; returns the final manifest (the content of run.json)."""
     from accelerate import PartialState
 
-    state = PartialState()
+    hw = outputs.hardware()
+    # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True.
+    state = PartialState(cpu=not hw["gpus"])
+    hw["world_size"] = state.num_processes
     outputs.check_run_dir(plan["output_dir"], plan["recipe"]["output"]["if_exists"])
     state.wait_for_everyone()  # no process writes before every process has checked
 
@@ -25,7 +28,6 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
     train_set, eval_set = data.load_splits(plan["data"], seed)
     tokenizer = models.load_tokenizer(plan["model"])
     model = models.load_model(plan["model"], seed)
-    hw = outputs.hardware()
 
     run_dir = Path(plan["output_dir"])
     moved = outputs.start_run_dir(plan["output_dir"]) if state.is_main_process else None
@@ -67,6 +69,9 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         outputs.finish_replacing(moved)
         print(summary(manifest), flush=True)
+    state.wait_for_everyone()
+    if state.num_processes > 1:
+        state.destroy_process_group()  # else rank 0 sometimes aborts at exit with gloo
     return manifest
 
 

@@ -56,8 +56,8 @@ def _with_defs(sub: dict) -> dict:
     return {**sub, "$defs": load_schema()["$defs"]}
 
 
-# Errors about an object's keys keep their own wording even where the object has an x-message.
-STRUCTURAL = ("additionalProperties", "unevaluatedProperties", "required")
+# Keywords whose generic wording says little; a subschema's `x-message` replaces it.
+CUSTOMISABLE = ("pattern", "not")
 
 # --- validation -----------------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ def _translate(error) -> list[Problem]:
     custom = error.schema.get("x-message") if isinstance(error.schema, dict) else None
     if kind in ("anyOf", "oneOf"):
         return _translate_branches(error, where, custom)
-    if custom and kind not in STRUCTURAL:
+    if custom and kind in CUSTOMISABLE:
         return [Problem(where, _with_value(inst, custom))]
     if kind == "additionalProperties":
         known = error.schema.get("properties", {})

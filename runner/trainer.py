@@ -8,6 +8,7 @@ from .tasks import import_dotted
 def launch_config(plan: dict, hardware: dict) -> dict:
     """The config kwargs with the launch-time decisions of the plan made for this machine."""
     config = dict(plan["trainer"]["config"])
+    config["use_cpu"] = not hardware["gpus"]
     if "bf16" in plan["trainer"]["decided_at_launch"]:
         config["bf16"] = hardware["bf16"]
     return config

@@ -1,0 +1,91 @@
+"""The command line as a user meets it: exit codes, reports without tracebacks, real launches."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, base_recipe, write_jsonl
+from test_train import FORMATS
+
+
+def cli(*args, cwd=ROOT, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_validate_every_shipped_recipe():
+    recipes = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").glob("*.json"))
+    result = cli("validate", *recipes)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"ok: {r}" for r in recipes]
+
+
+def test_user_mistakes_exit_2_with_one_report_and_no_traceback(tmp_path, recipe_file):
+    path = recipe_file(base_recipe(tmp_path, training={"learnig_rate": 1e-4, "max_steps": "ten"}))
+    result = cli("validate", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}: 2 problems",
+        "  /training/learnig_rate: unknown key",
+        "      hint: did you mean 'learning_rate'?",
+        "  /training/max_steps: 'ten' is not an integer",
+    ]
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "validate"])
+def test_every_command_reports_bad_set_the_same_way(tmp_path, recipe_file, command):
+    path = recipe_file(base_recipe(tmp_path))
+    result = cli(command, str(path), "--set", "trainig.seed=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "/trainig: unknown key (in --set 'trainig.seed=1')" in result.stderr
+    assert "did you mean 'training'?" in result.stderr
+
+
+def test_run_is_the_default_command_and_bad_data_exits_2(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"body": "x"}])
+    result = cli(str(recipe_file(base_recipe(tmp_path))))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "/data/train: no column 'text'" in result.stderr
+
+
+def test_plan_prints_json():
+    result = cli("plan", "recipes/quickstart.json", "--set", "training.learning_rate=1e-3")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["trainer"]["config"]["learning_rate"] == 1e-3
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """The README's quickstart: trains, prints the summary, and the eval loss clearly falls."""
+    result = cli("recipes/quickstart.json", "--set", f"output.dir={tmp_path / 'qs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run 'quickstart' finished" in result.stdout
+    record = json.loads((tmp_path / "qs" / "run.json").read_text())
+    evals = [h["eval_loss"] for h in record["history"] if "eval_loss" in h]
+    assert evals[0] > 5.0 and evals[-1] < 0.5, evals  # ln(261) = 5.56 at random init
+    assert record["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(tmp_path, recipe_file):
+    """The same entry point under `accelerate launch`, with two data-parallel processes (gloo on CPU)."""
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    path = recipe_file(base_recipe(tmp_path, training={"max_steps": 3}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "runner", str(path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["hardware"]["world_size"] == 2
+    assert record["status"] == "finished"
+    assert result.stdout.count("finished in") == 1, "only the main process reports and writes"

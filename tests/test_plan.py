@@ -165,3 +165,16 @@ def test_tiny_model_dir_is_local(recipe_file, tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
     plan = plan_of(recipe_file, base_recipe(tmp_path))
     assert plan["model"]["name_or_path"] == str(TINY_MODEL)
+
+
+def test_hub_model_in_the_local_cache_gets_counts(recipe_file, tmp_path, monkeypatch):
+    """The plan reads a cached Hub config by the cache's layout (refs/<rev> -> snapshots/<commit>)."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--tiny" / "snapshots" / "abc123"
+    write_json(snapshot / "config.json", json.loads((TINY_MODEL / "config.json").read_text()))
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    plan = plan_of(recipe_file, base_recipe(tmp_path, model={"name_or_path": "org/tiny", "init": "pretrained"}))
+    assert plan["parameters"]["known"] and plan["parameters"]["from"] == str(snapshot / "config.json")

@@ -163,3 +163,13 @@ def test_overwrite_never_deletes_a_directory_the_runner_did_not_make(tmp_path, r
         run(plan, argv=["test"])
     assert "refusing to replace a directory the runner did not create" in info.value.problems[0].message
     assert precious.read_text() == "years of work"
+
+
+def test_unreachable_hub_dataset_is_a_user_error(tmp_path, recipe_file):
+    recipe = base_recipe(tmp_path, data={"train": {"hub": "no-such-org/no-such-dataset"}})
+    plan = build_plan(load_recipe(recipe_file(recipe)))
+    with pytest.raises(RecipeError) as info:
+        run(plan, argv=["test"])
+    (problem,) = info.value.problems
+    assert problem.path == "/data/train/hub"
+    assert problem.message.startswith("cannot load no-such-org/no-such-dataset")

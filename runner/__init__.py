@@ -3,7 +3,7 @@
     python -m runner validate recipes/*.json       # check recipes (no torch import)
     python -m runner plan recipes/quickstart.json  # what will be built, with which arguments
     python -m runner recipes/quickstart.json       # train
-    accelerate launch -m runner recipes/sft_qlora.json
+    accelerate launch -m runner recipes/sft_lora_chat.json
 """
 
 __version__ = "0.1.0"

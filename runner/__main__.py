@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "docs": cmd_docs}[args.command](args)
     except RecipeError as err:
+        if err.source is None and getattr(args, "recipe", None):
+            err.source = args.recipe  # data, model and output problems are still about this recipe
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -13,13 +13,17 @@ DECODERS = {
     "qwen2": (True, False),
     "qwen3": (False, True),
 }
+# Keys whose config-class defaults we do not repeat: if config.json lacks one, the count is unknown.
+NEEDED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+NEEDED_BY_TYPE = {"mistral": ("num_key_value_heads",), "qwen2": ("num_key_value_heads",),
+                  "qwen3": ("num_key_value_heads", "head_dim")}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def linear_shapes(config: dict) -> dict[str, tuple[int, int, bool]] | None:
     """Per-layer linear modules: name -> (in_features, out_features, has_bias); None if unknown."""
-    if config.get("model_type") not in DECODERS:
+    if not _countable(config):
         return None
     qkv_bias_default, _ = DECODERS[config["model_type"]]
     h, i = config["hidden_size"], config["intermediate_size"]
@@ -40,6 +44,18 @@ def linear_shapes(config: dict) -> dict[str, tuple[int, int, bool]] | None:
     }
 
 
+def _countable(config: dict) -> bool:
+    model_type = config.get("model_type")
+    if model_type not in DECODERS:
+        return False
+    needed = NEEDED + NEEDED_BY_TYPE.get(model_type, ())
+    if not all(isinstance(config.get(k), int) and config[k] > 0 for k in needed if k != "head_dim"):
+        return False
+    if "head_dim" in needed and not isinstance(config.get("head_dim"), int):
+        return False
+    return config["hidden_size"] % config["num_attention_heads"] == 0 or isinstance(config.get("head_dim"), int)
+
+
 def total_parameters(config: dict) -> int | None:
     shapes = linear_shapes(config)
     if shapes is None:
@@ -56,9 +72,19 @@ def total_parameters(config: dict) -> int | None:
 
 
 def lora_parameters(config: dict, r: int, target_modules) -> int | None:
-    """Trainable LoRA weights: r x (in + out) for every targeted linear module of every layer."""
+    """Trainable LoRA weights: r x (in + out) for every targeted linear module.
+
+    Names match like peft's: a module whose name ends with the target ("self_attn.q_proj" or
+    "q_proj"); "lm_head" is the output layer, counted once.
+    """
     shapes = linear_shapes(config)
     if shapes is None:
         return None
-    names = ATTENTION + MLP if target_modules == "all-linear" else tuple(target_modules)
-    return config["num_hidden_layers"] * sum(r * (shapes[n][0] + shapes[n][1]) for n in names)
+    names = ATTENTION + MLP if target_modules == "all-linear" else [t.split(".")[-1] for t in target_modules]
+    count = 0
+    for name in dict.fromkeys(names):
+        if name == "lm_head":
+            count += r * (config["hidden_size"] + config["vocab_size"])
+        else:
+            count += config["num_hidden_layers"] * r * (shapes[name][0] + shapes[name][1])
+    return count

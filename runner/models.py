@@ -10,9 +10,8 @@ from .tasks import import_dotted
 def load_tokenizer(spec: dict):
     from transformers import AutoTokenizer
 
-    revision = spec["revision"] if spec["tokenizer"] == spec["name_or_path"] else "main"
-    tokenizer = _hub_call("/model/tokenizer", spec["tokenizer"], AutoTokenizer.from_pretrained,
-                          spec["tokenizer"], revision=revision, trust_remote_code=spec["trust_remote_code"])
+    tokenizer = _hub_call(spec["tokenizer_key"], spec["tokenizer"], AutoTokenizer.from_pretrained, spec["tokenizer"],
+                          revision=spec["tokenizer_revision"], trust_remote_code=spec["trust_remote_code"])
     if tokenizer.pad_token is None:
         # Batches need a pad token; padded positions are masked out of the loss, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -43,11 +42,13 @@ def load_model(spec: dict, seed: int):
     kwargs = {"trust_remote_code": spec["trust_remote_code"]}
     if spec["attn_implementation"] is not None:
         kwargs["attn_implementation"] = spec["attn_implementation"]
+    # A missing kernel package (flash-attn) surfaces as ImportError or ValueError from either call.
+    where = "/model/attn_implementation" if spec["attn_implementation"] else "/model/name_or_path"
     if spec["init"] == "random":
         set_seed(seed)  # the same recipe builds the same initial weights
         dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
-        return model_class.from_config(config, dtype=dtype, **kwargs)
-    return _hub_call("/model/name_or_path", spec["name_or_path"], model_class.from_pretrained,
+        return _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
+    return _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
                      spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"], **kwargs)
 
 
@@ -61,7 +62,7 @@ def _hub_call(where: str, name: str, fn, *args, **kwargs):
     """Call a from_pretrained-like function; a missing or unreachable model is the user's to fix."""
     try:
         return fn(*args, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         hint = None
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             hint = "HF_HUB_OFFLINE=1 is set: only models already in the local cache or on disk can be loaded"

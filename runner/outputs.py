@@ -62,10 +62,17 @@ def write_json(path: Path, obj) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=2, default=str)
             handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; records are as readable as any other output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def now() -> str:

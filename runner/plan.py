@@ -42,7 +42,7 @@ def build_plan(recipe: Recipe) -> dict:
         "trainer": {
             "class": task.trainer_class,
             "config_class": task.config_class,
-            "config": trainer_config(doc["training"], output_dir),
+            "config": trainer_config(doc, task, output_dir),
             "decided_at_launch": launch_decisions(doc["training"]),
         },
         "batch": batch_arithmetic(doc["training"]),
@@ -64,7 +64,11 @@ def read_model_config(model: dict) -> tuple[dict | None, str]:
             return None, f"{location} is a Hub id whose config.json is not in the local cache"
     if not path.is_file():
         return None, f"no config.json in {location}"
-    return json.loads(path.read_text()), str(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"cannot read {path}: {exc}"
+    return (config, str(path)) if isinstance(config, dict) else (None, f"{path} is not a JSON object")
 
 
 def _cached_hub_config(repo_id: str, revision: str) -> Path | None:
@@ -86,7 +90,11 @@ def check_model(model: dict, config: dict | None) -> list[Problem]:
         return [Problem("/model/name_or_path", f"no such directory: {location}",
                         "a relative path is resolved against the recipe's directory")]
     if location.is_absolute() and config is None:
-        return [Problem("/model/name_or_path", f"{location} has no config.json")]
+        return [Problem("/model/name_or_path", f"{location} has no readable config.json")]
+    tokenizer = Path(model["tokenizer"] or "")
+    if tokenizer.is_absolute() and not tokenizer.is_dir():
+        return [Problem("/model/tokenizer", f"no such directory: {tokenizer}",
+                        "a relative path is resolved against the recipe's directory")]
     if config is None:
         return []
     return [
@@ -107,6 +115,9 @@ def model_spec(model: dict, task: Task) -> dict:
         "attn_implementation": model["attn_implementation"],
         "trust_remote_code": model["trust_remote_code"],
         "tokenizer": model["tokenizer"] or model["name_or_path"],
+        "tokenizer_revision": model["tokenizer_revision"] if model["tokenizer"] else model["revision"],
+        # the recipe key a tokenizer loading problem is reported at
+        "tokenizer_key": "/model/tokenizer" if model["tokenizer"] else "/model/name_or_path",
     }
 
 
@@ -126,6 +137,10 @@ def check_data(data: dict, task: Task) -> list[Problem]:
     if data["eval"] is not None and data["eval_fraction"] is not None:
         problems.append(Problem("/data/eval_fraction", "set either data.eval or data.eval_fraction, not both"))
     wanted = task.formats[data["format"]]
+    mapped = [data["columns"].get(field, field) for field in wanted]
+    for column in sorted({c for c in mapped if mapped.count(c) > 1}):
+        problems.append(Problem("/data/columns", f"column '{column}' is mapped to more than one field",
+                                "each field needs its own column"))
     for key in data["columns"]:
         if key not in wanted:
             problems.append(Problem(f"/data/columns/{key}", f"format '{data['format']}' has no field '{key}'",
@@ -158,8 +173,6 @@ def check_training(doc: dict, task: Task) -> list[Problem]:
                                     "add data.eval, or set data.eval_fraction, or set eval_strategy to 'no'"))
         if training["eval_on_start"]:
             problems.append(Problem("/training/eval_on_start", "needs evaluation data", "add data.eval"))
-        if training["save_strategy"] == "best":
-            problems.append(Problem("/training/save_strategy", "'best' needs evaluation data", "add data.eval"))
     for key, fmt in task.format_only_options.items():
         if training.get(key) and data["format"] != fmt:
             problems.append(Problem(f"/training/{key}", f"only applies to data.format '{fmt}'",
@@ -171,9 +184,16 @@ def check_training(doc: dict, task: Task) -> list[Problem]:
     return problems
 
 
-def trainer_config(training: dict, output_dir: str) -> dict:
-    """Keyword arguments of the trainer's config class: the recipe's section, unchanged, plus output_dir."""
+def trainer_config(doc: dict, task: Task, output_dir: str) -> dict:
+    """Keyword arguments of the trainer's config class: the recipe's section plus output_dir.
+
+    Format-only loss options left null resolve to "on for their own format" (the task table's rule).
+    """
+    training = doc["training"]
     config = {k: v for k, v in training.items() if k != "bf16" or v is not None}
+    for key, fmt in task.format_only_options.items():
+        if training[key] is None:
+            config[key] = doc["data"]["format"] == fmt
     return {"output_dir": output_dir, **config}
 
 
@@ -210,10 +230,11 @@ def check_peft(peft: dict, config: dict | None) -> list[Problem]:
     shapes = estimate.linear_shapes(config) if config else None
     if shapes is None:
         return []  # unknown architecture: peft checks the names when it wraps the model
+    known = list(shapes) + ["lm_head"]
     return [
-        Problem("/peft/target_modules", f"'{name}' is not a linear module of this {config['model_type']} model",
-                did_you_mean(name, shapes) or f"its linear modules: {', '.join(shapes)}")
-        for name in peft["target_modules"] if name not in shapes
+        Problem(f"/peft/target_modules/{i}", f"'{name}' is not a linear module of this {config['model_type']} model",
+                did_you_mean(name, known) or f"its linear modules: {', '.join(known)}")
+        for i, name in enumerate(peft["target_modules"]) if name.split(".")[-1] not in known
     ]
 
 

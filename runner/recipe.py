@@ -39,7 +39,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     merged = _read_chain(Path(source), chain=())
     merged.pop("extends", None)
     problems = apply_overrides(merged, overrides)
-    problems += schema.validate(merged) if not problems else []
+    problems += schema.validate(merged)
     if problems:
         raise RecipeError(problems, source=str(path))
     return Recipe(source=source, doc=freeze(schema.fill_defaults(merged)))
@@ -71,20 +71,48 @@ def read_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError([Problem("", f"cannot read the recipe: {exc}")], source=str(path)) from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as exc:
         msg = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise RecipeError([Problem("", msg)], source=str(path)) from None
+    except ValueError as exc:  # from the two hooks
+        raise RecipeError([Problem("", str(exc))], source=str(path)) from None
     if not isinstance(doc, dict):
         raise RecipeError([Problem("", "a recipe must be a JSON object ({...})")], source=str(path))
     return doc
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows; write a finite number")
+
+
+def _reject_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key '{key}' appears twice in one object; keep one")
+        seen[key] = value
+    return seen
+
+
+def changes_kind(base: dict, child: dict) -> bool:
+    """True when the child object is another kind of thing than the base (merging would mix their fields)."""
+    if "method" in child and "method" in base and child["method"] != base["method"]:
+        return True
+    sources = {"path", "hub"}
+    return bool(sources & child.keys()) and bool(sources & base.keys()) and \
+        (sources & child.keys()) != (sources & base.keys())
+
+
 def deep_merge(base: dict, child: dict) -> dict:
-    """Objects merge key by key; anything else in the child replaces the base's value."""
+    """Objects merge key by key; anything else in the child replaces the base's value.
+
+    An object whose kind the child changes (another peft method, a Hub source over a file) is
+    replaced whole: merging would leave the old kind's fields behind as errors.
+    """
     merged = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not changes_kind(merged[key], value):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -102,10 +130,16 @@ def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None) ->
 
 
 def resolve_one(value: str, base: Path, kind: str) -> str:
+    """Absolute path for a local value; a Hub id ("org/name") is returned unchanged.
+
+    A local-or-hub value is local when it starts like a path, or when it or its first component
+    exists next to the recipe (so a typo in "assets/tiny-lama" is a missing directory, not a Hub id).
+    """
     candidate = (base / Path(value).expanduser()).resolve()
-    if kind == "local" or value.startswith(PATH_PREFIXES) or candidate.exists():
+    first = (base / Path(value).parts[0]) if Path(value).parts else candidate
+    if kind == "local" or value.startswith(PATH_PREFIXES) or candidate.exists() or first.exists():
         return str(candidate)
-    return value  # a Hub id
+    return value
 
 
 def _get(doc, parts):
@@ -133,12 +167,19 @@ def apply_overrides(doc: dict, overrides) -> list[Problem]:
         if not subs:
             problems.append(_unknown_override(parts, text))
             continue
+        if parts == ["extends"]:
+            problems.append(Problem("/extends", f"--set {text!r}: extends cannot be overridden",
+                                    "write a recipe file that extends the one you want"))
+            continue
         target = doc
         for part in parts[:-1]:
             if not isinstance(target.get(part), dict):
                 target[part] = {}
             target = target[part]
-        target[parts[-1]] = _typed(raw, subs)
+        value = _typed(raw, subs)
+        if changes_kind(target, {parts[-1]: value}):
+            target.clear()  # e.g. peft.method=none on a LoRA recipe: LoRA's fields go with it
+        target[parts[-1]] = value
         resolve_paths(doc, base=Path.cwd(), only=tuple(parts))
     return problems
 

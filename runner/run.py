@@ -1,20 +1,41 @@
 """Plan -> trained model and run records. The only stage that touches weights.
 
-Works unchanged in one process or under `accelerate launch` with several: every process loads
-data and model and trains; only the main process writes records.
+Two steps: `prepare` does everything that can fail on the user's input (output directory, data,
+model, trainer construction) and writes nothing; `train` then claims the run directory, trains
+and writes the records. Works unchanged in one process or under `accelerate launch` with
+several: every process prepares and trains; only the main process writes.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import data, models, outputs
-from .trainer import build_trainer
+from .trainer import build_trainer, launch_config
+
+BASE_MODEL_DIR = "base_model"
+
+
+@dataclass
+class Prepared:
+    trainer: object
+    state: object  # accelerate.PartialState
+    hardware: dict
+    trainer_config: dict  # the config kwargs actually used, launch decisions included
+    examples: dict
+    staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
 
 
 def run(plan: dict, argv: list[str] | None = None) -> dict:
     """Train as planned; returns the final manifest (the content of run.json)."""
+    return train(plan, prepare(plan), argv if argv is not None else sys.argv)
+
+
+def prepare(plan: dict) -> Prepared:
+    """Check the output directory, load data and model, build the trainer. Writes nothing in the run directory."""
     from accelerate import PartialState
 
     hw = outputs.hardware()
@@ -28,43 +49,66 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
     train_set, eval_set = data.load_splits(plan["data"], seed)
     tokenizer = models.load_tokenizer(plan["model"])
     model = models.load_model(plan["model"], seed)
-
-    run_dir = Path(plan["output_dir"])
-    moved = outputs.start_run_dir(plan["output_dir"]) if state.is_main_process else None
+    staged = None
     if plan["peft"] is not None and plan["model"]["init"] == "random":
-        keep_random_base(model, tokenizer, run_dir / "base_model", state.is_main_process)
-    state.wait_for_everyone()
+        staged = stage_random_base(model, tokenizer, Path(plan["output_dir"]), state.is_main_process)
+    try:
+        trainer = build_trainer(plan, model, tokenizer, train_set, eval_set, hw)
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    examples = {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0}
+    return Prepared(trainer, state, hw, launch_config(plan, hw), examples, staged)
 
-    trainer = build_trainer(plan, model, tokenizer, train_set, eval_set, hw)
-    manifest = outputs.new_manifest(plan, hw, argv if argv is not None else sys.argv)
-    manifest["parameters"] = models.count_parameters(trainer.model)
-    manifest["examples"] = {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0}
-    if state.is_main_process:
-        outputs.write_json(run_dir / "recipe.json", plan["recipe"])
-        outputs.write_json(run_dir / "plan.json", plan)
-        outputs.write_json(run_dir / outputs.MANIFEST, manifest)
 
+def stage_random_base(model, tokenizer, run_dir: Path, is_main: bool) -> Path:
+    """An adapter on randomly initialised weights is useless without them: keep the base beside it.
+
+    The base is saved next to the run directory now (before peft wraps the model) and moved into
+    it by `train`. peft records `model.name_or_path` as the adapter's base, so pointing it at the
+    final location makes the adapter load back with from_pretrained like any other.
+    """
+    staging = run_dir.parent / f".{run_dir.name}.{BASE_MODEL_DIR}.staging"
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    model.config._name_or_path = model.name_or_path = str(run_dir / BASE_MODEL_DIR)
+    return staging
+
+
+def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
+    trainer, state = prepared.trainer, prepared.state
+    run_dir = Path(plan["output_dir"])
+    manifest = outputs.new_manifest(plan, prepared.hardware, argv)
+    manifest.update(parameters=models.count_parameters(trainer.model), examples=prepared.examples,
+                    trainer_config=prepared.trainer_config)
+    moved = None
     started = time.monotonic()
     try:
+        if state.is_main_process:
+            moved = outputs.start_run_dir(plan["output_dir"])
+            if prepared.staged_base is not None:
+                prepared.staged_base.rename(run_dir / BASE_MODEL_DIR)
+            outputs.write_json(run_dir / "recipe.json", plan["recipe"])
+            outputs.write_json(run_dir / "plan.json", plan)
+            outputs.write_json(run_dir / outputs.MANIFEST, manifest)
+        state.wait_for_everyone()
         train_metrics = trainer.train().metrics
-        eval_metrics = trainer.evaluate() if eval_set is not None else {}
+        eval_metrics = trainer.evaluate() if prepared.examples["eval"] else {}
         trainer.save_model(plan["output_dir"])
     except BaseException as exc:
-        if state.is_main_process:
+        if state.is_main_process and run_dir.is_dir():
             manifest.update(status="failed", finished_at=outputs.now(), error=f"{type(exc).__name__}: {exc}",
                             history=trainer.state.log_history)
             outputs.write_json(run_dir / outputs.MANIFEST, manifest)
-            if moved is not None:
-                print(f"the run it was replacing is kept at {moved}", file=sys.stderr)
+        if moved is not None:
+            print(f"the earlier run in {run_dir} was kept at {moved}", file=sys.stderr)
         raise
 
-    manifest.update(
-        status="finished",
-        finished_at=outputs.now(),
-        seconds=round(time.monotonic() - started, 2),
-        metrics={"train": train_metrics, "eval": eval_metrics},
-        history=trainer.state.log_history,
-    )
+    manifest.update(status="finished", finished_at=outputs.now(), seconds=round(time.monotonic() - started, 2),
+                    metrics={"train": train_metrics, "eval": eval_metrics}, history=trainer.state.log_history)
     if state.is_main_process:
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         outputs.finish_replacing(moved)
@@ -73,18 +117,6 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
     if state.num_processes > 1:
         state.destroy_process_group()  # else rank 0 sometimes aborts at exit with gloo
     return manifest
-
-
-def keep_random_base(model, tokenizer, base_dir: Path, is_main: bool) -> None:
-    """An adapter on randomly initialised weights is useless without them: save the base beside it.
-
-    peft records `model.name_or_path` as the adapter's base, so pointing it at the saved copy
-    makes the adapter load back with from_pretrained like any other.
-    """
-    if is_main:
-        model.save_pretrained(base_dir)
-        tokenizer.save_pretrained(base_dir)
-    model.config._name_or_path = model.name_or_path = str(base_dir)
 
 
 def summary(manifest: dict) -> str:

@@ -97,18 +97,18 @@ def _translate(error) -> list[Problem]:
 
 
 def _translate_branches(error, where: str, custom: str | None) -> list[Problem]:
-    """anyOf/oneOf: report the errors of the one branch the value's type matches, if there is one."""
+    """anyOf/oneOf: where the value is an object of the one branch its type fits, report inside it."""
     by_branch: dict[int, list] = {}
     for sub in error.context:
         by_branch.setdefault(sub.schema_path[0], []).append(sub)
-    type_ok = [
-        errs for errs in by_branch.values()
+    fitting = [
+        (index, errs) for index, errs in by_branch.items()
         if not any(e.validator == "type" and e.absolute_path == error.absolute_path for e in errs)
     ]
-    if len(type_ok) == 1 and not custom:
-        return [p for e in type_ok[0] for p in _translate(e)]
     if custom:
         return [Problem(where, _with_value(error.instance, custom))]
+    if len(fitting) == 1 and "properties" in resolve(error.validator_value[fitting[0][0]]):
+        return [p for e in fitting[0][1] for p in _translate(e)]
     options = [_describe(resolve(b)) for b in error.validator_value]
     return [Problem(where, f"{_show(error.instance)} is not {' or '.join(options)}")]
 

@@ -1,8 +1,26 @@
 """Build the TRL / transformers trainer the plan names. The one place trainers are imported."""
 from __future__ import annotations
 
+import importlib.util
+
 from . import adapters
+from .errors import Problem, RecipeError
 from .tasks import import_dotted
+
+# Optimizers that need a package beyond the base install (transformers imports it when it builds the optimizer).
+OPTIMIZER_PACKAGES = {
+    "adamw_bnb_8bit": "bitsandbytes", "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes",
+    "paged_adamw_32bit": "bitsandbytes", "lion_8bit": "bitsandbytes", "paged_lion_8bit": "bitsandbytes",
+}
+
+# Library messages that do not name the setting they are about: fragment -> (recipe path, hint).
+KNOWN_REJECTIONS = {
+    "not training-compatible": (
+        "/training/assistant_only_loss",
+        "the chat template does not mark assistant turns with {% generation %} and TRL cannot patch it; set "
+        "training.assistant_only_loss to false to train on every token, or use a tokenizer whose template marks them",
+    ),
+}
 
 
 def launch_config(plan: dict, hardware: dict) -> dict:
@@ -15,10 +33,12 @@ def launch_config(plan: dict, hardware: dict) -> dict:
 
 
 def build_trainer(plan: dict, model, tokenizer, train_dataset, eval_dataset, hardware: dict, callbacks=()):
+    config = launch_config(plan, hardware)
+    check_optimizer_installed(config["optim"])
     config_class = import_dotted(plan["trainer"]["config_class"])
     trainer_class = import_dotted(plan["trainer"]["class"])
-    args = config_class(**launch_config(plan, hardware))
-    return trainer_class(
+    args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
+    return rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -26,4 +46,23 @@ def build_trainer(plan: dict, model, tokenizer, train_dataset, eval_dataset, har
         processing_class=tokenizer,
         peft_config=adapters.peft_config(plan["peft"]),
         callbacks=list(callbacks),
-    )
+    ))
+
+
+def check_optimizer_installed(optim: str) -> None:
+    package = OPTIMIZER_PACKAGES.get(optim)
+    if package and importlib.util.find_spec(package) is None:
+        raise RecipeError([Problem("/training/optim", f"'{optim}' needs the {package} package, which is not installed",
+                                   "pip install 'recipe-runner[qlora]', or choose adamw_torch")])
+
+
+def rejected_as_user_error(who: str, config: dict, build):
+    """Run `build`; a ValueError from the library is a setting it rejects, reported at that setting's path."""
+    try:
+        return build()
+    except ValueError as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        known = [(path, hint) for fragment, (path, hint) in KNOWN_REJECTIONS.items() if fragment in message]
+        named = [f"/training/{key}" for key in sorted(config, key=len, reverse=True) if key in message]
+        path, hint = known[0] if known else (named[0] if named else "/training", None)
+        raise RecipeError([Problem(path, f"{who} rejected the settings: {message}", hint)]) from None

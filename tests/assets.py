@@ -5,7 +5,7 @@ Everything here is built offline and deterministically; `python tests/assets.py`
 
 - tokenizer: byte-level (every byte one token, no merges) plus chat special tokens, with a
   chat template that marks assistant turns with {% generation %} for assistant-only loss;
-- model: a 2-layer Llama config small enough to train in seconds on a CPU;
+- model: a 3-layer Llama config small enough to train in seconds on a CPU;
 - data: reverse a short lowercase string, as prompt/completion pairs.
 """
 from __future__ import annotations
@@ -31,16 +31,16 @@ VOCAB_SIZE = 256 + len(SPECIAL)
 
 
 def model_config() -> dict:
-    """A Llama small enough to train in seconds on two CPU cores (~0.3M parameters)."""
+    """A Llama small enough to train in seconds on two CPU cores (~0.66M parameters)."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": 96,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 3,
         "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": 4,
         "max_position_embeddings": 256,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,

@@ -38,7 +38,8 @@ def test_quickstart_plan_names_trainer_config_and_arguments():
     assert plan["trainer"]["class"] == "trl.SFTTrainer"
     assert plan["trainer"]["config_class"] == "trl.SFTConfig"
     config = plan["trainer"]["config"]
-    assert config["learning_rate"] == 3e-3 and config["max_length"] == 64
+    assert config["learning_rate"] == 2e-3 and config["max_length"] == 64
+    assert config["completion_only_loss"] is True and config["assistant_only_loss"] is False
     assert "bf16" not in config and "bf16" in plan["trainer"]["decided_at_launch"]
     assert plan["model"]["class"] == "transformers.AutoModelForCausalLM"
     assert plan["data"]["columns"] == {"prompt": "prompt", "completion": "completion"}
@@ -86,7 +87,7 @@ def test_lora_target_module_must_exist(recipe_file, tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
     recipe = base_recipe(tmp_path, peft={"method": "lora", "target_modules": ["q_proj", "qproj", "query"]})
     found = plan_problems(recipe_file, recipe)
-    assert ("/peft/target_modules", "'qproj' is not a linear module of this llama model",
+    assert ("/peft/target_modules/1", "'qproj' is not a linear module of this llama model",
             "did you mean 'q_proj'?") in found
     assert len(found) == 2
 
@@ -115,31 +116,42 @@ def test_default_output_dir_is_runs_slash_name(recipe_file, tmp_path, monkeypatc
 
 CONFIGS = {
     "llama": {"model_type": "llama", "tie_word_embeddings": False, "attention_bias": True, "mlp_bias": True},
+    "llama-mha": {"model_type": "llama"},  # no num_key_value_heads: llama defaults it to the head count
     "mistral": {"model_type": "mistral", "num_key_value_heads": 1},
-    "qwen2": {"model_type": "qwen2", "tie_word_embeddings": True},
-    "qwen3": {"model_type": "qwen3", "head_dim": 24},
+    "qwen2": {"model_type": "qwen2", "tie_word_embeddings": True, "num_key_value_heads": 2},
+    "qwen3": {"model_type": "qwen3", "head_dim": 24, "num_key_value_heads": 2},
 }
+SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "vocab_size": 100}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("lora", [None, "all-linear", ["q_proj", "down_proj"]])
+@pytest.mark.parametrize("lora", [None, "all-linear", ["q_proj", "self_attn.v_proj", "down_proj", "lm_head"]])
 def test_parameter_estimate_matches_transformers_and_peft(name, lora):
-    """The plan's counts are the counts of the model transformers builds (and peft wraps)."""
+    """Counts from the raw config.json equal those of the model transformers builds (and peft wraps)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    raw = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "vocab_size": 100, **CONFIGS[name]}
-    model_type = raw.pop("model_type")
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **raw))
-    config = {**model.config.to_dict(), "model_type": model_type}
-    expected_total = estimate.total_parameters(config)
+    raw = {**SHAPE, **CONFIGS[name]}  # what a config.json holds: no class defaults filled in
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw))
+    expected_total = estimate.total_parameters(raw)
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, target_modules=lora, task_type="CAUSAL_LM"))
-        expected_total += estimate.lora_parameters(config, 4, lora)
+        expected_total += estimate.lora_parameters(raw, 4, lora)
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == \
-            estimate.lora_parameters(config, 4, lora)
+            estimate.lora_parameters(raw, 4, lora)
     assert sum(p.numel() for p in model.parameters()) == expected_total
+
+
+@pytest.mark.parametrize("raw", [
+    {**SHAPE, "model_type": "qwen3", "num_key_value_heads": 2},  # head_dim defaults to 128 in Qwen3Config
+    {**SHAPE, "model_type": "mistral"},  # num_key_value_heads defaults to 8 in MistralConfig
+    {k: v for k, v in SHAPE.items() if k != "intermediate_size"} | {"model_type": "llama"},
+    {**SHAPE, "model_type": "llama", "hidden_size": "big"},
+    {**SHAPE, "model_type": "llama", "num_attention_heads": 0},
+])
+def test_estimate_is_unknown_rather_than_wrong(raw):
+    assert estimate.total_parameters(raw) is None
 
 
 def test_unknown_architecture_says_why(recipe_file, tmp_path):
@@ -178,3 +190,33 @@ def test_hub_model_in_the_local_cache_gets_counts(recipe_file, tmp_path, monkeyp
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
     plan = plan_of(recipe_file, base_recipe(tmp_path, model={"name_or_path": "org/tiny", "init": "pretrained"}))
     assert plan["parameters"]["known"] and plan["parameters"]["from"] == str(snapshot / "config.json")
+
+
+def test_missing_tokenizer_directory(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    recipe = base_recipe(tmp_path, model={"tokenizer": "./no-such-tokenizer"})
+    (where, message, _), = plan_problems(recipe_file, recipe)
+    assert where == "/model/tokenizer" and message == f"no such directory: {tmp_path / 'no-such-tokenizer'}"
+
+
+def test_unreadable_model_config(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llama",}')
+    (where, message, _), = plan_problems(recipe_file, base_recipe(tmp_path, model={"name_or_path": "./m"}))
+    assert where == "/model/name_or_path" and message == f"{tmp_path / 'm'} has no readable config.json"
+
+
+def test_one_column_for_two_fields(recipe_file, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"q": "a"}\n')
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion", "columns": {"prompt": "q", "completion": "q"}})
+    assert plan_problems(recipe_file, recipe) == {
+        ("/data/columns", "column 'q' is mapped to more than one field", "each field needs its own column")}
+
+
+@pytest.mark.parametrize("fmt, completion_only, assistant_only", [
+    ("text", False, False), ("prompt_completion", True, False), ("messages", False, True)])
+def test_loss_masking_defaults_follow_the_format(recipe_file, tmp_path, fmt, completion_only, assistant_only):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    config = plan_of(recipe_file, base_recipe(tmp_path, data={"format": fmt}))["trainer"]["config"]
+    assert (config["completion_only_loss"], config["assistant_only_loss"]) == (completion_only, assistant_only)

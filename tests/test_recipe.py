@@ -154,3 +154,65 @@ def test_set_without_equals(recipe_file, tmp_path):
 def test_set_wrong_type_is_reported_with_path(recipe_file, tmp_path):
     found = problems_of(recipe_file(base_recipe(tmp_path)), ["training.per_device_train_batch_size=lots"])
     assert found == {("/training/per_device_train_batch_size", "'lots' is not an integer", None)}
+
+
+def test_child_can_switch_a_section_to_another_kind(tmp_path):
+    write_json(tmp_path / "base.json", {
+        "name": "b", "model": {"name_or_path": "org/m"}, "data": {"train": {"path": "t.jsonl", "limit": 5}},
+        "peft": {"method": "lora", "r": 8}})
+    child = write_json(tmp_path / "child.json", {
+        "extends": "base.json", "peft": {"method": "none"}, "data": {"train": {"hub": "org/data"}}})
+    recipe = load_recipe(child)
+    assert recipe["peft"] == {"method": "none"}
+    assert recipe["data"]["train"]["hub"] == "org/data" and "path" not in recipe["data"]["train"]
+    assert recipe["data"]["train"]["limit"] is None
+
+
+def test_set_can_switch_peft_method(recipe_file, tmp_path):
+    path = recipe_file(base_recipe(tmp_path, peft={"method": "lora", "r": 8}))
+    assert load_recipe(path, ["peft.method=none"])["peft"] == {"method": "none"}
+
+
+def test_set_cannot_change_extends(recipe_file, tmp_path):
+    found = problems_of(recipe_file(base_recipe(tmp_path)), ["extends=other.json"])
+    assert found == {("/extends", "--set 'extends=other.json': extends cannot be overridden",
+                      "write a recipe file that extends the one you want")}
+
+
+def test_set_problems_and_recipe_problems_come_together(recipe_file, tmp_path):
+    path = recipe_file(base_recipe(tmp_path, training={"learnig_rate": 1}))
+    found = {p for p, _, _ in problems_of(path, ["trainig.seed=1"])}
+    assert found == {"/trainig", "/training/learnig_rate"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"name": "x", "training": {"learning_rate": NaN}}', "NaN is not a number JSON allows; write a finite number"),
+    ('{"name": "x", "name": "y"}', "the key 'name' appears twice in one object; keep one"),
+])
+def test_json_that_python_accepts_but_a_recipe_must_not(tmp_path, text, message):
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    assert problems_of(path) == {("", message, None)}
+
+
+@pytest.mark.parametrize("override, path, message", [
+    ('training.report_to="wandb"', "/training/report_to",
+     "'wandb': must be \"none\" or a list of trackers from wandb, tensorboard, mlflow, comet_ml, trackio, clearml, "
+     "swanlab, e.g. [\"wandb\"]"),
+    ('peft.target_modules="q_proj"', "/peft/target_modules",
+     "'q_proj': must be \"all-linear\" or a list of module names, e.g. [\"q_proj\", \"v_proj\"]"),
+    ("training.save_steps=2.5", "/training/save_steps",
+     "2.5: must be a whole number of steps (1 or more) or a fraction in (0, 1) of the total steps"),
+    ("training.warmup_steps=2.5", "/training/warmup_steps",
+     "2.5: must be a whole number of steps (0 or more) or a fraction in [0, 1) of the total steps"),
+    ("training.save_strategy=best", "/training/save_strategy", "'best' is not one of ['no', 'steps', 'epoch']"),
+])
+def test_values_with_several_allowed_shapes_say_which(recipe_file, tmp_path, override, path, message):
+    recipe = base_recipe(tmp_path, peft={"method": "lora"})
+    assert {(p, m) for p, m, _ in problems_of(recipe_file(recipe), [override])} == {(path, message)}
+
+
+def test_a_typo_in_a_local_model_path_stays_a_local_path(tmp_path, recipe_file):
+    (tmp_path / "assets").mkdir()
+    recipe = load_recipe(recipe_file(base_recipe(tmp_path, model={"name_or_path": "assets/tiny-lama"})))
+    assert recipe["model"]["name_or_path"] == str(tmp_path / "assets" / "tiny-lama")  # not taken for a Hub id

@@ -16,7 +16,7 @@ from runner import models
 from runner.errors import RecipeError
 from runner.plan import build_plan
 from runner.recipe import load_recipe
-from runner.run import run
+from runner.run import prepare, run
 from conftest import base_recipe, write_jsonl
 
 ROWS = reverse_rows(64, seed=3)
@@ -138,19 +138,32 @@ def test_unreadable_data_file(tmp_path, recipe_file):
 def test_existing_run_is_refused_then_replaced_with_overwrite(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     path = recipe_file(base_recipe(tmp_path))
-    run(build_plan(load_recipe(path)), argv=["test"])
-    first = json.loads((tmp_path / "run" / "run.json").read_text())["started_at"]
+    first = run(build_plan(load_recipe(path)), argv=["test"])
+    (tmp_path / "run" / "marker-of-the-first-run").write_text("x")
 
     with pytest.raises(RecipeError) as info:
         run(build_plan(load_recipe(path)), argv=["test"])
     assert info.value.problems[0].path == "/output/dir"
     assert "already holds files" in info.value.problems[0].message
+    assert (tmp_path / "run" / "marker-of-the-first-run").exists(), "a refused run touches nothing"
 
-    manifest = run(build_plan(load_recipe(path, ["output.if_exists=overwrite"])), argv=["test"])
-    assert manifest["status"] == "finished"
+    second = run(build_plan(load_recipe(path, ["output.if_exists=overwrite"])), argv=["test"])
+    assert not (tmp_path / "run" / "marker-of-the-first-run").exists()
     assert not list(tmp_path.glob(".run.replaced-*")), "the replaced run is removed once the new one succeeds"
-    assert first  # the earlier run existed; the new run.json is the new run's
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["started_at"] == second["started_at"]
+    assert (tmp_path / "run" / "model.safetensors").is_file() and first["status"] == "finished"
+
+
+def test_overwrite_that_cannot_start_keeps_the_earlier_run(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    path = recipe_file(base_recipe(tmp_path))
+    run(build_plan(load_recipe(path)), argv=["test"])
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    bad = ["output.if_exists=overwrite", "training.optim=adamw_bnb_8bit"]  # bitsandbytes is not installed
+    with pytest.raises(RecipeError) as info:
+        run(build_plan(load_recipe(path, bad)), argv=["test"])
+    assert info.value.problems[0].path == "/training/optim"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
 
 
 def test_overwrite_never_deletes_a_directory_the_runner_did_not_make(tmp_path, recipe_file):
@@ -173,3 +186,42 @@ def test_unreachable_hub_dataset_is_a_user_error(tmp_path, recipe_file):
     (problem,) = info.value.problems
     assert problem.path == "/data/train/hub"
     assert problem.message.startswith("cannot load no-such-org/no-such-dataset")
+
+
+@pytest.mark.parametrize("fmt, trained_text", [
+    ("prompt_completion", [" ypvl<|end|>"]),
+    ("messages", ["ypvl =<|end|>"]),
+])
+def test_loss_is_on_the_completion_or_the_assistant_turn_only(tmp_path, recipe_file, fmt, trained_text):
+    """The labels the collator builds keep exactly the answer (and its end token); the prompt is masked."""
+    rows = [{"prompt": "reverse lvpy =", "completion": " ypvl"}] if fmt == "prompt_completion" else \
+        [{"messages": [{"role": "user", "content": "reverse lvpy"}, {"role": "assistant", "content": "ypvl ="}]}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path, data={"format": fmt}))))
+    trainer = prepare(plan).trainer
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    labels = batch["labels"][0]
+    trained = trainer.processing_class.decode(labels[labels != -100])
+    assert [trained] == trained_text
+    assert not list((tmp_path / "run").glob("*")), "prepare writes nothing (transformers makes the empty directory)"
+
+
+def test_chat_template_without_assistant_markers_is_reported(tmp_path, recipe_file):
+    import shutil
+
+    from conftest import TINY_MODEL
+
+    model_dir = tmp_path / "plain-template"
+    shutil.copytree(TINY_MODEL, model_dir)
+    template = (model_dir / "chat_template.jinja").read_text()
+    plain = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    (model_dir / "chat_template.jinja").write_text(plain)
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["messages"])
+    recipe = base_recipe(tmp_path, data={"format": "messages"}, model={"name_or_path": str(model_dir)})
+    with pytest.raises(RecipeError) as info:
+        prepare(build_plan(load_recipe(recipe_file(recipe))))
+    (problem,) = info.value.problems
+    assert problem.path == "/training/assistant_only_loss"
+    assert "set training.assistant_only_loss to false" in problem.hint
+    trainer = prepare(build_plan(load_recipe(recipe_file(recipe), ["training.assistant_only_loss=false"]))).trainer
+    assert trainer.args.assistant_only_loss is False

@@ -5,6 +5,7 @@ naming the recipe path of the source, before any model is loaded.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Problem, RecipeError, did_you_mean
@@ -12,12 +13,35 @@ from .errors import Problem, RecipeError, did_you_mean
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+@dataclass
+class Splits:
+    """The canonical datasets of a run (rows in the format the trainer reads)."""
+
+    train: object
+    eval: object | None  # evaluated during training and for the final loss
+    evaluation: object | None  # what evaluation metrics are computed on (evaluation.data, else eval)
+    retention: object | None  # general text measured before and after training
+
+
+def load_all(plan: dict) -> Splits:
+    spec, evaluation = plan["data"], plan["evaluation"]
+    train, held_out = load_splits(spec, plan["recipe"]["training"]["seed"])
+    chosen = held_out
+    if evaluation["data"] is not None:
+        chosen = load_canonical(evaluation["data"], spec, "/evaluation/data")
+    retention = None
+    if evaluation["retention"] is not None:
+        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [], "convert": None}
+        retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
+    return Splits(train, held_out, chosen, retention)
+
+
 def load_splits(spec: dict, seed: int):
     """(train, eval or None) as datasets.Dataset objects with only the canonical columns."""
-    train = _canonical(load_source(spec["train"], "/data/train"), spec, "train")
+    train = load_canonical(spec["train"], spec, "/data/train")
     evaluation = None
     if spec["eval"] is not None:
-        evaluation = _canonical(load_source(spec["eval"], "/data/eval"), spec, "eval")
+        evaluation = load_canonical(spec["eval"], spec, "/data/eval")
     elif spec["eval_fraction"] is not None:
         if len(train) < 2:
             raise RecipeError([Problem("/data/eval_fraction", "the training data has too few rows to split")])
@@ -46,21 +70,36 @@ def load_source(source: dict, where: str):
     return dataset
 
 
-def _canonical(dataset, spec: dict, split: str):
-    """Keep the format's columns, renamed to their canonical names."""
+def load_canonical(source: dict, spec: dict, where: str):
+    return canonical(load_source(source, where), spec, where, _name(source))
+
+
+def canonical(dataset, spec: dict, where: str, name: str):
+    """Keep the format's columns, renamed to their canonical names, converted to what the trainer reads."""
     columns = spec["columns"]  # canonical -> source column
-    name = _name(spec[split])
-    missing = [(field, col) for field, col in columns.items() if col not in dataset.column_names]
+    missing = [(field, col) for field, col in columns.items()
+               if col not in dataset.column_names and field not in spec["optional"]]
     if missing:
         raise RecipeError([
-            Problem(f"/data/{split}", f"no column '{col}' for field '{field}' (format '{spec['format']}') in "
-                                      f"{name}; columns: {', '.join(dataset.column_names)}",
+            Problem(where, f"no column '{col}' for field '{field}' (format '{spec['format']}') in "
+                           f"{name}; columns: {', '.join(dataset.column_names)}",
                     did_you_mean(col, dataset.column_names) or f"map it with data.columns.{field}")
             for field, col in missing
         ])
-    dataset = dataset.select_columns(list(columns.values()))
-    renames = {col: field for field, col in columns.items() if col != field}
-    return dataset.rename_columns(renames) if renames else dataset
+    present = {field: col for field, col in columns.items() if col in dataset.column_names}
+    dataset = dataset.select_columns(list(present.values()))
+    renames = {col: field for field, col in present.items() if col != field}
+    dataset = dataset.rename_columns(renames) if renames else dataset
+    if spec["convert"]:
+        convert = globals()[spec["convert"]]
+        dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"{spec['format']} -> messages")
+    return dataset
+
+
+def alpaca_to_messages(row: dict) -> dict:
+    """An alpaca record as the conversation it stands for: the instruction (and input) asked, the output answered."""
+    question = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": row["output"]}]}
 
 
 def _name(source: dict) -> str:

@@ -27,6 +27,7 @@ def reference() -> str:
 def _sections(root: dict):
     """(dotted name, schema) of every object worth its own table, in reading order."""
     for key, prop in root["properties"].items():
+        yield from _per_task(root, key)
         sub = schema.resolve(prop)
         if sub.get("type") == "object" and (sub.get("properties") or sub.get("allOf")):
             yield key, sub
@@ -35,6 +36,24 @@ def _sections(root: dict):
                 if "if" in part:
                     (disc, cond), = part["if"]["properties"].items()
                     yield f"{key}` with `{disc}: \"{cond['const']}\"", schema.resolve(part["then"])
+
+
+def _per_task(root: dict, key: str):
+    """A section closed per task (`training`): its shared part, then each task's own keys."""
+    by_ref: dict[str, list[str]] = {}
+    for part in root.get("allOf", []):
+        ref = part["then"]["properties"].get(key, {}).get("$ref")
+        if ref:
+            by_ref.setdefault(ref, []).append(part["if"]["properties"]["task"]["const"])
+    shared_done = False
+    for ref, tasks in by_ref.items():
+        sub = schema.resolve({"$ref": ref})
+        for shared in sub.get("allOf", []):
+            if not shared_done:
+                shared_done = True
+                yield f"{key}` shared by every `task", schema.resolve(shared)
+        names = "`, `".join(tasks)
+        yield f"{key}` with `task` `{names}", sub
 
 
 def _nested(prefix: str, sub: dict):

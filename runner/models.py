@@ -18,7 +18,7 @@ def load_tokenizer(spec: dict):
     return tokenizer
 
 
-def load_config(spec: dict):
+def load_config(spec: dict, updates: dict | None = None):
     from transformers import AutoConfig
 
     config = _hub_call("/model/name_or_path", spec["name_or_path"], AutoConfig.from_pretrained,
@@ -27,18 +27,18 @@ def load_config(spec: dict):
     if unknown:
         raise RecipeError([Problem(f"/model/config_overrides/{key}", f"not an attribute of {type(config).__name__}")
                            for key in unknown])
-    for key, value in spec["config_overrides"].items():
+    for key, value in {**spec["config_overrides"], **(updates or {})}.items():
         setattr(config, key, value)
     return config
 
 
-def load_model(spec: dict, seed: int):
+def load_model(spec: dict, seed: int, config_updates: dict | None = None):
     """The model named by the plan, on CPU, in the dtype the recipe asks for."""
     import torch
     from transformers import set_seed
 
     model_class = import_dotted(spec["class"])
-    config = load_config(spec)
+    config = load_config(spec, config_updates)
     kwargs = {"trust_remote_code": spec["trust_remote_code"]}
     if spec["attn_implementation"] is not None:
         kwargs["attn_implementation"] = spec["attn_implementation"]

@@ -14,20 +14,20 @@ from pathlib import Path
 from . import __version__, estimate
 from .errors import Problem, RecipeError, did_you_mean
 from .recipe import Recipe, thaw
-from .tasks import TASKS, Task
+from .plan_eval import check_evaluation, check_source, evaluation_spec
+from .tasks import TASKS, Task, data_format
 
 
 def build_plan(recipe: Recipe) -> dict:
     task = TASKS[recipe["task"]]
     doc = recipe.to_dict()
+    fmt = data_format(task, doc["data"]["format"])
     raw_config, config_source = read_model_config(doc["model"])
     model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
-    problems = (
-        check_model(doc["model"], raw_config)
-        + check_data(doc["data"], task)
-        + check_training(doc, task)
-        + check_peft(doc["peft"], model_config)
-    )
+    problems = check_model(doc["model"], raw_config) + check_data(doc["data"], task, fmt)
+    if fmt in task.formats:  # the remaining checks read the format's fields
+        problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
+    problems += check_peft(doc["peft"], model_config)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)
@@ -37,16 +37,19 @@ def build_plan(recipe: Recipe) -> dict:
         "task": task.name,
         "output_dir": output_dir,
         "model": model_spec(doc["model"], task),
-        "data": data_spec(doc["data"], task),
+        "data": data_spec(doc["data"], task, fmt),
         "peft": peft_spec(doc["peft"], task),
         "trainer": {
             "class": task.trainer_class,
             "config_class": task.config_class,
-            "config": trainer_config(doc, task, output_dir),
+            "builder": task.builder,
+            "config": trainer_config(doc, task, fmt, output_dir),
+            "runner_settings": {k: doc["training"][k] for k in task.runner_keys},
             "decided_at_launch": launch_decisions(doc["training"]),
         },
+        "evaluation": evaluation_spec(doc, task, fmt),
         "batch": batch_arithmetic(doc["training"]),
-        "parameters": parameter_counts(model_config, config_source, doc["peft"]),
+        "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "recipe": doc,
     }
 
@@ -95,6 +98,9 @@ def check_model(model: dict, config: dict | None) -> list[Problem]:
     if tokenizer.is_absolute() and not tokenizer.is_dir():
         return [Problem("/model/tokenizer", f"no such directory: {tokenizer}",
                         "a relative path is resolved against the recipe's directory")]
+    if model["chat_template"] and not Path(model["chat_template"]).is_file():
+        return [Problem("/model/chat_template", f"file not found: {model['chat_template']}",
+                        "a relative path is resolved against the recipe's directory")]
     if config is None:
         return []
     return [
@@ -118,52 +124,56 @@ def model_spec(model: dict, task: Task) -> dict:
         "tokenizer_revision": model["tokenizer_revision"] if model["tokenizer"] else model["revision"],
         # the recipe key a tokenizer loading problem is reported at
         "tokenizer_key": "/model/tokenizer" if model["tokenizer"] else "/model/name_or_path",
+        "chat_template": model["chat_template"],
     }
 
 
 # --- data -----------------------------------------------------------------------------------
 
 
-def check_data(data: dict, task: Task) -> list[Problem]:
-    problems = []
-    for split in ("train", "eval"):
-        source = data.get(split)
-        if source and "path" in source and not Path(source["path"]).is_file():
-            problems.append(Problem(f"/data/{split}/path", f"file not found: {source['path']}",
-                                    "a relative path is resolved against the recipe's directory"))
-        if source and "path" in source:
-            problems += [Problem(f"/data/{split}/{key}", "only applies to Hub datasets ('hub')")
-                         for key in ("subset", "revision") if source[key] is not None]
+def check_data(data: dict, task: Task, fmt: str) -> list[Problem]:
+    """Sources exist, the format is the task's, and the column mapping fits the format."""
+    problems = check_source(data["train"], "/data/train") + check_source(data["eval"], "/data/eval")
     if data["eval"] is not None and data["eval_fraction"] is not None:
         problems.append(Problem("/data/eval_fraction", "set either data.eval or data.eval_fraction, not both"))
-    wanted = task.formats[data["format"]]
+    if fmt not in task.formats:
+        return problems + [Problem("/data/format", f"task '{task.name}' does not read format '{fmt}'",
+                                   f"its formats: {', '.join(task.formats)}")]
+    if data["labels"] is not None and fmt != "labelled":
+        problems.append(Problem("/data/labels", "only applies to data.format 'labelled'"))
+    spec = task.formats[fmt]
+    wanted = spec.fields + spec.optional
     mapped = [data["columns"].get(field, field) for field in wanted]
     for column in sorted({c for c in mapped if mapped.count(c) > 1}):
         problems.append(Problem("/data/columns", f"column '{column}' is mapped to more than one field",
                                 "each field needs its own column"))
     for key in data["columns"]:
         if key not in wanted:
-            problems.append(Problem(f"/data/columns/{key}", f"format '{data['format']}' has no field '{key}'",
+            problems.append(Problem(f"/data/columns/{key}", f"format '{fmt}' has no field '{key}'",
                                     f"its fields are: {', '.join(wanted)}"))
     return problems
 
 
-def data_spec(data: dict, task: Task) -> dict:
-    fields = task.formats[data["format"]]
+def data_spec(data: dict, task: Task, fmt: str) -> dict:
+    spec = task.formats[fmt]
     return {
-        "format": data["format"],
+        "format": fmt,
         "train": data["train"],
         "eval": data["eval"],
         "eval_fraction": data["eval_fraction"],
-        # canonical field -> column in the source data
-        "columns": {f: data["columns"].get(f, f) for f in fields},
+        # canonical field -> column in the source data; optional fields may be absent unless mapped
+        "columns": {f: data["columns"].get(f, f) for f in spec.fields + spec.optional},
+        "optional": [f for f in spec.optional if f not in data["columns"]],
+        "convert": spec.convert,
+        "labels": data["labels"],
+        "prepare": task.prepare_data,
     }
 
 
 # --- training -------------------------------------------------------------------------------
 
 
-def check_training(doc: dict, task: Task) -> list[Problem]:
+def check_training(doc: dict, task: Task, fmt: str) -> list[Problem]:
     training, data = doc["training"], doc["data"]
     has_eval = data["eval"] is not None or data["eval_fraction"] is not None
     problems = []
@@ -173,27 +183,29 @@ def check_training(doc: dict, task: Task) -> list[Problem]:
                                     "add data.eval, or set data.eval_fraction, or set eval_strategy to 'no'"))
         if training["eval_on_start"]:
             problems.append(Problem("/training/eval_on_start", "needs evaluation data", "add data.eval"))
-    for key, fmt in task.format_only_options.items():
-        if training.get(key) and data["format"] != fmt:
-            problems.append(Problem(f"/training/{key}", f"only applies to data.format '{fmt}'",
-                                    f"data.format is '{data['format']}'; remove {key} or change the format"))
+    for key, only in task.format_only_options.items():
+        if training.get(key) and fmt != only:
+            problems.append(Problem(f"/training/{key}", f"only applies to data.format '{only}'",
+                                    f"data.format is '{fmt}'; remove {key} or change the format"))
     if training["bf16"] and training["fp16"]:
         problems.append(Problem("/training/fp16", "bf16 and fp16 cannot both be on", "keep one of them"))
-    if training["packing"] and training["max_length"] is None:
+    if training.get("packing") and training["max_length"] is None:
         problems.append(Problem("/training/max_length", "packing needs a max_length (the packed row length)"))
     return problems
 
 
-def trainer_config(doc: dict, task: Task, output_dir: str) -> dict:
+def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
     """Keyword arguments of the trainer's config class: the recipe's section plus output_dir.
 
-    Format-only loss options left null resolve to "on for their own format" (the task table's rule).
+    Keys the runner consumes itself are left out; format-only loss options left null resolve to
+    "on for their own format" (the task table's rule).
     """
     training = doc["training"]
-    config = {k: v for k, v in training.items() if k != "bf16" or v is not None}
-    for key, fmt in task.format_only_options.items():
+    config = {k: v for k, v in training.items()
+              if k not in task.runner_keys and (k != "bf16" or v is not None)}
+    for key, only in task.format_only_options.items():
         if training[key] is None:
-            config[key] = doc["data"]["format"] == fmt
+            config[key] = fmt == only
     return {"output_dir": output_dir, **config}
 
 
@@ -225,6 +237,8 @@ def resolve_output_dir(doc: dict) -> str:
 
 
 def check_peft(peft: dict, config: dict | None) -> list[Problem]:
+    if peft["method"] == "partial":
+        return check_patterns(peft["trainable"])
     if peft["method"] != "lora" or peft["target_modules"] == "all-linear":
         return []
     shapes = estimate.linear_shapes(config) if config else None
@@ -238,14 +252,33 @@ def check_peft(peft: dict, config: dict | None) -> list[Problem]:
     ]
 
 
+def check_patterns(patterns: list[str]) -> list[Problem]:
+    import re
+
+    problems = []
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            problems.append(Problem(f"/peft/trainable/{i}", f"{pattern!r} is not a regular expression: {exc}",
+                                    "escape literal dots as \\\\. in JSON"))
+    return problems
+
+
 def peft_spec(peft: dict, task: Task) -> dict | None:
+    """What wraps or freezes the model: a peft config class with its kwargs, or patterns for `partial`."""
     if peft["method"] == "none":
         return None
+    if peft["method"] == "partial":
+        return {"method": "partial", "trainable": peft["trainable"]}
     kwargs = {k: v for k, v in peft.items() if k != "method"}
-    return {"class": "peft.LoraConfig", "kwargs": {"task_type": task.peft_task_type, **kwargs}}
+    return {"method": "lora", "class": "peft.LoraConfig", "kwargs": {"task_type": task.peft_task_type, **kwargs}}
 
 
-def parameter_counts(config: dict | None, source: str, peft: dict) -> dict:
+def parameter_counts(config: dict | None, source: str, peft: dict, task: Task) -> dict:
+    if not task.model_class.endswith("ForCausalLM"):
+        return {"known": False, "why": f"the {task.name} head's size depends on the data; "
+                                       "run.json records the counts after loading"}
     total = estimate.total_parameters(config) if config else None
     if total is None:
         why = source if config is None else f"architecture '{config.get('model_type')}' is not in the estimator"
@@ -253,6 +286,9 @@ def parameter_counts(config: dict | None, source: str, peft: dict) -> dict:
     if peft["method"] == "lora":
         trainable = estimate.lora_parameters(config, peft["r"], peft["target_modules"])
         total += trainable
+    elif peft["method"] == "partial":
+        return {"known": False, "why": "partial tuning: run.json records the trainable count after loading",
+                "total": total}
     else:
         trainable = total
     return {"known": True, "total": total, "trainable": trainable,

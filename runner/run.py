@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, models, outputs
+from . import data, evaluation, models, outputs, report
+from .tasks import import_dotted
 from .trainer import build_trainer, launch_config
 
 BASE_MODEL_DIR = "base_model"
@@ -25,7 +26,7 @@ class Prepared:
     state: object  # accelerate.PartialState
     hardware: dict
     trainer_config: dict  # the config kwargs actually used, launch decisions included
-    examples: dict
+    splits: data.Splits
     staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
 
 
@@ -46,20 +47,21 @@ def prepare(plan: dict) -> Prepared:
     state.wait_for_everyone()  # no process writes before every process has checked
 
     seed = plan["recipe"]["training"]["seed"]
-    train_set, eval_set = data.load_splits(plan["data"], seed)
+    splits, config_updates = data.load_all(plan), {}
+    if plan["data"]["prepare"]:
+        splits, config_updates = import_dotted(plan["data"]["prepare"])(plan, splits)
     tokenizer = models.load_tokenizer(plan["model"])
-    model = models.load_model(plan["model"], seed)
+    model = models.load_model(plan["model"], seed, config_updates)
     staged = None
     if plan["peft"] is not None and plan["model"]["init"] == "random":
         staged = stage_random_base(model, tokenizer, Path(plan["output_dir"]), state.is_main_process)
     try:
-        trainer = build_trainer(plan, model, tokenizer, train_set, eval_set, hw)
+        trainer = build_trainer(plan, model, tokenizer, splits, hw)
     except BaseException:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
         raise
-    examples = {"train": len(train_set), "eval": len(eval_set) if eval_set is not None else 0}
-    return Prepared(trainer, state, hw, launch_config(plan, hw), examples, staged)
+    return Prepared(trainer, state, hw, launch_config(plan, hw), splits, staged)
 
 
 def stage_random_base(model, tokenizer, run_dir: Path, is_main: bool) -> Path:
@@ -82,7 +84,7 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     trainer, state = prepared.trainer, prepared.state
     run_dir = Path(plan["output_dir"])
     manifest = outputs.new_manifest(plan, prepared.hardware, argv)
-    manifest.update(parameters=models.count_parameters(trainer.model), examples=prepared.examples,
+    manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
                     trainer_config=prepared.trainer_config)
     moved = None
     started = time.monotonic()
@@ -95,8 +97,7 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
             outputs.write_json(run_dir / "plan.json", plan)
             outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         state.wait_for_everyone()
-        train_metrics = trainer.train().metrics
-        eval_metrics = trainer.evaluate() if prepared.examples["eval"] else {}
+        results = train_and_measure(trainer, plan, prepared.splits)
         trainer.save_model(plan["output_dir"])
     except BaseException as exc:
         if state.is_main_process and run_dir.is_dir():
@@ -108,8 +109,10 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
         raise
 
     manifest.update(status="finished", finished_at=outputs.now(), seconds=round(time.monotonic() - started, 2),
-                    metrics={"train": train_metrics, "eval": eval_metrics}, history=trainer.state.log_history)
+                    metrics=results, history=trainer.state.log_history)
     if state.is_main_process:
+        outputs.write_json(run_dir / "metrics.json", results)
+        report.write_report(run_dir, manifest, plan["recipe"], results)
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         outputs.finish_replacing(moved)
         print(summary(manifest), flush=True)
@@ -117,6 +120,24 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     if state.num_processes > 1:
         state.destroy_process_group()  # else rank 0 sometimes aborts at exit with gloo
     return manifest
+
+
+def train_and_measure(trainer, plan: dict, splits) -> dict:
+    """Train, measuring before (baseline, retention) and after. The content of metrics.json."""
+    baseline = plan["evaluation"]["baseline"]
+    before = evaluation.measure(trainer, plan, splits) if baseline else None
+    retention_before = evaluation.measure_retention(trainer, splits)
+    train_metrics = trainer.train().metrics
+    after = evaluation.measure(trainer, plan, splits)
+    retention = None
+    if retention_before is not None:
+        retention = {"before": retention_before, "after": evaluation.measure_retention(trainer, splits)}
+    return {"train": train_metrics, "before": before, "after": after, "retention": retention}
+
+
+def count_examples(splits: data.Splits) -> dict:
+    names = ("train", "eval", "evaluation", "retention")
+    return {name: len(getattr(splits, name)) for name in names if getattr(splits, name) is not None}
 
 
 def summary(manifest: dict) -> str:
@@ -129,7 +150,21 @@ def summary(manifest: dict) -> str:
     if evals:
         (s0, l0), (s1, l1) = evals[0], evals[-1]
         lines.append(f"  eval loss:  {l0:.4f} (step {s0}) -> {l1:.4f} (step {s1})")
+    lines += metric_lines(manifest["metrics"])
     params = manifest["parameters"]
     lines.append(f"  parameters: {params['trainable']:,} trainable of {params['total']:,}")
-    lines.append("  load it with from_pretrained(output_dir); records in run.json, recipe.json, plan.json")
+    lines.append("  load it with from_pretrained(output_dir); report.md, metrics.json and run.json beside it")
     return "\n".join(lines)
+
+
+def metric_lines(results: dict) -> list[str]:
+    """`name: before -> after` for the scalar metrics (before only with a baseline)."""
+    before, lines = results.get("before") or {}, []
+    for name, value in (results.get("after") or {}).items():
+        if isinstance(value, (int, float)):
+            start = f"{before[name]:.4f} -> " if name in before else ""
+            lines.append(f"  {name}: {start}{value:.4f}")
+    for when in ("before", "after"):
+        if results.get("retention"):
+            lines.append(f"  retention loss ({when}): {results['retention'][when]['loss']:.4f}")
+    return lines

@@ -140,10 +140,11 @@ def _unevaluated(path: list, inst: dict, sub: dict) -> list[Problem]:
     for key in inst:
         if key in allowed:
             continue
-        owners = _branch_owners(sub, key)
+        owners = _branch_owners(sub, key) or _sibling_owners(path, key)
         if owners:
             disc, values = owners
-            hint = f"'{key}' belongs to {disc} {_choices(values)}, not {_show(inst.get(disc))}"
+            current = f", not {_show(inst[disc])}" if disc in inst else ""
+            hint = f"'{key}' belongs to {disc} {_choices(values)}{current}"
             problems.append(Problem(pointer(path + [key]), "not allowed here", hint))
         else:
             problems.append(_unknown_key(path, key, sorted(allowed)))
@@ -173,6 +174,18 @@ def _branch_owners(sub: dict, key: str):
             (disc, cond), = part["if"]["properties"].items()
             return disc, [cond["const"]]
     return None
+
+
+def _sibling_owners(path: list, key: str):
+    """For a top-level section closed per task (`training`): ('task', [tasks whose section has `key`])."""
+    if len(path) != 1:
+        return None
+    owners = []
+    for part in load_schema().get("allOf", []):
+        section = part.get("then", {}).get("properties", {}).get(path[0])
+        if section and key in known_keys(section):
+            owners.append(part["if"]["properties"]["task"]["const"])
+    return ("task", owners) if owners else None
 
 
 def _bound_message(kind: str, value, inst) -> str | None:

@@ -1,7 +1,7 @@
 """The task table: everything that differs between run kinds lives here, and only here.
 
-Other modules look a task up instead of branching on its name. Classes are named by dotted
-path so that this table (and `plan`) never imports torch, transformers or trl.
+Other modules look a task up instead of branching on its name. Classes and functions are named
+by dotted path so that this table (and `plan`) never imports torch, transformers or trl.
 """
 from __future__ import annotations
 
@@ -11,17 +11,50 @@ from typing import Mapping
 
 
 @dataclass(frozen=True)
+class Format:
+    """A data format: the canonical fields a source must provide, and how rows become trainer examples."""
+
+    fields: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    # runner.data function turning one canonical row into what the trainer reads; None: rows as they are
+    convert: str | None = None
+    # canonical fields (after conversion) that hold the prompt and the reference answer, for generative metrics
+    prompt_and_answer: str | None = None  # runner.evaluation function name, or None: not generative
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
-    trainer_class: str  # built by trainer.build_trainer
-    config_class: str  # receives the recipe's `training` section as keyword arguments
+    trainer_class: str
+    config_class: str  # receives the recipe's `training` section (less `runner_keys`) as keyword arguments
     model_class: str  # the AutoModel class that loads or builds the model
     peft_task_type: str  # peft's TaskType for adapters on this model class
-    # data format -> the canonical columns the trainer reads
-    formats: Mapping[str, tuple[str, ...]]
-    # training key -> the only data format where setting it to true makes sense
+    formats: Mapping[str, Format]  # the first is the default
+    builder: str  # function(plan, model, tokenizer, splits) -> the trainer's keyword arguments but `args`
+    default_metrics: tuple[str, ...]
+    metrics: tuple[str, ...]  # the ones that make sense for this task
+    # training keys the runner consumes itself (not fields of config_class)
+    runner_keys: tuple[str, ...] = ()
+    # training key -> the only data format where setting it to true makes sense; null resolves to
+    # "true for that format, false otherwise"
     format_only_options: Mapping[str, str] = field(default_factory=dict)
+    causal_lm: bool = True  # has a language-model loss (perplexity, retention)
+    # function(plan, splits) -> (splits, model config updates), run after loading the data; None: nothing
+    prepare_data: str | None = None
+    # function(trainer, plan, dataset) -> what trainer.evaluate takes for canonical rows; None: the rows
+    eval_features: str | None = None
 
+
+GENERATIVE = ("exact_match", "rouge", "bleu")
+LM_METRICS = ("loss", "perplexity")
+
+_CHAT = {
+    "text": Format(("text",)),
+    "prompt_completion": Format(("prompt", "completion"), prompt_and_answer="prompt_completion"),
+    "messages": Format(("messages",), prompt_and_answer="messages"),
+    "alpaca": Format(("instruction", "output"), optional=("input",), convert="alpaca_to_messages",
+                     prompt_and_answer="messages"),
+}
 
 TASKS: Mapping[str, Task] = MappingProxyType({
     "sft": Task(
@@ -30,17 +63,63 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         config_class="trl.SFTConfig",
         model_class="transformers.AutoModelForCausalLM",
         peft_task_type="CAUSAL_LM",
-        formats=MappingProxyType({
-            "text": ("text",),
-            "prompt_completion": ("prompt", "completion"),
-            "messages": ("messages",),
-        }),
+        formats=MappingProxyType(_CHAT),
+        builder="runner.trainer.lm_trainer_kwargs",
+        default_metrics=LM_METRICS,
+        metrics=LM_METRICS + GENERATIVE,
         format_only_options=MappingProxyType({
             "completion_only_loss": "prompt_completion",
             "assistant_only_loss": "messages",
         }),
     ),
+    "pretrain": Task(
+        name="pretrain",
+        trainer_class="trl.SFTTrainer",
+        config_class="trl.SFTConfig",
+        model_class="transformers.AutoModelForCausalLM",
+        peft_task_type="CAUSAL_LM",
+        formats=MappingProxyType({"text": _CHAT["text"]}),
+        builder="runner.trainer.lm_trainer_kwargs",
+        default_metrics=LM_METRICS,
+        metrics=LM_METRICS,
+        format_only_options=MappingProxyType({
+            "completion_only_loss": "prompt_completion",
+            "assistant_only_loss": "messages",
+        }),
+    ),
+    "dpo": Task(
+        name="dpo",
+        trainer_class="trl.DPOTrainer",
+        config_class="trl.DPOConfig",
+        model_class="transformers.AutoModelForCausalLM",
+        peft_task_type="CAUSAL_LM",
+        formats=MappingProxyType({"preference": Format(("chosen", "rejected"), optional=("prompt",))}),
+        builder="runner.trainer.lm_trainer_kwargs",
+        default_metrics=("loss", "rewards"),
+        metrics=("loss", "rewards"),
+        causal_lm=False,  # the DPO loss is not a token loss: no perplexity, no retention set
+    ),
+    "classification": Task(
+        name="classification",
+        trainer_class="transformers.Trainer",
+        config_class="transformers.TrainingArguments",
+        model_class="transformers.AutoModelForSequenceClassification",
+        peft_task_type="SEQ_CLS",
+        formats=MappingProxyType({"labelled": Format(("text", "label"), optional=("text_pair",))}),
+        builder="runner.classification.classification_trainer_kwargs",
+        default_metrics=("accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"),
+        metrics=("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"),
+        runner_keys=("max_length", "class_weights"),
+        causal_lm=False,
+        prepare_data="runner.classification.encode_labels",
+        eval_features="runner.classification.eval_features",
+    ),
 })
+
+
+def data_format(task: Task, name: str | None) -> str:
+    """The recipe's format, or the task's default (its first) when the recipe leaves it null."""
+    return name if name is not None else next(iter(task.formats))
 
 
 def import_dotted(name: str):

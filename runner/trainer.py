@@ -32,21 +32,35 @@ def launch_config(plan: dict, hardware: dict) -> dict:
     return config
 
 
-def build_trainer(plan: dict, model, tokenizer, train_dataset, eval_dataset, hardware: dict, callbacks=()):
+def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
+    """The task's trainer, ready to train; a setting the library rejects is reported at its recipe path."""
     config = launch_config(plan, hardware)
     check_optimizer_installed(config["optim"])
     config_class = import_dotted(plan["trainer"]["config_class"])
     trainer_class = import_dotted(plan["trainer"]["class"])
+    builder = import_dotted(plan["trainer"]["builder"])
     args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
-    return rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=adapters.peft_config(plan["peft"]),
-        callbacks=list(callbacks),
-    ))
+    kwargs = builder(plan, model, tokenizer, splits)
+    return rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
+
+
+def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
+    """TRL's trainers (SFT, DPO) tokenize the data themselves and wrap the model with peft_config.
+
+    For DPO with an adapter, TRL uses the base with the adapter disabled as the reference model
+    (no second copy); with full fine-tuning it copies the model, or precomputes the reference
+    log-probabilities with `precompute_ref_log_probs`.
+    """
+    if plan["model"]["chat_template"]:
+        with open(plan["model"]["chat_template"], encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+    return {
+        "model": adapters.prepare_model(model, plan["peft"]),
+        "train_dataset": splits.train,
+        "eval_dataset": splits.eval,
+        "processing_class": tokenizer,
+        "peft_config": adapters.peft_config(plan["peft"]),
+    }
 
 
 def check_optimizer_installed(optim: str) -> None:

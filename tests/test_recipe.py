@@ -52,7 +52,8 @@ def test_all_problems_are_reported_at_once(recipe_file, tmp_path):
     assert found == {
         ("/training/learning_rate", "'abc' is not a number", None),
         ("/training/max_steps", "0: must be -1 (train for num_train_epochs) or a positive number of steps", None),
-        ("/data/format", "'prompt-completion' is not one of ['text', 'prompt_completion', 'messages']",
+        ("/data/format", "'prompt-completion' is not one of [null, 'text', 'prompt_completion', 'messages', "
+                         "'alpaca', 'preference', 'labelled']",
          "did you mean 'prompt_completion'?"),
         ("/modle", "unknown key", "did you mean 'model'?"),
         ("/model", "missing (required)", None),

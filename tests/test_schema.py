@@ -43,14 +43,26 @@ def test_every_property_has_a_description():
     assert missing == []
 
 
+MERGED = {"lora", "partial", "training_common"}  # only used inside closed parents (peft, training_<task>)
+
+
 def test_every_object_is_closed():
     open_objects = [
         path for path, sub in walk(schema.load_schema())
-        if sub.get("type") == "object" and path[-1:] and path[-1] not in OPEN_MAPS
+        if sub.get("type") == "object" and path[-1:] and path[-1] not in OPEN_MAPS | MERGED
         and sub.get("additionalProperties") is not False and sub.get("unevaluatedProperties") is not False
-        and path[-1] != "lora"  # merged into `peft`, which is closed by unevaluatedProperties
+        and path != ("training",)  # closed by the task's branch: see the next test
     ]
     assert open_objects == []
+
+
+def test_every_task_closes_its_training_section():
+    root = schema.load_schema()
+    tasks = {part["if"]["properties"]["task"]["const"]: part["then"]["properties"]["training"]
+             for part in root["allOf"]}
+    assert set(tasks) == set(root["properties"]["task"]["enum"])
+    for task, ref in tasks.items():
+        assert schema.resolve(ref)["unevaluatedProperties"] is False, task
 
 
 def test_every_default_validates_against_its_own_subschema():
@@ -64,20 +76,25 @@ def test_every_default_validates_against_its_own_subschema():
     assert checked > 40
 
 
-def test_training_keys_are_real_sftconfig_fields():
+@pytest.mark.parametrize("task", ["sft", "pretrain", "dpo", "classification"])
+def test_training_keys_are_real_config_fields(task):
     """TRL renames things (max_seq_length -> max_length): a stale key must fail here, not in a user's run."""
-    from trl import SFTConfig
+    from runner.tasks import TASKS, import_dotted
 
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    training = schema.resolve({"$ref": "#/$defs/training"})["properties"]
-    assert set(training) - fields == set()
+    spec = TASKS[task]
+    fields = {f.name for f in dataclasses.fields(import_dotted(spec.config_class))}
+    root = schema.load_schema()
+    ref, = [p["then"]["properties"]["training"] for p in root["allOf"]
+            if p["if"]["properties"]["task"]["const"] == task]
+    keys = set(schema.known_keys(schema.resolve(ref)))
+    assert keys - fields == set(spec.runner_keys)
 
 
 def test_enums_are_values_the_libraries_accept():
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    training = schema.resolve({"$ref": "#/$defs/training"})["properties"]
+    training = schema.load_schema()["$defs"]["training_common"]["properties"]
     assert set(training["optim"]["enum"]) <= {o.value for o in OptimizerNames}
     assert set(training["lr_scheduler_type"]["enum"]) <= {s.value for s in SchedulerType}
 
@@ -102,8 +119,11 @@ def test_path_fields_are_found():
         "extends": "local",
         "model.name_or_path": "local-or-hub",
         "model.tokenizer": "local-or-hub",
+        "model.chat_template": "local",
         "data.train.path": "local",
         "data.eval.path": "local",
+        "evaluation.data.path": "local",
+        "evaluation.retention.path": "local",
     }
 
 

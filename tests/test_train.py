@@ -69,7 +69,7 @@ def test_full_fine_tuning_learns_saves_and_reloads(tmp_path, recipe_file, fmt):
     assert tokenizer.eos_token == "<|end|>"
 
     record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "finished" and record["metrics"]["eval"]["eval_loss"] == last
+    assert record["status"] == "finished" and record["metrics"]["after"]["loss"] == last
     assert record["versions"]["trl"] and record["hardware"]["world_size"] == 1
     assert record["parameters"]["trainable"] == record["parameters"]["total"] == plan["parameters"]["total"]
     assert json.loads((out / "recipe.json").read_text()) == plan["recipe"]
@@ -109,8 +109,8 @@ def test_eval_fraction_and_column_mapping(tmp_path, recipe_file):
                                          "eval_fraction": 0.25,
                                          "columns": {"prompt": "question", "completion": "answer"}})
     manifest = run(build_plan(load_recipe(recipe_file(recipe))), argv=["test"])
-    assert manifest["examples"] == {"train": 48, "eval": 16}
-    assert "eval_loss" in manifest["metrics"]["eval"]
+    assert manifest["examples"] == {"train": 48, "eval": 16, "evaluation": 16}
+    assert manifest["metrics"]["after"]["loss"] > 0
 
 
 def test_missing_column_is_reported_before_the_model_loads(tmp_path, recipe_file):

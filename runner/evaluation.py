@@ -1,0 +1,127 @@
+"""Measure a trained (or not yet trained) model: the plan's metrics, offline, before and after training.
+
+Losses come from the trainer's own evaluation loop; generated answers from `generate` (greedy by
+default); classification metrics from the trainer's predictions. Metric arithmetic lives in
+`metrics.py`.
+"""
+from __future__ import annotations
+
+from . import metrics as m
+from .tasks import GENERATIVE, import_dotted
+
+CLASSIFICATION = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix")
+
+
+def measure(trainer, plan: dict, splits) -> dict:
+    """The plan's metrics on the evaluation data, plus retention loss when configured."""
+    wanted = plan["evaluation"]["metrics"]
+    results: dict = {}
+    if splits.evaluation is not None and wanted:
+        features = eval_features(trainer, plan, splits)
+        results.update(loss_metrics(trainer.evaluate(eval_dataset=features), wanted))
+        if any(name in CLASSIFICATION for name in wanted):
+            results.update(classification(trainer, plan, splits.evaluation, wanted))
+        generative = [name for name in wanted if name in GENERATIVE]
+        if generative:
+            predictions, references = generated_answers(trainer, plan, splits.evaluation)
+            results.update(m.generation_metrics(generative, predictions, references))
+    return results
+
+
+def measure_retention(trainer, splits) -> dict | None:
+    if splits.retention is None:
+        return None
+    loss = trainer.evaluate(eval_dataset=splits.retention, metric_key_prefix="retention")["retention_loss"]
+    return {"loss": loss, "perplexity": m.perplexity(loss)}
+
+
+def eval_features(trainer, plan: dict, splits):
+    """What trainer.evaluate gets: None reuses the trainer's own eval set; TRL prepares raw rows itself."""
+    if splits.evaluation is splits.eval:
+        return None
+    featurize = plan["evaluation"].get("features")
+    return import_dotted(featurize)(trainer, plan, splits.evaluation) if featurize else splits.evaluation
+
+
+def loss_metrics(evaluated: dict, wanted: list[str]) -> dict:
+    out = {}
+    if "loss" in wanted or "perplexity" in wanted:
+        out["loss"] = evaluated["eval_loss"]
+    if "perplexity" in wanted:
+        out["perplexity"] = m.perplexity(evaluated["eval_loss"])
+    if "rewards" in wanted:  # TRL's DPO logs eval_rewards/chosen, /rejected, /accuracies, /margins
+        out.update({k.removeprefix("eval_"): v for k, v in evaluated.items() if k.startswith("eval_rewards/")})
+    return out
+
+
+def classification(trainer, plan: dict, dataset, wanted: list[str]) -> dict:
+    from .classification import predicted_ids
+
+    predictions, references = predicted_ids(trainer, dataset, plan)
+    names = [trainer.model.config.id2label[i] for i in range(trainer.model.config.num_labels)]
+    found = m.classification_metrics(predictions, references, names)
+    out = {name: found[name] for name in wanted if name in m.CLASSIFICATION_METRICS}
+    if "confusion_matrix" in wanted:
+        out["confusion_matrix"] = found["confusion_matrix"]
+        out["per_class"] = found["per_class"]
+    return out
+
+
+def generated_answers(trainer, plan: dict, dataset) -> tuple[list[str], list[str]]:
+    """Greedy (or configured) answers to the first `max_examples` prompts, and their references."""
+    limit = plan["evaluation"]["max_examples"]
+    rows = dataset.select(range(min(limit or len(dataset), len(dataset))))
+    tokenizer = trainer.processing_class
+    pairs = [PROMPT_AND_ANSWER[plan["evaluation"]["prompt_and_answer"]](row, tokenizer) for row in rows]
+    pairs = [p for p in pairs if p is not None]
+    prompts, references = [p for p, _ in pairs], [a for _, a in pairs]
+    return generate(trainer.model, tokenizer, prompts, plan["evaluation"]["generation"]), references
+
+
+def prompt_completion(row: dict, tokenizer):
+    """Prompt token ids as TRL builds them for training (special tokens added), and the completion."""
+    prompt = row["prompt"]
+    if isinstance(prompt, list):  # conversational prompt
+        return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"], row["completion"]
+    return tokenizer(prompt)["input_ids"], row["completion"]
+
+
+def messages(row: dict, tokenizer):
+    """The conversation up to its last assistant turn is the prompt; that turn is the reference."""
+    turns = row["messages"]
+    if not turns or turns[-1]["role"] != "assistant":
+        return None
+    ids = tokenizer.apply_chat_template(turns[:-1], tokenize=True, add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+    return ids, turns[-1]["content"]
+
+
+PROMPT_AND_ANSWER = {"prompt_completion": prompt_completion, "messages": messages}
+
+
+def generate(model, tokenizer, prompts: list[list[int]], settings: dict) -> list[str]:
+    """Batched generation from token ids with left padding; returns only the new text, special tokens removed."""
+    import torch
+
+    kwargs = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["do_sample"],
+              "num_beams": settings["num_beams"], "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": tokenizer.eos_token_id}
+    if settings["do_sample"]:
+        kwargs.update(temperature=settings["temperature"], top_p=settings["top_p"])
+    side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    model.eval()
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), settings["batch_size"]):
+            chunk = [{"input_ids": ids} for ids in prompts[start:start + settings["batch_size"]]]
+            batch = tokenizer.pad(chunk, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                output = model.generate(**batch, **kwargs)
+            new_tokens = output[:, batch["input_ids"].shape[1]:]
+            answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers

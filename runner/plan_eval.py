@@ -1,0 +1,63 @@
+"""The plan's evaluation part: which metrics on which data, checked against the task and format."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import Problem
+from .tasks import GENERATIVE, Task
+
+
+def check_source(source: dict | None, where: str) -> list[Problem]:
+    """A data source's local file exists, and Hub-only keys are not set on a file."""
+    if not source or "path" not in source:
+        return []
+    problems = []
+    if not Path(source["path"]).is_file():
+        problems.append(Problem(f"{where}/path", f"file not found: {source['path']}",
+                                "a relative path is resolved against the recipe's directory"))
+    problems += [Problem(f"{where}/{key}", "only applies to Hub datasets ('hub')")
+                 for key in ("subset", "revision") if source[key] is not None]
+    return problems
+
+
+def has_eval_data(doc: dict) -> bool:
+    data = doc["data"]
+    return any(x is not None for x in (data["eval"], data["eval_fraction"], doc["evaluation"]["data"]))
+
+
+def check_evaluation(doc: dict, task: Task, fmt: str) -> list[Problem]:
+    evaluation = doc["evaluation"]
+    problems = check_source(evaluation["data"], "/evaluation/data")
+    problems += check_source(evaluation["retention"], "/evaluation/retention")
+    for i, name in enumerate(evaluation["metrics"] or []):
+        if name not in task.metrics:
+            problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' does not apply to task '{task.name}'",
+                                    f"its metrics: {', '.join(task.metrics)}"))
+        elif name in GENERATIVE and task.formats[fmt].prompt_and_answer is None:
+            problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' compares generated answers with "
+                                    f"references, which format '{fmt}' does not have",
+                                    "use format prompt_completion, messages or alpaca"))
+    wants_eval = evaluation["metrics"] is not None or evaluation["baseline"]
+    if wants_eval and not has_eval_data(doc) and evaluation["retention"] is None:
+        problems.append(Problem("/evaluation", "asks for an evaluation but there is no evaluation data",
+                                "add data.eval, data.eval_fraction or evaluation.data"))
+    if evaluation["retention"] is not None and not task.causal_lm:
+        problems.append(Problem("/evaluation/retention", f"task '{task.name}' has no language-model loss to "
+                                "measure forgetting with", "retention applies to tasks sft and pretrain"))
+    return problems
+
+
+def evaluation_spec(doc: dict, task: Task, fmt: str) -> dict:
+    """What `evaluation.py` computes, before (with baseline) and after training."""
+    evaluation = doc["evaluation"]
+    metrics = list(evaluation["metrics"] or task.default_metrics) if has_eval_data(doc) else []
+    return {
+        "metrics": metrics,
+        "data": evaluation["data"],
+        "max_examples": evaluation["max_examples"],
+        "baseline": evaluation["baseline"],
+        "retention": evaluation["retention"],
+        "generation": evaluation["generation"],
+        "prompt_and_answer": task.formats[fmt].prompt_and_answer,
+        "features": task.eval_features,
+    }

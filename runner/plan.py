@@ -15,7 +15,7 @@ from . import __version__, estimate
 from .errors import Problem, RecipeError, did_you_mean
 from .recipe import Recipe, thaw
 from .plan_eval import check_evaluation, check_source, evaluation_spec
-from .tasks import TASKS, Task, data_format
+from .tasks import TASKS, Task, data_format, trained_format
 
 
 def build_plan(recipe: Recipe) -> dict:
@@ -45,6 +45,7 @@ def build_plan(recipe: Recipe) -> dict:
             "builder": task.builder,
             "config": trainer_config(doc, task, fmt, output_dir),
             "runner_settings": {k: doc["training"][k] for k in task.runner_keys},
+            "reference_model": reference_model(doc, task),
             "decided_at_launch": launch_decisions(doc["training"]),
         },
         "evaluation": evaluation_spec(doc, task, fmt),
@@ -184,7 +185,7 @@ def check_training(doc: dict, task: Task, fmt: str) -> list[Problem]:
         if training["eval_on_start"]:
             problems.append(Problem("/training/eval_on_start", "needs evaluation data", "add data.eval"))
     for key, only in task.format_only_options.items():
-        if training.get(key) and fmt != only:
+        if training.get(key) and trained_format(task, fmt) != only:
             problems.append(Problem(f"/training/{key}", f"only applies to data.format '{only}'",
                                     f"data.format is '{fmt}'; remove {key} or change the format"))
     if training["bf16"] and training["fp16"]:
@@ -205,8 +206,19 @@ def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
               if k not in task.runner_keys and (k != "bf16" or v is not None)}
     for key, only in task.format_only_options.items():
         if training[key] is None:
-            config[key] = fmt == only
+            config[key] = trained_format(task, fmt) == only
     return {"output_dir": output_dir, **config}
+
+
+def reference_model(doc: dict, task: Task) -> str | None:
+    """Where a preference loss gets its reference: `copy` is a frozen copy the runner makes of the start model."""
+    if not task.needs_reference:
+        return None
+    if doc["peft"]["method"] == "lora":
+        return "adapter-disabled"  # the base itself, with the adapter switched off: no second copy
+    if doc["training"]["precompute_ref_log_probs"]:
+        return "precomputed"
+    return "copy"
 
 
 def launch_decisions(training: dict) -> dict:

@@ -128,6 +128,8 @@ def train_and_measure(trainer, plan: dict, splits) -> dict:
     before = evaluation.measure(trainer, plan, splits) if baseline else None
     retention_before = evaluation.measure_retention(trainer, splits)
     train_metrics = trainer.train().metrics
+    if before and "loss" in before:  # train() starts a fresh log; keep the baseline as its step-0 point
+        trainer.state.log_history.insert(0, {"eval_loss": before["loss"], "step": 0, "epoch": 0.0})
     after = evaluation.measure(trainer, plan, splits)
     retention = None
     if retention_before is not None:

@@ -18,6 +18,7 @@ class Format:
     optional: tuple[str, ...] = ()
     # runner.data function turning one canonical row into what the trainer reads; None: rows as they are
     convert: str | None = None
+    becomes: str | None = None  # the format the converted rows have (what loss options are judged by)
     # canonical fields (after conversion) that hold the prompt and the reference answer, for generative metrics
     prompt_and_answer: str | None = None  # runner.evaluation function name, or None: not generative
 
@@ -43,6 +44,7 @@ class Task:
     prepare_data: str | None = None
     # function(trainer, plan, dataset) -> what trainer.evaluate takes for canonical rows; None: the rows
     eval_features: str | None = None
+    needs_reference: bool = False  # the loss compares with a frozen reference model (DPO)
 
 
 GENERATIVE = ("exact_match", "rouge", "bleu")
@@ -53,7 +55,7 @@ _CHAT = {
     "prompt_completion": Format(("prompt", "completion"), prompt_and_answer="prompt_completion"),
     "messages": Format(("messages",), prompt_and_answer="messages"),
     "alpaca": Format(("instruction", "output"), optional=("input",), convert="alpaca_to_messages",
-                     prompt_and_answer="messages"),
+                     becomes="messages", prompt_and_answer="messages"),
 }
 
 TASKS: Mapping[str, Task] = MappingProxyType({
@@ -98,6 +100,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         default_metrics=("loss", "rewards"),
         metrics=("loss", "rewards"),
         causal_lm=False,  # the DPO loss is not a token loss: no perplexity, no retention set
+        needs_reference=True,
     ),
     "classification": Task(
         name="classification",
@@ -115,6 +118,11 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         eval_features="runner.classification.eval_features",
     ),
 })
+
+
+def trained_format(task: Task, fmt: str) -> str:
+    """The format of the rows the trainer receives (alpaca records arrive as messages)."""
+    return task.formats[fmt].becomes or fmt
 
 
 def data_format(task: Task, name: str | None) -> str:

@@ -54,12 +54,20 @@ def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     if plan["model"]["chat_template"]:
         with open(plan["model"]["chat_template"], encoding="utf-8") as handle:
             tokenizer.chat_template = handle.read()
+    kwargs = {}
+    if plan["trainer"]["reference_model"] == "copy":
+        # TRL would reload the reference from model.name_or_path, which has no weights for a random
+        # model and ignores config_overrides: a copy of the start model is the true reference.
+        import copy
+
+        kwargs["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
     return {
         "model": adapters.prepare_model(model, plan["peft"]),
         "train_dataset": splits.train,
         "eval_dataset": splits.eval,
         "processing_class": tokenizer,
         "peft_config": adapters.peft_config(plan["peft"]),
+        **kwargs,
     }
 
 

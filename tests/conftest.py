@@ -43,7 +43,7 @@ def base_recipe(tmp_path: Path, **sections) -> dict:
     recipe = {
         "name": "t",
         "model": {"name_or_path": str(TINY_MODEL), "init": "random"},
-        "data": {"format": "text", "train": {"path": "train.jsonl"}},
+        "data": {"train": {"path": "train.jsonl"}},
         "training": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 64,
                      "save_strategy": "no", "logging_steps": 1},
         "output": {"dir": str(tmp_path / "run")},

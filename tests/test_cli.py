@@ -71,6 +71,10 @@ def test_quickstart_end_to_end(tmp_path):
     evals = [h["eval_loss"] for h in record["history"] if "eval_loss" in h]
     assert evals[0] > 5.0 and evals[-1] < 0.5, evals  # ln(261) = 5.56 at random init
     assert record["status"] == "finished"
+    before, after = record["metrics"]["before"], record["metrics"]["after"]
+    assert before["exact_match"] < 0.05 and after["exact_match"] > 0.5, (before, after)
+    assert "| exact_match | 0 |" in (tmp_path / "qs" / "report.md").read_text()
+    assert (tmp_path / "qs" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow

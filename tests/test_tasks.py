@@ -1,0 +1,217 @@
+"""Every run kind trains for real on the tiny Llama: DPO, classification, instruction tuning, pre-training.
+
+Each test asserts what matters for its kind: the weights that should change did (and only those),
+the label map is saved, DPO's rewards are logged, the metrics and report are written.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assets import reverse_rows
+from runner import classification, models
+from runner.errors import RecipeError
+from runner.plan import build_plan
+from runner.recipe import load_recipe
+from runner.run import prepare, run
+from conftest import base_recipe, write_jsonl
+
+ROWS = reverse_rows(48, seed=5)
+
+
+def labelled_rows(count: int, seed: int) -> list[dict]:
+    """Label a word by its first letter: an easy, learnable rule."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 7)))
+        rows.append({"sentence": word, "label": "early" if word[0] < "n" else "late"})
+    return rows
+
+
+def preference_rows(implicit: bool = False) -> list[dict]:
+    rows = []
+    for r in ROWS:
+        chosen, rejected = r["completion"], " " + r["completion"][1:][::-1]  # the right reversal vs the input
+        if implicit:
+            rows.append({"chosen": r["prompt"] + chosen, "rejected": r["prompt"] + rejected})
+        else:
+            rows.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def plan_for(tmp_path, recipe_file, rows, **sections):
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    return build_plan(load_recipe(recipe_file(base_recipe(tmp_path, **sections))))
+
+
+def initial(plan, config_updates=None):
+    return models.load_model(plan["model"], plan["recipe"]["training"]["seed"], config_updates).state_dict()
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_dpo_full_fine_tuning_logs_rewards(tmp_path, recipe_file, implicit):
+    plan = plan_for(tmp_path, recipe_file, preference_rows(implicit), task="dpo",
+                    data={"train": {"path": "train.jsonl"}, "eval_fraction": 0.25},
+                    training={"max_steps": 4, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+                              "logging_steps": 1, "max_length": 64})
+    manifest = run(plan, argv=["test"])
+    after = manifest["metrics"]["after"]
+    assert {"loss", "rewards/accuracies", "rewards/margins"} <= set(after)
+    assert any("rewards/margins" in h for h in manifest["history"]), "TRL logs rewards while training"
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    before = initial(plan)
+    assert all(not torch.equal(v, before[k]) for k, v in saved.items())
+    assert (tmp_path / "run" / "report.md").read_text().count("rewards/margins") == 1
+
+
+def test_dpo_with_lora_uses_the_adapter_free_base_as_reference(tmp_path, recipe_file):
+    plan = plan_for(tmp_path, recipe_file, preference_rows(), task="dpo",
+                    data={"train": {"path": "train.jsonl"}, "eval": {"path": "train.jsonl"}},
+                    peft={"method": "lora", "r": 4},
+                    training={"max_steps": 4, "learning_rate": 5e-3, "per_device_train_batch_size": 8})
+    trainer = prepare(plan).trainer
+    assert trainer.ref_model is None, "no second copy: TRL disables the adapter for the reference pass"
+    manifest = run(plan, argv=["test"])
+    assert manifest["metrics"]["after"]["rewards/margins"] != 0.0
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+CLASSIFY = {"data": {"format": "labelled", "train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"},
+                     "columns": {"text": "sentence"}},
+            "task": "classification",
+            "training": {"max_steps": 30, "learning_rate": 3e-3, "per_device_train_batch_size": 16,
+                         "max_length": 16, "logging_steps": 5}}
+
+
+def classify(tmp_path, recipe_file, **sections):
+    write_jsonl(tmp_path / "eval.jsonl", labelled_rows(40, seed=8))
+    recipe = {**CLASSIFY, **sections}
+    if "training" in sections:
+        recipe["training"] = {**CLASSIFY["training"], **sections["training"]}
+    return plan_for(tmp_path, recipe_file, labelled_rows(160, seed=7), **recipe)
+
+
+def test_classification_learns_and_saves_the_label_map(tmp_path, recipe_file):
+    from transformers import AutoModelForSequenceClassification
+
+    plan = classify(tmp_path, recipe_file, evaluation={"baseline": True})
+    manifest = run(plan, argv=["test"])
+    before, after = manifest["metrics"]["before"], manifest["metrics"]["after"]
+    assert after["accuracy"] > 0.8 and after["accuracy"] > before["accuracy"], (before, after)
+    assert after["confusion_matrix"]["labels"] == ["early", "late"]
+    assert sum(map(sum, after["confusion_matrix"]["matrix"])) == 40
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run")
+    assert model.config.id2label == {0: "early", 1: "late"} and model.config.label2id == {"early": 0, "late": 1}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["after"]["f1_macro"] == after["f1_macro"]
+
+
+def test_classification_head_only_leaves_the_body_untouched(tmp_path, recipe_file):
+    plan = classify(tmp_path, recipe_file, peft={"method": "partial", "trainable": ["head"]})
+    manifest = run(plan, argv=["test"])
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    updates = {"num_labels": 2, "id2label": {0: "early", 1: "late"}, "label2id": {"early": 0, "late": 1}}
+    before = initial(plan, updates)
+    changed = {k for k, v in saved.items() if not torch.equal(v, before[k])}
+    assert changed == {"score.weight"}
+    assert manifest["parameters"]["trainable"] == 2 * 128  # num_labels x hidden_size
+
+
+def test_classification_last_layer_only(tmp_path, recipe_file):
+    plan = classify(tmp_path, recipe_file, peft={"method": "partial", "trainable": ["head", r"model\.layers\.2\."]})
+    run(plan, argv=["test"])
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    updates = {"num_labels": 2, "id2label": {0: "early", 1: "late"}, "label2id": {"early": 0, "late": 1}}
+    before = initial(plan, updates)
+    changed = {k for k, v in saved.items() if not torch.equal(v, before[k])}
+    assert "score.weight" in changed and all(k.startswith(("model.layers.2.", "score")) for k in changed)
+    assert "model.embed_tokens.weight" not in changed
+
+
+def test_classification_with_lora_keeps_the_head_trainable(tmp_path, recipe_file):
+    plan = classify(tmp_path, recipe_file, peft={"method": "lora", "r": 4})
+    manifest = run(plan, argv=["test"])
+    adapter = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    assert any("score" in k for k in adapter), "the classification head is saved with the adapter"
+    assert any("lora_A" in k for k in adapter)
+    assert manifest["metrics"]["after"]["accuracy"] >= 0.5
+
+
+def test_partial_pattern_that_matches_nothing(tmp_path, recipe_file):
+    plan = classify(tmp_path, recipe_file, peft={"method": "partial", "trainable": ["classifier"]})
+    with pytest.raises(RecipeError) as info:
+        prepare(plan)
+    assert info.value.problems[0].path == "/peft/trainable/0"
+    assert "matches no parameter" in info.value.problems[0].message
+
+
+def test_eval_label_outside_the_label_set_names_rows(tmp_path, recipe_file):
+    plan = classify(tmp_path, recipe_file)
+    rows = labelled_rows(40, seed=8)
+    rows[2]["label"], rows[9]["label"] = "middle", "unknown"
+    write_jsonl(tmp_path / "eval.jsonl", rows)
+    with pytest.raises(RecipeError) as info:
+        prepare(plan)
+    (problem,) = info.value.problems
+    assert problem.path == "/data/eval"
+    assert problem.message == "2 rows have a label outside the label set ['early', 'late']: rows 3, 10 (column label)"
+
+
+def test_balanced_class_weights():
+    assert classification.class_weights("balanced", [0, 0, 0, 1], 2) == [4 / 6, 4 / 2]
+    assert classification.class_weights([1.0, 3.0], [0, 1], 2) == [1.0, 3.0]
+    with pytest.raises(RecipeError):
+        classification.class_weights([1.0, 2.0, 3.0], [0, 1], 2)
+
+
+def test_class_weights_reach_the_loss(tmp_path, recipe_file):
+    plan = classify(tmp_path, recipe_file, training={"class_weights": [1.0, 5.0], "max_steps": 2})
+    trainer = prepare(plan).trainer
+    assert trainer.compute_loss_func is not None
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 1])
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 5.0]))
+    assert torch.isclose(trainer.compute_loss_func({"logits": logits}, labels), expected)
+
+
+def test_alpaca_records_train_on_the_response_only(tmp_path, recipe_file):
+    rows = [{"instruction": "reverse", "input": "lvpy", "output": "ypvl"},
+            {"instruction": "say hi", "output": "hi"}]
+    plan = plan_for(tmp_path, recipe_file, rows, data={"format": "alpaca", "train": {"path": "train.jsonl"}})
+    trainer = prepare(plan).trainer
+    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
+    assert trainer.processing_class.decode(labels[labels != -100]) == "ypvl<|end|>"
+    first = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
+    assert first == "<|user|>reverse\n\nlvpy<|end|><|assistant|>ypvl<|end|>"
+
+
+def test_pretraining_from_scratch_with_packing_and_retention(tmp_path, recipe_file):
+    text = [{"text": f"{r['prompt']}{r['completion']}"} for r in ROWS]
+    write_jsonl(tmp_path / "general.jsonl", [{"text": "the quick brown fox jumps over the lazy dog"}] * 8)
+    plan = plan_for(tmp_path, recipe_file, text, task="pretrain",
+                    data={"train": {"path": "train.jsonl"}, "eval_fraction": 0.25},
+                    training={"packing": True, "max_length": 64, "max_steps": 10, "learning_rate": 5e-3},
+                    evaluation={"baseline": True, "retention": {"path": "general.jsonl"}})
+    assert plan["trainer"]["config"]["packing"] is True
+    manifest = run(plan, argv=["test"])
+    before, after = manifest["metrics"]["before"], manifest["metrics"]["after"]
+    assert after["perplexity"] < before["perplexity"]
+    retention = manifest["metrics"]["retention"]
+    assert set(retention) == {"before", "after"} and retention["after"]["loss"] != retention["before"]["loss"]
+    assert "retention" in (tmp_path / "run" / "report.md").read_text().lower()
+
+
+def test_separate_evaluation_data_and_generation_metrics(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "held_out.jsonl", reverse_rows(6, seed=11))
+    plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"}},
+                    evaluation={"data": {"path": "held_out.jsonl"}, "metrics": ["exact_match", "rouge", "bleu"],
+                                "generation": {"max_new_tokens": 6}})
+    manifest = run(plan, argv=["test"])
+    after = manifest["metrics"]["after"]
+    assert set(after) == {"exact_match", "rouge1", "rouge2", "rougeL", "bleu"}
+    assert manifest["examples"]["evaluation"] == 6 and "eval" not in manifest["examples"]

@@ -9,7 +9,7 @@ import sys
 
 from .errors import RecipeError
 
-COMMANDS = ("run", "validate", "plan", "docs")
+COMMANDS = ("run", "validate", "plan", "eval", "predict", "docs")
 EXIT_USER_ERROR = 2
 
 
@@ -27,6 +27,16 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print what a recipe will build, with every resolved argument")
     plan.add_argument("recipe")
     _add_set(plan)
+    evaluate = sub.add_parser("eval", help="evaluate a finished run with a recipe's evaluation settings, no training")
+    evaluate.add_argument("recipe")
+    evaluate.add_argument("--model", required=True, metavar="RUN_DIR", help="run directory of the trained model")
+    _add_set(evaluate)
+    predict = sub.add_parser("predict", help="run a trained model on texts: generated answers or class labels")
+    predict.add_argument("run_dir")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="an input text (repeatable)")
+    source.add_argument("--input", help="a .txt file (one input per line) or .jsonl file ('text' or 'prompt')")
+    predict.add_argument("--max-new-tokens", type=int, help="override the recipe's evaluation.generation setting")
     sub.add_parser("docs", help="print the recipe reference (Markdown) generated from the schema")
     return top
 
@@ -42,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "run")
     args = parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "docs": cmd_docs}[args.command](args)
+        return COMMAND_FUNCTIONS[args.command](args)
     except RecipeError as err:
         if err.source is None and getattr(args, "recipe", None):
             err.source = args.recipe  # data, model and output problems are still about this recipe
@@ -87,12 +97,40 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .inference import evaluate_run
+    from .plan import build_plan
+    from .recipe import load_recipe
+
+    results = evaluate_run(build_plan(load_recipe(args.recipe, args.overrides)), Path(args.model).absolute())
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .inference import predict, read_inputs
+
+    texts = args.text or read_inputs(Path(args.input))
+    for result in predict(Path(args.run_dir).absolute(), texts, args.max_new_tokens):
+        print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
 def cmd_docs(args) -> int:
     from .docs import reference
 
     print(reference(), end="")
     return 0
 
+
+COMMAND_FUNCTIONS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "eval": cmd_eval,
+                     "predict": cmd_predict, "docs": cmd_docs}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -100,12 +100,14 @@ def classification_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     settings = plan["trainer"]["runner_settings"]
     if model.config.pad_token_id is None:  # decoder models find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
-    weights = class_weights(settings["class_weights"], splits.train["label"], model.config.num_labels)
+    weights = None
+    if splits.train is not None:  # None when only evaluating a trained model
+        weights = class_weights(settings["class_weights"], splits.train["label"], model.config.num_labels)
     tokenized = {k: tokenize(getattr(splits, k), tokenizer, settings["max_length"])
                  for k in ("train", "eval") if getattr(splits, k) is not None}
     return {
         "model": wrap_for_classification(model, plan["peft"]),
-        "train_dataset": tokenized["train"],
+        "train_dataset": tokenized.get("train"),
         "eval_dataset": tokenized.get("eval"),
         "processing_class": tokenizer,
         "data_collator": DataCollatorWithPadding(tokenizer),

@@ -49,6 +49,7 @@ def build_plan(recipe: Recipe) -> dict:
             "decided_at_launch": launch_decisions(doc["training"]),
         },
         "evaluation": evaluation_spec(doc, task, fmt),
+        "predict": task.predict,
         "batch": batch_arithmetic(doc["training"]),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "recipe": doc,

@@ -27,6 +27,7 @@ class Prepared:
     hardware: dict
     trainer_config: dict  # the config kwargs actually used, launch decisions included
     splits: data.Splits
+    config_updates: dict  # what the data added to the model config (a label map), needed to reload an adapter
     staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
 
 
@@ -61,7 +62,7 @@ def prepare(plan: dict) -> Prepared:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
         raise
-    return Prepared(trainer, state, hw, launch_config(plan, hw), splits, staged)
+    return Prepared(trainer, state, hw, launch_config(plan, hw), splits, config_updates, staged)
 
 
 def stage_random_base(model, tokenizer, run_dir: Path, is_main: bool) -> Path:
@@ -85,7 +86,7 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     run_dir = Path(plan["output_dir"])
     manifest = outputs.new_manifest(plan, prepared.hardware, argv)
     manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
-                    trainer_config=prepared.trainer_config)
+                    trainer_config=prepared.trainer_config, config_updates=prepared.config_updates)
     moved = None
     started = time.monotonic()
     try:

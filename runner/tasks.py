@@ -45,6 +45,8 @@ class Task:
     # function(trainer, plan, dataset) -> what trainer.evaluate takes for canonical rows; None: the rows
     eval_features: str | None = None
     needs_reference: bool = False  # the loss compares with a frozen reference model (DPO)
+    # function(model, tokenizer, plan, texts, generation settings) -> one result dict per text (`predict`)
+    predict: str = "runner.inference.generate_texts"
 
 
 GENERATIVE = ("exact_match", "rouge", "bleu")
@@ -116,6 +118,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         causal_lm=False,
         prepare_data="runner.classification.encode_labels",
         eval_features="runner.classification.eval_features",
+        predict="runner.inference.classify_texts",
     ),
 })
 

@@ -61,6 +61,11 @@ def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
         import copy
 
         kwargs["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
+    elif plan["trainer"]["reference_model"] == "initial":  # evaluating a trained model: reload the start model
+        from .models import load_model
+
+        start = load_model(plan["model"], plan["recipe"]["training"]["seed"])
+        kwargs["ref_model"] = start.eval().requires_grad_(False)
     return {
         "model": adapters.prepare_model(model, plan["peft"]),
         "train_dataset": splits.train,

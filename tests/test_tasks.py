@@ -215,3 +215,32 @@ def test_separate_evaluation_data_and_generation_metrics(tmp_path, recipe_file):
     after = manifest["metrics"]["after"]
     assert set(after) == {"exact_match", "rouge1", "rouge2", "rougeL", "bleu"}
     assert manifest["examples"]["evaluation"] == 6 and "eval" not in manifest["examples"]
+
+
+def test_eval_and_predict_a_finished_run(tmp_path, recipe_file):
+    """`eval` re-measures a saved run without training; `predict` shows what it answers."""
+    from runner.inference import evaluate_run, predict
+
+    plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
+                                                        "eval": {"path": "train.jsonl"}},
+                    training={"max_steps": 8, "learning_rate": 5e-3, "per_device_train_batch_size": 16},
+                    evaluation={"metrics": ["loss", "exact_match"], "max_examples": 4,
+                                "generation": {"max_new_tokens": 4}})
+    manifest = run(plan, argv=["test"])
+    results = evaluate_run(plan, tmp_path / "run")
+    assert results["after"]["loss"] == pytest.approx(manifest["metrics"]["after"]["loss"], rel=1e-4)
+    assert len(list((tmp_path / "run").glob("eval-*.json"))) == 1
+    outputs = predict(tmp_path / "run", ["reverse abc =", "reverse xyz ="], max_new_tokens=3)
+    assert [o["input"] for o in outputs] == ["reverse abc =", "reverse xyz ="]
+    assert all(isinstance(o["output"], str) for o in outputs)
+
+
+def test_predict_labels_with_a_lora_classifier(tmp_path, recipe_file):
+    from runner.inference import predict
+
+    plan = classify(tmp_path, recipe_file, peft={"method": "lora", "r": 4})
+    run(plan, argv=["test"])
+    outputs = predict(tmp_path / "run", ["apple", "zebra"])
+    assert [set(o["scores"]) for o in outputs] == [{"early", "late"}] * 2
+    assert all(o["label"] in ("early", "late") and sum(o["scores"].values()) == pytest.approx(1, abs=1e-4)
+               for o in outputs)

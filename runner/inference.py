@@ -1,0 +1,136 @@
+"""Use a finished run: evaluate it again (`eval`) or look at what it does with new inputs (`predict`)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import data, evaluation, models, outputs
+from .errors import Problem, RecipeError
+from .tasks import import_dotted
+from .trainer import build_trainer
+
+
+def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
+    """The run's model: a saved full model, or the saved adapter on the base it names."""
+    adapter = run_dir / "adapter_config.json"
+    if not adapter.is_file() and not (run_dir / "config.json").is_file():
+        raise RecipeError([Problem("--model", f"{run_dir} holds no saved model (no config.json or adapter_config.json)",
+                                   "point at the run directory of a finished run")])
+    if not adapter.is_file():
+        spec = {**plan["model"], "name_or_path": str(run_dir), "init": "pretrained", "config_overrides": {}}
+        return models.load_model(spec, plan["recipe"]["training"]["seed"])
+    from peft import PeftModel
+
+    base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    if config_updates is None and (run_dir / outputs.MANIFEST).is_file():  # e.g. the label map of a classifier
+        config_updates = json.loads((run_dir / outputs.MANIFEST).read_text()).get("config_updates")
+    if config_updates and "id2label" in config_updates:  # JSON made the ids strings
+        config_updates = {**config_updates, "id2label": {int(k): v for k, v in config_updates["id2label"].items()}}
+    spec = {**plan["model"], "name_or_path": base, "init": "pretrained",
+            "config_overrides": plan["model"]["config_overrides"] if base == plan["model"]["name_or_path"] else {}}
+    model = models.load_model(spec, plan["recipe"]["training"]["seed"], config_updates)
+    return PeftModel.from_pretrained(model, run_dir)
+
+
+def for_trained_model(plan: dict, run_dir: Path) -> dict:
+    """The plan, adjusted to evaluate an already trained model: no new adapter, outputs in its run directory."""
+    adjusted = copy.deepcopy(plan)
+    adjusted["peft"] = None
+    adjusted["trainer"]["config"]["output_dir"] = str(run_dir)
+    if adjusted["trainer"]["reference_model"] == "copy":
+        adjusted["trainer"]["reference_model"] = "initial"  # the recipe's start model, not a copy of the trained one
+    return adjusted
+
+
+def evaluate_run(plan: dict, run_dir: Path) -> dict:
+    """The plan's metrics for the model saved in `run_dir`; written to run_dir/eval-<time>.json."""
+    from accelerate import PartialState
+
+    if not plan["evaluation"]["metrics"] and plan["evaluation"]["retention"] is None:
+        raise RecipeError([Problem("/evaluation", "nothing to evaluate: the recipe has no evaluation data",
+                                   "add data.eval, data.eval_fraction or evaluation.data (e.g. with --set)")])
+    hw = outputs.hardware()
+    state = PartialState(cpu=not hw["gpus"])
+    splits, updates = data.load_all(plan), {}
+    if plan["data"]["prepare"]:
+        splits, updates = import_dotted(plan["data"]["prepare"])(plan, splits)
+    tokenizer = models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
+                                       "tokenizer_key": "--model"})
+    model = load_trained(run_dir, plan, updates)
+    adjusted = for_trained_model(plan, run_dir)
+    # Trainers insist on training data; the (small) evaluation rows stand in, so the real training set
+    # is not tokenized for nothing. It was read only for the label map.
+    splits = dataclasses.replace(splits, train=splits.evaluation or splits.retention)
+    trainer = build_trainer(adjusted, model, tokenizer, splits, hw)
+    results = {"model": str(run_dir), "recipe_file": plan["recipe_file"], "evaluated_at": outputs.now(),
+               "after": evaluation.measure(trainer, adjusted, splits),
+               "retention": evaluation.measure_retention(trainer, splits)}
+    if state.is_main_process:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        outputs.write_json(run_dir / f"eval-{stamp}.json", results)  # never replaces an earlier evaluation
+    return results
+
+
+def predict(run_dir: Path, texts: list[str], max_new_tokens: int | None = None) -> list[dict]:
+    """What the run's model makes of each text: generated text, or a label with class probabilities."""
+    plan_file = run_dir / "plan.json"
+    if not plan_file.is_file():
+        raise RecipeError([Problem("RUN_DIR", f"{run_dir} has no plan.json: not a run directory")])
+    plan = json.loads(plan_file.read_text())
+    tokenizer = models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
+                                       "tokenizer_key": "RUN_DIR"})
+    model = load_trained(run_dir, plan)
+    settings = dict(plan["evaluation"]["generation"])
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    return import_dotted(plan["predict"])(model, tokenizer, plan, texts, settings)
+
+
+def generate_texts(model, tokenizer, plan: dict, texts: list[str], settings: dict) -> list[dict]:
+    """Chat formats send each text as a user turn through the chat template; others continue the raw text."""
+    if plan["evaluation"]["prompt_and_answer"] == "messages":
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=True,
+                                                 add_generation_prompt=True, return_dict=True)["input_ids"]
+                   for t in texts]
+    else:
+        prompts = [tokenizer(t)["input_ids"] for t in texts]
+    answers = evaluation.generate(model, tokenizer, prompts, settings)
+    return [{"input": t, "output": a} for t, a in zip(texts, answers)]
+
+
+def classify_texts(model, tokenizer, plan: dict, texts: list[str], settings: dict) -> list[dict]:
+    import torch
+
+    max_length = plan["trainer"]["runner_settings"]["max_length"]
+    results = []
+    model.eval()
+    for text in texts:
+        batch = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            probs = model(**batch).logits.softmax(-1)[0].tolist()
+        names = model.config.id2label
+        best = max(range(len(probs)), key=probs.__getitem__)
+        results.append({"input": text, "label": names[best],
+                        "scores": {names[i]: round(p, 6) for i, p in enumerate(probs)}})
+    return results
+
+
+def read_inputs(path: Path) -> list[str]:
+    """Texts from a .txt file (one per line) or a .jsonl file (a `text` or `prompt` field per line)."""
+    if not path.is_file():
+        raise RecipeError([Problem("--input", f"file not found: {path}")])
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            texts.append(row["text"] if "text" in row else row["prompt"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise RecipeError([Problem("--input", f"{path} line {number}: expected a JSON object with a "
+                                                  "'text' or 'prompt' field")]) from None
+    return texts

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .errors import Problem, RecipeError, did_you_mean
 
-BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# file suffix -> (datasets builder, its options)
+BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}),
+            ".parquet": ("parquet", {})}
 
 
 @dataclass
@@ -55,8 +57,8 @@ def load_source(source: dict, where: str):
 
     try:
         if "path" in source:
-            builder = BUILDERS[Path(source["path"]).suffix]
-            dataset = datasets.load_dataset(builder, data_files=source["path"], split=source["split"])
+            builder, options = BUILDERS[Path(source["path"]).suffix]
+            dataset = datasets.load_dataset(builder, data_files=source["path"], split=source["split"], **options)
         else:
             dataset = datasets.load_dataset(source["hub"], source["subset"], split=source["split"],
                                             revision=source["revision"])

@@ -18,7 +18,7 @@ from runner.errors import RecipeError
 from runner.plan import build_plan
 from runner.recipe import load_recipe
 from runner.run import prepare, run
-from conftest import base_recipe, write_jsonl
+from conftest import ROOT, base_recipe, write_jsonl
 
 ROWS = reverse_rows(48, seed=5)
 
@@ -244,3 +244,22 @@ def test_predict_labels_with_a_lora_classifier(tmp_path, recipe_file):
     assert [set(o["scores"]) for o in outputs] == [{"early", "late"}] * 2
     assert all(o["label"] in ("early", "late") and sum(o["scores"].values()) == pytest.approx(1, abs=1e-4)
                for o in outputs)
+
+
+SHARED_SST2 = ROOT.parent / "shared" / "data" / "sst2"
+
+
+@pytest.mark.skipif(not (SHARED_SST2 / "train.tsv").is_file(), reason="../shared/data/sst2 is not present")
+def test_classification_on_real_sst2_sentences(tmp_path, recipe_file):
+    """Real public data (SST-2, TSV with integer labels) through the same path, names from data.labels."""
+    recipe = base_recipe(tmp_path, task="classification",
+                         data={"format": "labelled", "train": {"path": str(SHARED_SST2 / "train.tsv"), "limit": 256},
+                               "eval": {"path": str(SHARED_SST2 / "dev.tsv"), "limit": 64},
+                               "columns": {"text": "sentence"}, "labels": ["negative", "positive"]},
+                         training={"max_steps": 4, "per_device_train_batch_size": 16, "max_length": 64,
+                                   "learning_rate": 1e-3})
+    manifest = run(build_plan(load_recipe(recipe_file(recipe))), argv=["test"])
+    after = manifest["metrics"]["after"]
+    assert after["confusion_matrix"]["labels"] == ["negative", "positive"]
+    assert sum(map(sum, after["confusion_matrix"]["matrix"])) == 64
+    assert manifest["config_updates"]["id2label"] == {0: "negative", 1: "positive"}

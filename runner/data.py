@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Problem, RecipeError, did_you_mean
+from .rows import row_problems
 
 # file suffix -> (datasets builder, its options)
 BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}),
@@ -92,6 +93,9 @@ def canonical(dataset, spec: dict, where: str, name: str):
     dataset = dataset.select_columns(list(present.values()))
     renames = {col: field for field, col in present.items() if col != field}
     dataset = dataset.rename_columns(renames) if renames else dataset
+    problems = row_problems(dataset, columns, tuple(spec.get("optional_fields", ())), where, name)
+    if problems:
+        raise RecipeError(problems)
     if spec["convert"]:
         convert = globals()[spec["convert"]]
         dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"{spec['format']} -> messages")

@@ -113,8 +113,11 @@ def generate(model, tokenizer, prompts: list[list[int]], settings: dict) -> list
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
     model.eval()
     answers: list[str] = []
+    from tqdm.auto import tqdm
+
     try:
-        for start in range(0, len(prompts), settings["batch_size"]):
+        starts = range(0, len(prompts), settings["batch_size"])
+        for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 2):
             chunk = [{"input_ids": ids} for ids in prompts[start:start + settings["batch_size"]]]
             batch = tokenizer.pad(chunk, return_tensors="pt").to(model.device)
             with torch.no_grad():

@@ -166,6 +166,7 @@ def data_spec(data: dict, task: Task, fmt: str) -> dict:
         # canonical field -> column in the source data; optional fields may be absent unless mapped
         "columns": {f: data["columns"].get(f, f) for f in spec.fields + spec.optional},
         "optional": [f for f in spec.optional if f not in data["columns"]],
+        "optional_fields": list(spec.optional),
         "convert": spec.convert,
         "labels": data["labels"],
         "prepare": task.prepare_data,

@@ -5,7 +5,7 @@ by dotted path so that this table (and `plan`) never imports torch, transformers
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -60,37 +60,26 @@ _CHAT = {
                      becomes="messages", prompt_and_answer="messages"),
 }
 
+_SFT = Task(
+    name="sft",
+    trainer_class="trl.SFTTrainer",
+    config_class="trl.SFTConfig",
+    model_class="transformers.AutoModelForCausalLM",
+    peft_task_type="CAUSAL_LM",
+    formats=MappingProxyType(_CHAT),
+    builder="runner.trainer.lm_trainer_kwargs",
+    default_metrics=LM_METRICS,
+    metrics=LM_METRICS + GENERATIVE,
+    format_only_options=MappingProxyType({
+        "completion_only_loss": "prompt_completion",
+        "assistant_only_loss": "messages",
+    }),
+)
+
 TASKS: Mapping[str, Task] = MappingProxyType({
-    "sft": Task(
-        name="sft",
-        trainer_class="trl.SFTTrainer",
-        config_class="trl.SFTConfig",
-        model_class="transformers.AutoModelForCausalLM",
-        peft_task_type="CAUSAL_LM",
-        formats=MappingProxyType(_CHAT),
-        builder="runner.trainer.lm_trainer_kwargs",
-        default_metrics=LM_METRICS,
-        metrics=LM_METRICS + GENERATIVE,
-        format_only_options=MappingProxyType({
-            "completion_only_loss": "prompt_completion",
-            "assistant_only_loss": "messages",
-        }),
-    ),
-    "pretrain": Task(
-        name="pretrain",
-        trainer_class="trl.SFTTrainer",
-        config_class="trl.SFTConfig",
-        model_class="transformers.AutoModelForCausalLM",
-        peft_task_type="CAUSAL_LM",
-        formats=MappingProxyType({"text": _CHAT["text"]}),
-        builder="runner.trainer.lm_trainer_kwargs",
-        default_metrics=LM_METRICS,
-        metrics=LM_METRICS,
-        format_only_options=MappingProxyType({
-            "completion_only_loss": "prompt_completion",
-            "assistant_only_loss": "messages",
-        }),
-    ),
+    "sft": _SFT,
+    # Continued pre-training / from scratch: the same trainer on raw text, loss on every token.
+    "pretrain": replace(_SFT, name="pretrain", formats=MappingProxyType({"text": _CHAT["text"]}), metrics=LM_METRICS),
     "dpo": Task(
         name="dpo",
         trainer_class="trl.DPOTrainer",

@@ -263,3 +263,46 @@ def test_classification_on_real_sst2_sentences(tmp_path, recipe_file):
     assert after["confusion_matrix"]["labels"] == ["negative", "positive"]
     assert sum(map(sum, after["confusion_matrix"]["matrix"])) == 64
     assert manifest["config_updates"]["id2label"] == {0: "negative", 1: "positive"}
+
+
+@pytest.mark.parametrize("fmt, rows, expected", [
+    ("messages",
+     [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+      {"messages": [{"role": "user", "content": "hi"}]},
+      {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+      {"messages": [{"role": "user", "content": "a"}]}],
+     ["2 rows have no assistant turn (nothing to learn): rows 2, 4 (column messages)",
+      "1 rows have a turn with a role outside ['system', 'user', 'assistant', 'tool']: rows 3 (column messages)"]),
+    ("preference",
+     [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "", "rejected": "b"},
+      {"prompt": "p", "chosen": "a", "rejected": None}],
+     ["1 rows are empty: rows 2 (column chosen)", "1 rows are not text: rows 3 (column rejected)"]),
+    ("alpaca",
+     [{"instruction": "do", "input": "", "output": "done"}, {"instruction": "do", "input": None, "output": " "}],
+     ["1 rows are empty: rows 2 (column output)"]),
+])
+def test_bad_rows_are_reported_with_rows_and_counts_before_loading(tmp_path, recipe_file, fmt, rows, expected):
+    task = "dpo" if fmt == "preference" else "sft"
+    plan = plan_for(tmp_path, recipe_file, rows, task=task, data={"format": fmt, "train": {"path": "train.jsonl"}})
+    with pytest.raises(RecipeError) as info:
+        prepare(plan)
+    suffix = f" in {tmp_path / 'train.jsonl'}"
+    assert [(p.path, p.message) for p in info.value.problems] == [("/data/train", e + suffix) for e in expected]
+
+
+def test_conversational_preference_pairs_and_a_named_chat_template(tmp_path, recipe_file):
+    """DPO on conversational pairs (implicit prompt), rendered with a template file the recipe names."""
+    template = tmp_path / "chat.jinja"
+    template.write_text("{%- for m in messages -%}[{{ m['role'] }}]{{ m['content'] }}<|end|>{%- endfor -%}"
+                        "{%- if add_generation_prompt -%}[assistant]{%- endif -%}")
+    rows = [{"chosen": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
+             "rejected": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": "no"}]}
+            for r in ROWS]
+    plan = plan_for(tmp_path, recipe_file, rows, task="dpo", model={"chat_template": str(template)},
+                    data={"train": {"path": "train.jsonl"}},
+                    training={"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 64})
+    trainer = prepare(plan).trainer
+    first = trainer.processing_class.decode(trainer.train_dataset[0]["prompt_ids"])
+    assert first.startswith("[user]reverse") and first.endswith("[assistant]")
+    run(plan, argv=["test"])
+    assert (tmp_path / "run" / "run.json").is_file()

@@ -12,22 +12,21 @@ SHOWN_ROWS = 10  # rows named in a label problem; the count covers all of them
 
 
 def encode_labels(plan: dict, splits):
-    """(splits with integer `label` columns, model config updates carrying the label map)."""
+    """(splits with integer `label` columns, {"config": the label map, "settings": resolved class weights})."""
     names = plan["data"]["labels"] or infer_label_names(splits.train["label"])
     encoded = {}
     for attr, where in (("train", "/data/train"), ("eval", "/data/eval"), ("evaluation", "/evaluation/data")):
         dataset = getattr(splits, attr)
         if dataset is not None:
             encoded[attr] = encode(dataset, names, where)
-    if splits.evaluation is splits.eval and splits.eval is not None:
-        encoded["evaluation"] = encoded["eval"]
     config = {"num_labels": len(names), "id2label": dict(enumerate(names)),
               "label2id": {name: i for i, name in enumerate(names)}}
-    return replace(splits, **encoded), config
+    weights = class_weights(plan["trainer"]["runner_settings"]["class_weights"], encoded["train"]["label"], len(names))
+    return replace(splits, **encoded), {"config": config, "settings": {"class_weights": weights}}
 
 
 def infer_label_names(values) -> list[str]:
-    """Sorted distinct names, or "0".."max" for integer labels."""
+    """Sorted distinct names, or "0".."max" for integer labels (of the whole training file)."""
     if all(isinstance(v, str) for v in values):
         names = sorted(set(values))
     elif all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
@@ -100,14 +99,12 @@ def classification_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     settings = plan["trainer"]["runner_settings"]
     if model.config.pad_token_id is None:  # decoder models find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
-    weights = None
-    if splits.train is not None:  # None when only evaluating a trained model
-        weights = class_weights(settings["class_weights"], splits.train["label"], model.config.num_labels)
+    weights = settings["class_weights"]  # resolved by encode_labels from the training labels
     tokenized = {k: tokenize(getattr(splits, k), tokenizer, settings["max_length"])
                  for k in ("train", "eval") if getattr(splits, k) is not None}
     return {
         "model": wrap_for_classification(model, plan["peft"]),
-        "train_dataset": tokenized.get("train"),
+        "train_dataset": tokenized["train"],
         "eval_dataset": tokenized.get("eval"),
         "processing_class": tokenizer,
         "data_collator": DataCollatorWithPadding(tokenizer),

@@ -5,11 +5,12 @@ naming the recipe path of the source, before any model is loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import Problem, RecipeError, did_you_mean
 from .rows import row_problems
+from .tasks import import_dotted
 
 # file suffix -> (datasets builder, its options)
 BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}),
@@ -26,31 +27,38 @@ class Splits:
     retention: object | None  # general text measured before and after training
 
 
-def load_all(plan: dict) -> Splits:
+def load_all(plan: dict) -> tuple[Splits, dict]:
+    """The run's datasets, plus what the task's data step derived from them (a label map, class weights).
+
+    The task's data step sees whole files: `eval_fraction` is split off only after it, so its
+    problems name rows of the files the user has.
+    """
     spec, evaluation = plan["data"], plan["evaluation"]
-    train, held_out = load_splits(spec, plan["recipe"]["training"]["seed"])
-    chosen = held_out
+    train = load_canonical(spec["train"], spec, "/data/train")
+    held_out = load_canonical(spec["eval"], spec, "/data/eval") if spec["eval"] is not None else None
+    chosen = None
     if evaluation["data"] is not None:
         chosen = load_canonical(evaluation["data"], spec, "/evaluation/data")
     retention = None
     if evaluation["retention"] is not None:
-        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [], "convert": None}
+        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [], "convert": None,
+                     "column_hint": "retention data needs a 'text' column of plain text"}
         retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
-    return Splits(train, held_out, chosen, retention)
+    splits, derived = Splits(train, held_out, chosen, retention), {"config": {}, "settings": {}}
+    if spec["prepare"]:
+        splits, derived = import_dotted(spec["prepare"])(plan, splits)
+    if spec["eval_fraction"] is not None:
+        splits = split_off_eval(splits, spec["eval_fraction"], plan["recipe"]["training"]["seed"])
+    if splits.evaluation is None:
+        splits = replace(splits, evaluation=splits.eval)
+    return splits, derived
 
 
-def load_splits(spec: dict, seed: int):
-    """(train, eval or None) as datasets.Dataset objects with only the canonical columns."""
-    train = load_canonical(spec["train"], spec, "/data/train")
-    evaluation = None
-    if spec["eval"] is not None:
-        evaluation = load_canonical(spec["eval"], spec, "/data/eval")
-    elif spec["eval_fraction"] is not None:
-        if len(train) < 2:
-            raise RecipeError([Problem("/data/eval_fraction", "the training data has too few rows to split")])
-        parts = train.train_test_split(test_size=spec["eval_fraction"], seed=seed)
-        train, evaluation = parts["train"], parts["test"]
-    return train, evaluation
+def split_off_eval(splits: Splits, fraction: float, seed: int) -> Splits:
+    if len(splits.train) < 2:
+        raise RecipeError([Problem("/data/eval_fraction", "the training data has too few rows to split")])
+    parts = splits.train.train_test_split(test_size=fraction, seed=seed)
+    return replace(splits, train=parts["train"], eval=parts["test"])
 
 
 def load_source(source: dict, where: str):
@@ -86,7 +94,7 @@ def canonical(dataset, spec: dict, where: str, name: str):
         raise RecipeError([
             Problem(where, f"no column '{col}' for field '{field}' (format '{spec['format']}') in "
                            f"{name}; columns: {', '.join(dataset.column_names)}",
-                    did_you_mean(col, dataset.column_names) or f"map it with data.columns.{field}")
+                    did_you_mean(col, dataset.column_names) or spec.get("column_hint", f"map it with data.columns.{field}"))
             for field, col in missing
         ])
     present = {field: col for field, col in columns.items() if col in dataset.column_names}

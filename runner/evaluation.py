@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import metrics as m
 from .tasks import GENERATIVE, import_dotted
 
-CLASSIFICATION = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix")
+LABEL_METRICS = m.CLASSIFICATION_METRICS + ("confusion_matrix",)
 
 
 def measure(trainer, plan: dict, splits) -> dict:
@@ -19,8 +19,8 @@ def measure(trainer, plan: dict, splits) -> dict:
     if splits.evaluation is not None and wanted:
         features = eval_features(trainer, plan, splits)
         results.update(loss_metrics(trainer.evaluate(eval_dataset=features), wanted))
-        if any(name in CLASSIFICATION for name in wanted):
-            results.update(classification(trainer, plan, splits.evaluation, wanted))
+        if any(name in LABEL_METRICS for name in wanted):
+            results.update(label_metrics(trainer, plan, splits.evaluation, wanted))
         generative = [name for name in wanted if name in GENERATIVE]
         if generative:
             predictions, references = generated_answers(trainer, plan, splits.evaluation)
@@ -54,10 +54,9 @@ def loss_metrics(evaluated: dict, wanted: list[str]) -> dict:
     return out
 
 
-def classification(trainer, plan: dict, dataset, wanted: list[str]) -> dict:
-    from .classification import predicted_ids
-
-    predictions, references = predicted_ids(trainer, dataset, plan)
+def label_metrics(trainer, plan: dict, dataset, wanted: list[str]) -> dict:
+    predict = import_dotted(plan["evaluation"]["label_predictions"])
+    predictions, references = predict(trainer, dataset, plan)
     names = [trainer.model.config.id2label[i] for i in range(trainer.model.config.num_labels)]
     found = m.classification_metrics(predictions, references, names)
     out = {name: found[name] for name in wanted if name in m.CLASSIFICATION_METRICS}
@@ -81,9 +80,10 @@ def generated_answers(trainer, plan: dict, dataset) -> tuple[list[str], list[str
 def prompt_completion(row: dict, tokenizer):
     """Prompt token ids as TRL builds them for training (special tokens added), and the completion."""
     prompt = row["prompt"]
-    if isinstance(prompt, list):  # conversational prompt
-        return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"], row["completion"]
+    if isinstance(prompt, list):  # conversational: the completion is the assistant turn(s)
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                            return_dict=True)["input_ids"]
+        return ids, "".join(turn["content"] for turn in row["completion"])
     return tokenizer(prompt)["input_ids"], row["completion"]
 
 
@@ -100,13 +100,20 @@ def messages(row: dict, tokenizer):
 PROMPT_AND_ANSWER = {"prompt_completion": prompt_completion, "messages": messages}
 
 
+def stop_tokens(model, tokenizer) -> list[int]:
+    """The model's own end tokens (TRL adds the tokenizer's end-of-turn token to them) and the tokenizer's EOS."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return list(dict.fromkeys(ids + [tokenizer.eos_token_id]))
+
+
 def generate(model, tokenizer, prompts: list[list[int]], settings: dict) -> list[str]:
     """Batched generation from token ids with left padding; returns only the new text, special tokens removed."""
     import torch
 
     kwargs = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["do_sample"],
               "num_beams": settings["num_beams"], "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.eos_token_id}
+              "eos_token_id": stop_tokens(model, tokenizer)}
     if settings["do_sample"]:
         kwargs.update(temperature=settings["temperature"], top_p=settings["top_p"])
     side, was_training = tokenizer.padding_side, model.training

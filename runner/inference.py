@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import data, evaluation, models, outputs
 from .errors import Problem, RecipeError
+from .run import with_runner_settings
 from .tasks import import_dotted
 from .trainer import build_trainer
 
@@ -40,9 +41,27 @@ def for_trained_model(plan: dict, run_dir: Path) -> dict:
     adjusted = copy.deepcopy(plan)
     adjusted["peft"] = None
     adjusted["trainer"]["config"]["output_dir"] = str(run_dir)
-    if adjusted["trainer"]["reference_model"] == "copy":
-        adjusted["trainer"]["reference_model"] = "initial"  # the recipe's start model, not a copy of the trained one
+    if adjusted["trainer"]["reference_model"] is not None:
+        # The reference is the recipe's start model, reloaded: a copy of the trained model, the trained
+        # adapter switched off by TRL's "ref" adapter copy, or log-probs precomputed now would all
+        # measure the trained model against itself.
+        adjusted["trainer"]["reference_model"] = "initial"
     return adjusted
+
+
+def check_same_run(plan: dict, run_dir: Path) -> None:
+    """The recipe must describe the run it evaluates: same task, data format and tuning method."""
+    saved = run_dir / "plan.json"
+    if not saved.is_file():
+        raise RecipeError([Problem("--model", f"{run_dir} has no plan.json: not a run directory")])
+    trained = json.loads(saved.read_text())
+    pairs = {"/task": (trained["task"], plan["task"]), "/data/format": (trained["data"]["format"], plan["data"]["format"]),
+             "/peft/method": ((trained["peft"] or {}).get("method", "none"), (plan["peft"] or {}).get("method", "none"))}
+    problems = [Problem(path, f"is {mine!r} here but the run in {run_dir} was trained with {theirs!r}",
+                        "evaluate with the recipe the run was trained from (its recipe.json)")
+                for path, (theirs, mine) in pairs.items() if theirs != mine]
+    if problems:
+        raise RecipeError(problems)
 
 
 def evaluate_run(plan: dict, run_dir: Path) -> dict:
@@ -52,11 +71,12 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
     if not plan["evaluation"]["metrics"] and plan["evaluation"]["retention"] is None:
         raise RecipeError([Problem("/evaluation", "nothing to evaluate: the recipe has no evaluation data",
                                    "add data.eval, data.eval_fraction or evaluation.data (e.g. with --set)")])
+    check_same_run(plan, run_dir)
     hw = outputs.hardware()
     state = PartialState(cpu=not hw["gpus"])
-    splits, updates = data.load_all(plan), {}
-    if plan["data"]["prepare"]:
-        splits, updates = import_dotted(plan["data"]["prepare"])(plan, splits)
+    splits, derived = data.load_all(plan)
+    plan = with_runner_settings(plan, derived["settings"])
+    updates = derived["config"]
     tokenizer = models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
                                        "tokenizer_key": "--model"})
     model = load_trained(run_dir, plan, updates)
@@ -69,7 +89,7 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
                "after": evaluation.measure(trainer, adjusted, splits),
                "retention": evaluation.measure_retention(trainer, splits)}
     if state.is_main_process:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         outputs.write_json(run_dir / f"eval-{stamp}.json", results)  # never replaces an earlier evaluation
     return results
 
@@ -80,6 +100,8 @@ def predict(run_dir: Path, texts: list[str], max_new_tokens: int | None = None) 
     if not plan_file.is_file():
         raise RecipeError([Problem("RUN_DIR", f"{run_dir} has no plan.json: not a run directory")])
     plan = json.loads(plan_file.read_text())
+    manifest = json.loads((run_dir / outputs.MANIFEST).read_text()) if (run_dir / outputs.MANIFEST).is_file() else {}
+    plan["data_shape"] = manifest.get("data_shape") or {"conversational": False}
     tokenizer = models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
                                        "tokenizer_key": "RUN_DIR"})
     model = load_trained(run_dir, plan)
@@ -91,7 +113,7 @@ def predict(run_dir: Path, texts: list[str], max_new_tokens: int | None = None) 
 
 def generate_texts(model, tokenizer, plan: dict, texts: list[str], settings: dict) -> list[dict]:
     """Chat formats send each text as a user turn through the chat template; others continue the raw text."""
-    if plan["evaluation"]["prompt_and_answer"] == "messages":
+    if plan["data_shape"]["conversational"]:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=True,
                                                  add_generation_prompt=True, return_dict=True)["input_ids"]
                    for t in texts]

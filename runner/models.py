@@ -48,6 +48,8 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None):
         set_seed(seed)  # the same recipe builds the same initial weights
         dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
         return _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
+    if spec.get("ignore_mismatched_sizes"):
+        kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's head for other labels is replaced, not an error
     return _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
                      spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"], **kwargs)
 

@@ -24,10 +24,10 @@ def build_plan(recipe: Recipe) -> dict:
     fmt = data_format(task, doc["data"]["format"])
     raw_config, config_source = read_model_config(doc["model"])
     model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
-    problems = check_model(doc["model"], raw_config) + check_data(doc["data"], task, fmt)
+    problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
-    problems += check_peft(doc["peft"], model_config)
+    problems += check_peft(doc["peft"], model_config, task)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)
@@ -89,7 +89,7 @@ def _cached_hub_config(repo_id: str, revision: str) -> Path | None:
     return found if found.is_file() else None
 
 
-def check_model(model: dict, config: dict | None) -> list[Problem]:
+def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
     location = Path(model["name_or_path"])
     if location.is_absolute() and not location.is_dir():
         return [Problem("/model/name_or_path", f"no such directory: {location}",
@@ -100,6 +100,8 @@ def check_model(model: dict, config: dict | None) -> list[Problem]:
     if tokenizer.is_absolute() and not tokenizer.is_dir():
         return [Problem("/model/tokenizer", f"no such directory: {tokenizer}",
                         "a relative path is resolved against the recipe's directory")]
+    if model["chat_template"] and not task.uses_chat_template:
+        return [Problem("/model/chat_template", f"task '{task.name}' does not render chats", "remove it")]
     if model["chat_template"] and not Path(model["chat_template"]).is_file():
         return [Problem("/model/chat_template", f"file not found: {model['chat_template']}",
                         "a relative path is resolved against the recipe's directory")]
@@ -127,6 +129,7 @@ def model_spec(model: dict, task: Task) -> dict:
         # the recipe key a tokenizer loading problem is reported at
         "tokenizer_key": "/model/tokenizer" if model["tokenizer"] else "/model/name_or_path",
         "chat_template": model["chat_template"],
+        "ignore_mismatched_sizes": task.fresh_head,
     }
 
 
@@ -141,9 +144,9 @@ def check_data(data: dict, task: Task, fmt: str) -> list[Problem]:
     if fmt not in task.formats:
         return problems + [Problem("/data/format", f"task '{task.name}' does not read format '{fmt}'",
                                    f"its formats: {', '.join(task.formats)}")]
-    if data["labels"] is not None and fmt != "labelled":
-        problems.append(Problem("/data/labels", "only applies to data.format 'labelled'"))
     spec = task.formats[fmt]
+    if data["labels"] is not None and "label" not in spec.fields:
+        problems.append(Problem("/data/labels", f"format '{fmt}' has no labels"))
     wanted = spec.fields + spec.optional
     mapped = [data["columns"].get(field, field) for field in wanted]
     for column in sorted({c for c in mapped if mapped.count(c) > 1}):
@@ -250,7 +253,7 @@ def resolve_output_dir(doc: dict) -> str:
 # --- peft -----------------------------------------------------------------------------------
 
 
-def check_peft(peft: dict, config: dict | None) -> list[Problem]:
+def check_peft(peft: dict, config: dict | None, task: Task) -> list[Problem]:
     if peft["method"] == "partial":
         return check_patterns(peft["trainable"])
     if peft["method"] != "lora" or peft["target_modules"] == "all-linear":
@@ -258,7 +261,7 @@ def check_peft(peft: dict, config: dict | None) -> list[Problem]:
     shapes = estimate.linear_shapes(config) if config else None
     if shapes is None:
         return []  # unknown architecture: peft checks the names when it wraps the model
-    known = list(shapes) + ["lm_head"]
+    known = list(shapes) + [task.head_module]
     return [
         Problem(f"/peft/target_modules/{i}", f"'{name}' is not a linear module of this {config['model_type']} model",
                 did_you_mean(name, known) or f"its linear modules: {', '.join(known)}")
@@ -290,7 +293,7 @@ def peft_spec(peft: dict, task: Task) -> dict | None:
 
 
 def parameter_counts(config: dict | None, source: str, peft: dict, task: Task) -> dict:
-    if not task.model_class.endswith("ForCausalLM"):
+    if task.head_module != "lm_head":  # the estimator counts language-model heads only
         return {"known": False, "why": f"the {task.name} head's size depends on the data; "
                                        "run.json records the counts after loading"}
     total = estimate.total_parameters(config) if config else None

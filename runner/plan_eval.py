@@ -37,6 +37,10 @@ def check_evaluation(doc: dict, task: Task, fmt: str) -> list[Problem]:
             problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' compares generated answers with "
                                     f"references, which format '{fmt}' does not have",
                                     "use format prompt_completion, messages or alpaca"))
+    if evaluation["data"] is not None and doc["training"].get("precompute_ref_log_probs"):
+        problems.append(Problem("/evaluation/data", "TRL cannot precompute reference log-probs for data it first "
+                                "sees after training has started", "use data.eval for the evaluation data, or set "
+                                "training.precompute_ref_log_probs to false"))
     wants_eval = evaluation["metrics"] is not None or evaluation["baseline"]
     if wants_eval and not has_eval_data(doc) and evaluation["retention"] is None:
         problems.append(Problem("/evaluation", "asks for an evaluation but there is no evaluation data",
@@ -60,4 +64,5 @@ def evaluation_spec(doc: dict, task: Task, fmt: str) -> dict:
         "generation": evaluation["generation"],
         "prompt_and_answer": task.formats[fmt].prompt_and_answer,
         "features": task.eval_features,
+        "label_predictions": task.label_predictions,
     }

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data, evaluation, models, outputs, report
-from .tasks import import_dotted
 from .trainer import build_trainer, launch_config
 
 BASE_MODEL_DIR = "base_model"
@@ -22,18 +21,21 @@ BASE_MODEL_DIR = "base_model"
 
 @dataclass
 class Prepared:
+    plan: dict  # the plan with what the data resolved (class weights), as saved in plan.json
     trainer: object
     state: object  # accelerate.PartialState
     hardware: dict
     trainer_config: dict  # the config kwargs actually used, launch decisions included
     splits: data.Splits
     config_updates: dict  # what the data added to the model config (a label map), needed to reload an adapter
+    data_shape: dict  # facts about the data the trainer saw (conversational or not), for `predict`
     staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
 
 
 def run(plan: dict, argv: list[str] | None = None) -> dict:
     """Train as planned; returns the final manifest (the content of run.json)."""
-    return train(plan, prepare(plan), argv if argv is not None else sys.argv)
+    prepared = prepare(plan)
+    return train(prepared.plan, prepared, argv if argv is not None else sys.argv)
 
 
 def prepare(plan: dict) -> Prepared:
@@ -48,11 +50,10 @@ def prepare(plan: dict) -> Prepared:
     state.wait_for_everyone()  # no process writes before every process has checked
 
     seed = plan["recipe"]["training"]["seed"]
-    splits, config_updates = data.load_all(plan), {}
-    if plan["data"]["prepare"]:
-        splits, config_updates = import_dotted(plan["data"]["prepare"])(plan, splits)
+    splits, derived = data.load_all(plan)
+    plan = with_runner_settings(plan, derived["settings"])
     tokenizer = models.load_tokenizer(plan["model"])
-    model = models.load_model(plan["model"], seed, config_updates)
+    model = models.load_model(plan["model"], seed, derived["config"])
     staged = None
     if plan["peft"] is not None and plan["model"]["init"] == "random":
         staged = stage_random_base(model, tokenizer, Path(plan["output_dir"]), state.is_main_process)
@@ -62,7 +63,23 @@ def prepare(plan: dict) -> Prepared:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
         raise
-    return Prepared(trainer, state, hw, launch_config(plan, hw), splits, config_updates, staged)
+    return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, derived["config"],
+                    data_shape(splits), staged)
+
+
+def with_runner_settings(plan: dict, settings: dict) -> dict:
+    """The plan with the runner's own settings the data resolved (e.g. balanced class weights as numbers)."""
+    if not settings:
+        return plan
+    trainer = {**plan["trainer"], "runner_settings": {**plan["trainer"]["runner_settings"], **settings}}
+    return {**plan, "trainer": trainer}
+
+
+def data_shape(splits: data.Splits) -> dict:
+    """Whether the trainer saw chat conversations: `predict` then prompts through the chat template too."""
+    from trl.data_utils import is_conversational
+
+    return {"conversational": bool(is_conversational(splits.train[0]))}
 
 
 def stage_random_base(model, tokenizer, run_dir: Path, is_main: bool) -> Path:
@@ -86,7 +103,9 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     run_dir = Path(plan["output_dir"])
     manifest = outputs.new_manifest(plan, prepared.hardware, argv)
     manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
-                    trainer_config=prepared.trainer_config, config_updates=prepared.config_updates)
+                    trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
+                    config_updates=prepared.config_updates, data_shape=prepared.data_shape)
+    results = {"train": None, "before": None, "after": None, "retention": None}
     moved = None
     started = time.monotonic()
     try:
@@ -98,23 +117,16 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
             outputs.write_json(run_dir / "plan.json", plan)
             outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         state.wait_for_everyone()
-        results = train_and_measure(trainer, plan, prepared.splits)
-        trainer.save_model(plan["output_dir"])
+        train_and_measure(trainer, plan, prepared.splits, results)
     except BaseException as exc:
-        if state.is_main_process and run_dir.is_dir():
-            manifest.update(status="failed", finished_at=outputs.now(), error=f"{type(exc).__name__}: {exc}",
-                            history=trainer.state.log_history)
-            outputs.write_json(run_dir / outputs.MANIFEST, manifest)
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        finish(manifest, results, trainer, plan, started, state.is_main_process and run_dir.is_dir())
         if moved is not None:
             print(f"the earlier run in {run_dir} was kept at {moved}", file=sys.stderr)
         raise
-
-    manifest.update(status="finished", finished_at=outputs.now(), seconds=round(time.monotonic() - started, 2),
-                    metrics=results, history=trainer.state.log_history)
+    manifest["status"] = "finished"
+    finish(manifest, results, trainer, plan, started, state.is_main_process)
     if state.is_main_process:
-        outputs.write_json(run_dir / "metrics.json", results)
-        report.write_report(run_dir, manifest, plan["recipe"], results)
-        outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         outputs.finish_replacing(moved)
         print(summary(manifest), flush=True)
     state.wait_for_everyone()
@@ -123,19 +135,33 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     return manifest
 
 
-def train_and_measure(trainer, plan: dict, splits) -> dict:
-    """Train, measuring before (baseline, retention) and after. The content of metrics.json."""
-    baseline = plan["evaluation"]["baseline"]
-    before = evaluation.measure(trainer, plan, splits) if baseline else None
+def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, write: bool) -> None:
+    """Complete the records; a failed run keeps whatever it measured, and its report says how far it got."""
+    manifest.update(finished_at=outputs.now(), seconds=round(time.monotonic() - started, 2), metrics=results,
+                    history=trainer.state.log_history)
+    if write:
+        run_dir = Path(plan["output_dir"])
+        outputs.write_json(run_dir / "metrics.json", results)
+        report.write_report(run_dir, manifest, plan["recipe"], results)
+        outputs.write_json(run_dir / outputs.MANIFEST, manifest)
+
+
+def train_and_measure(trainer, plan: dict, splits, results: dict) -> None:
+    """Measure before (baseline, retention), train, save, measure after: filling `results` (metrics.json).
+
+    The model is saved as soon as training ends, so a failure while measuring never costs the training.
+    """
+    if plan["evaluation"]["baseline"]:
+        results["before"] = evaluation.measure(trainer, plan, splits)
     retention_before = evaluation.measure_retention(trainer, splits)
-    train_metrics = trainer.train().metrics
+    results["train"] = trainer.train().metrics
+    trainer.save_model(plan["output_dir"])
+    before = results["before"]
     if before and "loss" in before:  # train() starts a fresh log; keep the baseline as its step-0 point
         trainer.state.log_history.insert(0, {"eval_loss": before["loss"], "step": 0, "epoch": 0.0})
-    after = evaluation.measure(trainer, plan, splits)
-    retention = None
+    results["after"] = evaluation.measure(trainer, plan, splits)
     if retention_before is not None:
-        retention = {"before": retention_before, "after": evaluation.measure_retention(trainer, splits)}
-    return {"train": train_metrics, "before": before, "after": after, "retention": retention}
+        results["retention"] = {"before": retention_before, "after": evaluation.measure_retention(trainer, splits)}
 
 
 def count_examples(splits: data.Splits) -> dict:

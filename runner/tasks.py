@@ -47,6 +47,11 @@ class Task:
     needs_reference: bool = False  # the loss compares with a frozen reference model (DPO)
     # function(model, tokenizer, plan, texts, generation settings) -> one result dict per text (`predict`)
     predict: str = "runner.inference.generate_texts"
+    head_module: str = "lm_head"  # the output layer's name (a LoRA target beyond the transformer blocks)
+    fresh_head: bool = False  # a checkpoint's own head of another shape is replaced by a new one
+    # function(trainer, plan, dataset) -> (predicted label ids, reference ids), for label metrics
+    label_predictions: str | None = None
+    uses_chat_template: bool = True  # chat formats render through the tokenizer's (or the recipe's) template
 
 
 GENERATIVE = ("exact_match", "rouge", "bleu")
@@ -108,6 +113,10 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         prepare_data="runner.classification.encode_labels",
         eval_features="runner.classification.eval_features",
         predict="runner.inference.classify_texts",
+        head_module="score",
+        fresh_head=True,
+        label_predictions="runner.classification.predicted_ids",
+        uses_chat_template=False,
     ),
 })
 

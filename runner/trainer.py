@@ -40,7 +40,7 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     trainer_class = import_dotted(plan["trainer"]["class"])
     builder = import_dotted(plan["trainer"]["builder"])
     args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
-    kwargs = builder(plan, model, tokenizer, splits)
+    kwargs = rejected_as_user_error(plan["trainer"]["builder"], config, lambda: builder(plan, model, tokenizer, splits))
     return rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
 
 

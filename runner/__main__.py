@@ -36,9 +36,15 @@ def parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="an input text (repeatable)")
     source.add_argument("--input", help="a .txt file (one input per line) or .jsonl file ('text' or 'prompt')")
-    predict.add_argument("--max-new-tokens", type=int, help="override the recipe's evaluation.generation setting")
+    predict.add_argument("--max-new-tokens", type=_positive, help="override the recipe's evaluation.generation setting")
     sub.add_parser("docs", help="print the recipe reference (Markdown) generated from the schema")
     return top
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _add_set(command: argparse.ArgumentParser) -> None:

@@ -4,9 +4,11 @@
     generation_metrics(["rouge", "bleu"], predictions, references)
 
 We do not use `evaluate.load(...)`: it fetches metric scripts from the Hub. ROUGE and BLEU call
-rouge_score and sacrebleu directly with the settings Hugging Face's `rouge` and `sacrebleu`
-metrics use by default, so the numbers match theirs. Those imports live inside the functions so
-that `import runner.metrics` stays cheap for `validate` and `plan`.
+rouge_score and sacrebleu directly. BLEU uses sacrebleu's defaults (corpus BLEU, 13a tokenizer),
+as Hugging Face's `sacrebleu` metric does. ROUGE is the mean F-measure over pairs with the Porter
+stemmer on; Hugging Face's `rouge` metric defaults to no stemming and reports a bootstrap
+aggregate, so its numbers can differ. Those imports live inside the functions so that
+`import runner.metrics` stays cheap for `validate` and `plan`.
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict:
-    """Mean ROUGE-1/2/L F-measure over pairs, with the Porter stemmer (HF evaluate's default)."""
+    """Mean ROUGE-1/2/L F-measure over pairs, with the Porter stemmer (so "cats" matches "cat")."""
     from rouge_score import rouge_scorer
 
     _check_pairs(predictions, references)

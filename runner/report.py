@@ -151,7 +151,8 @@ def render_report(manifest: dict, recipe: dict, metrics: dict, png_name: str | N
 
 
 def key_settings(manifest: dict, recipe: dict) -> list[str]:
-    config = manifest.get("trainer_config") or {}
+    # the runner's own settings (a classifier's max_length) count as much as the trainer's
+    config = {**(manifest.get("runner_settings") or {}), **(manifest.get("trainer_config") or {})}
     peft = recipe.get("peft") or {}
     examples = manifest.get("examples") or {}
     method = peft.get("method", "none")

@@ -142,7 +142,8 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
     if write:
         run_dir = Path(plan["output_dir"])
         outputs.write_json(run_dir / "metrics.json", results)
-        report.write_report(run_dir, manifest, plan["recipe"], results)
+        resolved = {**plan["recipe"], "data": {**plan["recipe"]["data"], "format": plan["data"]["format"]}}
+        report.write_report(run_dir, manifest, resolved, results)
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
 
 

@@ -106,7 +106,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         peft_task_type="SEQ_CLS",
         formats=MappingProxyType({"labelled": Format(("text", "label"), optional=("text_pair",))}),
         builder="runner.classification.classification_trainer_kwargs",
-        default_metrics=("accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"),
+        default_metrics=("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"),
         metrics=("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix"),
         runner_keys=("max_length", "class_weights"),
         causal_lm=False,

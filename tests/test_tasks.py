@@ -76,6 +76,7 @@ def test_dpo_with_lora_uses_the_adapter_free_base_as_reference(tmp_path, recipe_
                     training={"max_steps": 4, "learning_rate": 5e-3, "per_device_train_batch_size": 8})
     trainer = prepare(plan).trainer
     assert trainer.ref_model is None, "no second copy: TRL disables the adapter for the reference pass"
+    assert plan["trainer"]["reference_model"] == "adapter-disabled"
     manifest = run(plan, argv=["test"])
     assert manifest["metrics"]["after"]["rewards/margins"] != 0.0
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
@@ -139,7 +140,7 @@ def test_classification_with_lora_keeps_the_head_trainable(tmp_path, recipe_file
     adapter = load_file(tmp_path / "run" / "adapter_model.safetensors")
     assert any("score" in k for k in adapter), "the classification head is saved with the adapter"
     assert any("lora_A" in k for k in adapter)
-    assert manifest["metrics"]["after"]["accuracy"] >= 0.5
+    assert manifest["metrics"]["after"]["accuracy"] > 0.8  # 0.95 here; chance is 0.5
 
 
 def test_partial_pattern_that_matches_nothing(tmp_path, recipe_file):
@@ -306,3 +307,128 @@ def test_conversational_preference_pairs_and_a_named_chat_template(tmp_path, rec
     assert first.startswith("[user]reverse") and first.endswith("[assistant]")
     run(plan, argv=["test"])
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_a_failure_while_measuring_keeps_the_trained_model(tmp_path, recipe_file, monkeypatch):
+    from runner import evaluation
+
+    plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
+                                                        "eval": {"path": "train.jsonl"}})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("metric exploded")
+
+    monkeypatch.setattr(evaluation, "measure", broken)
+    with pytest.raises(RuntimeError):
+        run(plan, argv=["test"])
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and "metric exploded" in record["error"]
+    assert record["metrics"]["train"]["train_loss"] > 0, "training finished and was recorded"
+    assert (tmp_path / "run" / "model.safetensors").is_file(), "the trained weights were saved before measuring"
+    assert "failed" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_dpo_lora_reference_is_the_adapter_free_base(tmp_path, recipe_file):
+    """Before training the policy is the reference (LoRA B starts at zero): margins are exactly 0; after, not."""
+    from runner.inference import evaluate_run
+
+    plan = plan_for(tmp_path, recipe_file, preference_rows(), task="dpo",
+                    data={"train": {"path": "train.jsonl"}, "eval": {"path": "train.jsonl"}},
+                    peft={"method": "lora", "r": 4}, evaluation={"baseline": True},
+                    training={"max_steps": 4, "learning_rate": 5e-3, "per_device_train_batch_size": 8})
+    manifest = run(plan, argv=["test"])
+    before, after = manifest["metrics"]["before"], manifest["metrics"]["after"]
+    assert before["rewards/margins"] == 0.0 and before["rewards/chosen"] == 0.0
+    assert after["rewards/margins"] != 0.0
+    again = evaluate_run(plan, tmp_path / "run")["after"]  # eval reloads the start model as the reference
+    assert again["rewards/margins"] == pytest.approx(after["rewards/margins"], rel=1e-3, abs=1e-5)
+
+
+def test_eval_refuses_a_recipe_that_does_not_match_the_run(tmp_path, recipe_file):
+    from runner.inference import evaluate_run
+
+    plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
+                                                        "eval": {"path": "train.jsonl"}})
+    run(plan, argv=["test"])
+    other = build_plan(load_recipe(recipe_file(base_recipe(tmp_path, data={"format": "prompt_completion",
+                                                                          "eval": {"path": "train.jsonl"}},
+                                                           peft={"method": "lora"}), "other.json")))
+    with pytest.raises(RecipeError) as info:
+        evaluate_run(other, tmp_path / "run")
+    assert [p.path for p in info.value.problems] == ["/peft/method"]
+
+
+def test_eval_of_a_weighted_classifier_reproduces_its_loss(tmp_path, recipe_file):
+    from runner.inference import evaluate_run
+
+    plan = classify(tmp_path, recipe_file, training={"class_weights": "balanced", "max_steps": 6})
+    manifest = run(plan, argv=["test"])
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["trainer"]["runner_settings"]["class_weights"] \
+        == pytest.approx(classification.class_weights("balanced", [0 if r["label"] == "early" else 1
+                                                                   for r in labelled_rows(160, seed=7)], 2))
+    again = evaluate_run(plan, tmp_path / "run")["after"]
+    assert again["loss"] == pytest.approx(manifest["metrics"]["after"]["loss"], rel=1e-4)
+    assert again["accuracy"] == manifest["metrics"]["after"]["accuracy"]
+
+
+def test_classification_from_a_checkpoint_with_another_head(tmp_path, recipe_file):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from conftest import TINY_MODEL
+
+    config = AutoConfig.from_pretrained(TINY_MODEL, num_labels=3)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "three-way")
+    (tmp_path / "three-way" / "tokenizer.json").write_bytes((TINY_MODEL / "tokenizer.json").read_bytes())
+    (tmp_path / "three-way" / "tokenizer_config.json").write_bytes((TINY_MODEL / "tokenizer_config.json").read_bytes())
+    plan = classify(tmp_path, recipe_file, model={"name_or_path": str(tmp_path / "three-way"), "init": "pretrained"},
+                    training={"max_steps": 2})
+    manifest = run(plan, argv=["test"])
+    assert manifest["config_updates"]["num_labels"] == 2 and "accuracy" in manifest["metrics"]["after"]
+
+
+def test_lora_on_the_classifier_head_is_named_score(tmp_path, recipe_file):
+    (tmp_path / "eval.jsonl").write_text("")
+    with pytest.raises(RecipeError) as info:
+        classify(tmp_path, recipe_file, peft={"method": "lora", "target_modules": ["lm_head"]})
+    (problem,) = info.value.problems
+    assert problem.path == "/peft/target_modules/0" and "is not a linear module" in problem.message
+
+
+def test_label_problems_name_file_rows_even_with_eval_fraction(tmp_path, recipe_file):
+    rows = labelled_rows(40, seed=3)
+    rows[6]["label"] = 7
+    recipe = {**CLASSIFY, "data": {**CLASSIFY["data"], "eval": None, "eval_fraction": 0.25}}
+    plan = plan_for(tmp_path, recipe_file, rows, **recipe)
+    with pytest.raises(RecipeError) as info:
+        prepare(plan)
+    assert info.value.problems[0].path == "/data/train"
+    assert info.value.problems[0].message == "labels must be all names (strings) or all integers >= 0"
+
+
+def test_precomputed_reference_needs_the_eval_set_up_front(tmp_path, recipe_file):
+    (tmp_path / "held.jsonl").write_text("")
+    with pytest.raises(RecipeError) as info:
+        plan_for(tmp_path, recipe_file, preference_rows(), task="dpo", data={"train": {"path": "train.jsonl"}},
+                 training={"precompute_ref_log_probs": True}, evaluation={"data": {"path": "held.jsonl"}})
+    assert [p.path for p in info.value.problems] == ["/evaluation/data"]
+
+
+def test_conversational_prompt_completion_is_evaluated_and_predicted_through_the_template(
+        tmp_path, recipe_file, monkeypatch):
+    from runner import evaluation
+    from runner.inference import predict
+
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": r["completion"]}]} for r in ROWS[:16]]
+    plan = plan_for(tmp_path, recipe_file, rows, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
+                                                        "eval": {"path": "train.jsonl"}},
+                    evaluation={"metrics": ["exact_match", "rouge"], "max_examples": 4,
+                                "generation": {"max_new_tokens": 3}})
+    manifest = run(plan, argv=["test"])
+    assert manifest["data_shape"] == {"conversational": True}
+    assert 0.0 <= manifest["metrics"]["after"]["rouge1"] <= 1.0
+    seen = []
+    monkeypatch.setattr(evaluation, "generate", lambda model, tok, prompts, settings: seen.extend(prompts) or ["x"])
+    predict(tmp_path / "run", ["reverse abc ="])
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tmp_path / "run")
+    assert tokenizer.decode(seen[0]) == "<|user|>reverse abc =<|end|><|assistant|>"

@@ -97,7 +97,14 @@ def messages(row: dict, tokenizer):
     return ids, turns[-1]["content"]
 
 
-PROMPT_AND_ANSWER = {"prompt_completion": prompt_completion, "messages": messages}
+def preference(row: dict, tokenizer):
+    """With an explicit prompt, the chosen response is the reference answer; implicit-prompt rows are skipped."""
+    if not row.get("prompt"):
+        return None
+    return prompt_completion({"prompt": row["prompt"], "completion": row["chosen"]}, tokenizer)
+
+
+PROMPT_AND_ANSWER = {"prompt_completion": prompt_completion, "messages": messages, "preference": preference}
 
 
 def stop_tokens(model, tokenizer) -> list[int]:

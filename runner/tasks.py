@@ -91,10 +91,11 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         config_class="trl.DPOConfig",
         model_class="transformers.AutoModelForCausalLM",
         peft_task_type="CAUSAL_LM",
-        formats=MappingProxyType({"preference": Format(("chosen", "rejected"), optional=("prompt",))}),
+        formats=MappingProxyType({"preference": Format(("chosen", "rejected"), optional=("prompt",),
+                                                       prompt_and_answer="preference")}),
         builder="runner.trainer.lm_trainer_kwargs",
         default_metrics=("loss", "rewards"),
-        metrics=("loss", "rewards"),
+        metrics=("loss", "rewards") + GENERATIVE,  # generated answers compared with the chosen responses
         causal_lm=False,  # the DPO loss is not a token loss: no perplexity, no retention set
         needs_reference=True,
     ),

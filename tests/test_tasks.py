@@ -73,12 +73,15 @@ def test_dpo_with_lora_uses_the_adapter_free_base_as_reference(tmp_path, recipe_
     plan = plan_for(tmp_path, recipe_file, preference_rows(), task="dpo",
                     data={"train": {"path": "train.jsonl"}, "eval": {"path": "train.jsonl"}},
                     peft={"method": "lora", "r": 4},
+                    evaluation={"metrics": ["loss", "rewards", "exact_match"], "max_examples": 4,
+                                "generation": {"max_new_tokens": 4}},
                     training={"max_steps": 4, "learning_rate": 5e-3, "per_device_train_batch_size": 8})
     trainer = prepare(plan).trainer
     assert trainer.ref_model is None, "no second copy: TRL disables the adapter for the reference pass"
     assert plan["trainer"]["reference_model"] == "adapter-disabled"
     manifest = run(plan, argv=["test"])
     assert manifest["metrics"]["after"]["rewards/margins"] != 0.0
+    assert 0.0 <= manifest["metrics"]["after"]["exact_match"] <= 1.0  # generated answers vs chosen responses
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
 
 

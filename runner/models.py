@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from .errors import Problem, RecipeError
 from .tasks import import_dotted
@@ -21,6 +22,9 @@ def load_tokenizer(spec: dict):
 def load_config(spec: dict, updates: dict | None = None):
     from transformers import AutoConfig
 
+    if spec["trust_remote_code"]:
+        print(f"warning: trust_remote_code is on: Python code from {spec['name_or_path']} will run in this process",
+              file=sys.stderr)
     config = _hub_call("/model/name_or_path", spec["name_or_path"], AutoConfig.from_pretrained,
                        spec["name_or_path"], revision=spec["revision"], trust_remote_code=spec["trust_remote_code"])
     unknown = [key for key in spec["config_overrides"] if not hasattr(config, key)]
@@ -48,6 +52,8 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None):
         set_seed(seed)  # the same recipe builds the same initial weights
         dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
         return _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
+    if not spec.get("allow_pickle_weights"):
+        kwargs["use_safetensors"] = True  # a pickled checkpoint can run code when loaded
     if spec.get("ignore_mismatched_sizes"):
         kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's head for other labels is replaced, not an error
     return _hub_call(where, spec["name_or_path"], model_class.from_pretrained,

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import Problem, RecipeError
+from .secrets import redact
 
 MANIFEST = "run.json"
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "jsonschema")
@@ -55,7 +56,8 @@ def finish_replacing(moved: Path | None) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then rename."""
+    """Write JSON atomically (a temporary file in the same directory, then rename), secrets masked."""
+    obj = redact(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -124,6 +124,7 @@ def model_spec(model: dict, task: Task) -> dict:
         "dtype": model["dtype"],
         "attn_implementation": model["attn_implementation"],
         "trust_remote_code": model["trust_remote_code"],
+        "allow_pickle_weights": model["allow_pickle_weights"],
         "tokenizer": model["tokenizer"] or model["name_or_path"],
         "tokenizer_revision": model["tokenizer_revision"] if model["tokenizer"] else model["revision"],
         # the recipe key a tokenizer loading problem is reported at
@@ -212,6 +213,8 @@ def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
     for key, only in task.format_only_options.items():
         if training[key] is None:
             config[key] = trained_format(task, fmt) == only
+    # transformers would average a NaN away in the logged loss; the runner must see it to stop the run
+    config["logging_nan_inf_filter"] = False
     return {"output_dir": output_dir, **config}
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data, evaluation, models, outputs, report
-from .trainer import build_trainer, launch_config
+from .secrets import redact
+from .errors import Problem, RecipeError
+from .trainer import build_trainer, launch_config, non_finite_loss
 
 BASE_MODEL_DIR = "base_model"
 
@@ -143,7 +145,7 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
         run_dir = Path(plan["output_dir"])
         outputs.write_json(run_dir / "metrics.json", results)
         resolved = {**plan["recipe"], "data": {**plan["recipe"]["data"], "format": plan["data"]["format"]}}
-        report.write_report(run_dir, manifest, resolved, results)
+        report.write_report(run_dir, redact(manifest), redact(resolved), redact(results))
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
 
 
@@ -156,6 +158,7 @@ def train_and_measure(trainer, plan: dict, splits, results: dict) -> None:
         results["before"] = evaluation.measure(trainer, plan, splits)
     retention_before = evaluation.measure_retention(trainer, splits)
     results["train"] = trainer.train().metrics
+    stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
     before = results["before"]
     if before and "loss" in before:  # train() starts a fresh log; keep the baseline as its step-0 point
@@ -163,6 +166,19 @@ def train_and_measure(trainer, plan: dict, splits, results: dict) -> None:
     results["after"] = evaluation.measure(trainer, plan, splits)
     if retention_before is not None:
         results["retention"] = {"before": retention_before, "after": evaluation.measure_retention(trainer, splits)}
+
+
+def stop_if_diverged(trainer, plan: dict) -> None:
+    """A NaN/inf loss ends the run before the broken weights are saved; checkpoints already written stay."""
+    bad = non_finite_loss(trainer)
+    if bad is None:
+        return
+    kept = sorted(Path(plan["output_dir"]).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    last = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written before it"
+    raise RecipeError([Problem("/training/learning_rate", f"the training loss became {bad.bad_value} at step "
+                               f"{bad.bad_step}; training stopped and the diverged weights were not saved ({last})",
+                               "lower learning_rate, keep max_grad_norm > 0, add warmup_steps, or prefer bf16 "
+                               "over fp16")])
 
 
 def count_examples(splits: data.Splits) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import adapters
+from .callbacks import StopOnNonFiniteLoss
 from .errors import Problem, RecipeError
 from .tasks import import_dotted
 
@@ -41,7 +42,15 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     builder = import_dotted(plan["trainer"]["builder"])
     args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
     kwargs = rejected_as_user_error(plan["trainer"]["builder"], config, lambda: builder(plan, model, tokenizer, splits))
-    return rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
+    trainer = rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
+    trainer.add_callback(StopOnNonFiniteLoss())
+    return trainer
+
+
+def non_finite_loss(trainer) -> StopOnNonFiniteLoss | None:
+    """The callback's finding, when the loss went NaN or infinite."""
+    found = [c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLoss)]
+    return found[0] if found and found[0].bad_step is not None else None
 
 
 def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:

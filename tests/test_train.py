@@ -225,3 +225,59 @@ def test_chat_template_without_assistant_markers_is_reported(tmp_path, recipe_fi
     assert "set training.assistant_only_loss to false" in problem.hint
     trainer = prepare(build_plan(load_recipe(recipe_file(recipe), ["training.assistant_only_loss=false"]))).trainer
     assert trainer.args.assistant_only_loss is False
+
+
+def test_a_diverging_loss_stops_the_run_with_a_clear_message(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    recipe = base_recipe(tmp_path, training={"learning_rate": 1e6, "max_grad_norm": 0, "max_steps": 30,
+                                             "logging_steps": 1, "save_strategy": "steps", "save_steps": 1})
+    plan = build_plan(load_recipe(recipe_file(recipe)))
+    assert plan["trainer"]["config"]["logging_nan_inf_filter"] is False
+    with pytest.raises(RecipeError) as info:
+        run(plan, argv=["test"])
+    (problem,) = info.value.problems
+    assert problem.path == "/training/learning_rate" and "the training loss became" in problem.message
+    assert "lower learning_rate" in problem.hint
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert not (tmp_path / "run" / "model.safetensors").exists(), "diverged weights are not saved as the result"
+    step = int(problem.message.split(" at step ")[1].split(";")[0])
+    assert step < 30, "training stopped at the first non-finite loss"
+
+
+def test_secrets_never_reach_the_run_directory(tmp_path, recipe_file, monkeypatch):
+    token, wandb_key = "hf_" + "Q" * 34, "wandbsecret0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("WANDB_API_KEY", wandb_key)
+    pasted = "sk-" + "z" * 40
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    recipe = base_recipe(tmp_path, description=f"tried with {token} and {pasted} and {wandb_key}")
+    run(build_plan(load_recipe(recipe_file(recipe))), argv=["python", "-m", "runner", f"--set=x={token}"])
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert len(files) > 5
+    for path in files:
+        content = path.read_bytes()
+        for secret in (token, wandb_key, pasted):
+            assert secret.encode() not in content, (path, secret)
+
+
+def test_pickled_weights_load_only_when_the_recipe_allows_them(tmp_path, recipe_file, capsys):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from conftest import TINY_MODEL
+
+    pickled = tmp_path / "pickled"
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL))
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # the old pickle format
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (pickled / name).write_bytes((TINY_MODEL / name).read_bytes())
+    assert (pickled / "pytorch_model.bin").is_file() and not (pickled / "model.safetensors").exists()
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    recipe = base_recipe(tmp_path, model={"name_or_path": str(pickled), "init": "pretrained"})
+    with pytest.raises(RecipeError) as info:
+        prepare(build_plan(load_recipe(recipe_file(recipe))))
+    assert info.value.problems[0].path == "/model/name_or_path"
+    allowed = ["model.allow_pickle_weights=true", "model.trust_remote_code=true"]
+    prepare(build_plan(load_recipe(recipe_file(recipe), allowed)))
+    assert f"trust_remote_code is on: Python code from {pickled} will run" in capsys.readouterr().err

@@ -19,8 +19,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train a recipe (the default command)")
     run.add_argument("recipe")
     _add_set(run)
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier run in the output directory (same as --set output.if_exists=overwrite)")
+    existing = run.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an earlier run in the output directory (--set output.if_exists=overwrite)")
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in the output directory from its newest complete checkpoint "
+                               "(--set output.if_exists=resume)")
     validate = sub.add_parser("validate", help="check recipes against the schema and each other, without torch")
     validate.add_argument("recipes", nargs="+")
     _add_set(validate)
@@ -64,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             err.source = args.recipe  # data, model and output problems are still about this recipe
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:  # noqa: BLE001 - only the run's clean interruption is handled here
+        if type(exc).__name__ != "RunInterrupted":
+            raise
+        print(exc, file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -97,7 +106,8 @@ def cmd_run(args) -> int:
     from .recipe import load_recipe
     from .run import run
 
-    overrides = args.overrides + (["output.if_exists=overwrite"] if args.overwrite else [])
+    overrides = args.overrides + (["output.if_exists=overwrite"] if args.overwrite else []) \
+        + (["output.if_exists=resume"] if args.resume else [])
     plan = build_plan(load_recipe(args.recipe, overrides))
     run(plan)
     return 0

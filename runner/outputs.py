@@ -32,10 +32,11 @@ def check_run_dir(output_dir: str, if_exists: str) -> None:
         return
     if if_exists == "error":
         raise RecipeError([Problem("/output/dir", f"{path} already holds files",
-                                   "choose another output.dir, or pass --overwrite to replace the earlier run")])
+                                   "choose another output.dir, pass --overwrite to replace the earlier run, or "
+                                   "--resume to continue it from its newest checkpoint")])
     if not (path / MANIFEST).is_file():
         raise RecipeError([Problem("/output/dir", f"{path} is not empty and holds no {MANIFEST}; refusing to "
-                                                  "replace a directory the runner did not create",
+                                                  f"{if_exists} in a directory the runner did not create",
                                    "choose another output.dir")])
 
 

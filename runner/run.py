@@ -7,13 +7,14 @@ several: every process prepares and trains; only the main process writes.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, evaluation, models, outputs, report
+from . import data, evaluation, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .trainer import build_trainer, launch_config, non_finite_loss
@@ -32,6 +33,8 @@ class Prepared:
     config_updates: dict  # what the data added to the model config (a label map), needed to reload an adapter
     data_shape: dict  # facts about the data the trainer saw (conversational or not), for `predict`
     staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
+    resume_from: Path | None  # the complete checkpoint this run continues from
+    watcher: object  # resume.StopOnSignal: which signal, if any, stopped training
 
 
 def run(plan: dict, argv: list[str] | None = None) -> dict:
@@ -48,7 +51,9 @@ def prepare(plan: dict) -> Prepared:
     # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True.
     state = PartialState(cpu=not hw["gpus"])
     hw["world_size"] = state.num_processes
-    outputs.check_run_dir(plan["output_dir"], plan["recipe"]["output"]["if_exists"])
+    if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
+    outputs.check_run_dir(plan["output_dir"], if_exists)
+    resume_from = resume.resume_point(run_dir, plan["recipe"]) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
 
     seed = plan["recipe"]["training"]["seed"]
@@ -65,8 +70,11 @@ def prepare(plan: dict) -> Prepared:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
         raise
+    marker, watcher = resume.checkpoint_callbacks(plan["recipe"])
+    trainer.add_callback(marker)
+    trainer.add_callback(watcher)
     return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, derived["config"],
-                    data_shape(splits), staged)
+                    data_shape(splits), staged, resume_from, watcher)
 
 
 def with_runner_settings(plan: dict, settings: dict) -> dict:
@@ -112,14 +120,18 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     started = time.monotonic()
     try:
         if state.is_main_process:
-            moved = outputs.start_run_dir(plan["output_dir"])
+            moved = None if prepared.resume_from else outputs.start_run_dir(plan["output_dir"])
             if prepared.staged_base is not None:
                 prepared.staged_base.rename(run_dir / BASE_MODEL_DIR)
             outputs.write_json(run_dir / "recipe.json", plan["recipe"])
             outputs.write_json(run_dir / "plan.json", plan)
             outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         state.wait_for_everyone()
-        train_and_measure(trainer, plan, prepared.splits, results)
+        train_and_measure(trainer, plan, prepared, results)
+    except resume.RunInterrupted:
+        manifest["status"] = "interrupted"
+        finish(manifest, results, trainer, plan, started, state.is_main_process)
+        raise
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         finish(manifest, results, trainer, plan, started, state.is_main_process and run_dir.is_dir())
@@ -149,15 +161,25 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
         outputs.write_json(run_dir / outputs.MANIFEST, manifest)
 
 
-def train_and_measure(trainer, plan: dict, splits, results: dict) -> None:
+def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) -> None:
     """Measure before (baseline, retention), train, save, measure after: filling `results` (metrics.json).
 
     The model is saved as soon as training ends, so a failure while measuring never costs the training.
+    A resumed run keeps the before-training measurements of the run it continues.
     """
-    if plan["evaluation"]["baseline"]:
-        results["before"] = evaluation.measure(trainer, plan, splits)
-    retention_before = evaluation.measure_retention(trainer, splits)
-    results["train"] = trainer.train().metrics
+    splits, resume_from = prepared.splits, prepared.resume_from
+    if resume_from is not None:
+        earlier = Path(plan["output_dir"]) / "metrics.json"
+        previous = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        results["before"] = previous.get("before")
+        retention_before = (previous.get("retention") or {}).get("before")
+    else:
+        results["before"] = evaluation.measure(trainer, plan, splits) if plan["evaluation"]["baseline"] else None
+        retention_before = evaluation.measure_retention(trainer, splits)
+    results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
+    if prepared.watcher.received:
+        checkpoint = resume.latest_complete_checkpoint(Path(plan["output_dir"]))
+        raise resume.RunInterrupted(prepared.watcher.received, checkpoint, plan["recipe_file"])
     stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
     before = results["before"]

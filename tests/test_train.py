@@ -174,7 +174,7 @@ def test_overwrite_never_deletes_a_directory_the_runner_did_not_make(tmp_path, r
     plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path)), ["output.if_exists=overwrite"]))
     with pytest.raises(RecipeError) as info:
         run(plan, argv=["test"])
-    assert "refusing to replace a directory the runner did not create" in info.value.problems[0].message
+    assert "refusing to overwrite in a directory the runner did not create" in info.value.problems[0].message
     assert precious.read_text() == "years of work"
 
 
@@ -281,3 +281,71 @@ def test_pickled_weights_load_only_when_the_recipe_allows_them(tmp_path, recipe_
     allowed = ["model.allow_pickle_weights=true", "model.trust_remote_code=true"]
     prepare(build_plan(load_recipe(recipe_file(recipe), allowed)))
     assert f"trust_remote_code is on: Python code from {pickled} will run" in capsys.readouterr().err
+
+
+def _interrupt_at(step: int):
+    """A callback that sends this process SIGINT at the end of `step`, as Ctrl-C would."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return Interrupt()
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe_file):
+    """Ctrl-C mid-run saves a checkpoint and stops; --resume finishes with what an uninterrupted run gives."""
+    from runner.resume import RunInterrupted
+
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    training = {"max_steps": 8, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "logging_steps": 1,
+                "save_strategy": "no", "dataloader_num_workers": 0}
+    straight = run(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training=training,
+                                                                  output={"dir": str(tmp_path / "a")}), "a.json"))),
+                   argv=["test"])
+
+    path = recipe_file(base_recipe(tmp_path, training=training, output={"dir": str(tmp_path / "b")}), "b.json")
+    prepared = prepare(build_plan(load_recipe(path)))
+    prepared.trainer.add_callback(_interrupt_at(3))
+    from runner.run import train
+    with pytest.raises(RunInterrupted) as info:
+        train(prepared.plan, prepared, ["test"])
+    assert info.value.code == 130 and "--resume" in str(info.value)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-4"]
+
+    with pytest.raises(RecipeError) as refused:  # a changed learning rate is not the same run
+        run(build_plan(load_recipe(path, ["output.if_exists=resume", "training.learning_rate=1e-3"])), argv=["t"])
+    assert [p.path for p in refused.value.problems] == ["/training/learning_rate"]
+
+    resumed = run(build_plan(load_recipe(path, ["output.if_exists=resume", "training.logging_steps=1"])),
+                  argv=["test"])
+    losses = lambda m: [h["loss"] for h in m["history"] if "loss" in h]  # noqa: E731
+    assert losses(resumed) == pytest.approx(losses(straight), abs=1e-5)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_a_checkpoint_cut_short_is_skipped(tmp_path):
+    from runner.resume import COMPLETE, latest_complete_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / COMPLETE).write_text("{}")
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-4"
+
+
+def test_resuming_a_finished_run_is_refused(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    path = recipe_file(base_recipe(tmp_path))
+    run(build_plan(load_recipe(path)), argv=["test"])
+    with pytest.raises(RecipeError) as info:
+        run(build_plan(load_recipe(path, ["output.if_exists=resume"])), argv=["test"])
+    assert "already finished" in info.value.problems[0].message

@@ -1,0 +1,120 @@
+"""Interruption and resume: checkpoints that say they are complete, and the recipe they belong to.
+
+A checkpoint counts only once `runner_checkpoint.json` is in it: the runner writes that file
+after transformers has written everything else, so a checkpoint cut short by a crash is skipped.
+The file carries the resolved recipe and library versions; resuming with a recipe that differs
+in anything but the fields in MAY_CHANGE is refused with the differing fields listed.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from .errors import Problem, RecipeError
+from .outputs import MANIFEST, versions, write_json
+
+COMPLETE = "runner_checkpoint.json"
+# Recipe fields that may differ on resume: they change what is logged, saved or measured, not the training.
+MAY_CHANGE = (
+    "/description", "/output", "/evaluation",
+    "/training/logging_steps", "/training/logging_strategy", "/training/logging_first_step",
+    "/training/eval_strategy", "/training/eval_steps", "/training/eval_on_start",
+    "/training/save_strategy", "/training/save_steps", "/training/save_total_limit",
+    "/training/dataloader_num_workers", "/training/report_to", "/training/per_device_eval_batch_size",
+)
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    found = [p for p in run_dir.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
+    return max(found, key=lambda p: int(p.name[11:])) if found else None
+
+
+def resume_point(run_dir: Path, recipe: dict) -> Path | None:
+    """The checkpoint to continue from; None to start afresh. Raises when resuming would be wrong."""
+    manifest = run_dir / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "finished":
+        raise RecipeError([Problem("/output/if_exists", f"the run in {run_dir} already finished; nothing to resume",
+                                   "choose another output.dir, or --overwrite to train it again")])
+    checkpoint = latest_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        return None
+    saved = json.loads((checkpoint / COMPLETE).read_text())["recipe"]
+    changed = differing_fields(saved, recipe)
+    if changed:
+        raise RecipeError([Problem(path, f"differs from the recipe {checkpoint.name} was trained with",
+                                   "resume with the same settings, or --overwrite to start over")
+                           for path in changed])
+    return checkpoint
+
+
+def differing_fields(old, new, path: str = "") -> list[str]:
+    if any(path == allowed or path.startswith(allowed + "/") for allowed in MAY_CHANGE):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for key in sorted(old.keys() | new.keys())
+                for p in differing_fields(old.get(key), new.get(key), f"{path}/{key}")]
+    return [] if old == new else [path]
+
+
+def checkpoint_callbacks(recipe: dict):
+    """The callbacks that make checkpoints resumable and interruptions clean."""
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Write the completeness marker last, with what the checkpoint was trained from."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_json(folder / COMPLETE, {"recipe": recipe, "versions": versions(), "step": state.global_step})
+
+    class StopOnSignal(TrainerCallback):
+        """SIGINT/SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once."""
+
+        def __init__(self):
+            self.received: str | None = None
+            self.previous = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._note)
+
+        def _note(self, signum, frame):
+            self.received = signal.Signals(signum).name
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)  # a second signal is not caught again
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if _anywhere(self.received is not None):
+                self.received = self.received or "SIGTERM"  # another process got it
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+
+    return MarkComplete(), StopOnSignal()
+
+
+def _anywhere(flag: bool) -> bool:
+    """True on every process when it is true on any: all must checkpoint and stop at the same step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([1 if flag else 0], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class RunInterrupted(Exception):
+    """The run stopped on a signal after saving a checkpoint; the CLI exits 128 + the signal number."""
+
+    def __init__(self, signal_name: str, checkpoint: Path | None, recipe_file: str):
+        self.code = 128 + signal.Signals[signal_name].value
+        where = f"checkpoint saved at {checkpoint}" if checkpoint else "no checkpoint could be saved"
+        super().__init__(f"interrupted by {signal_name}: {where}.\nresume with: python -m runner {recipe_file} "
+                         "--resume")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from . import __version__, estimate
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .plan_eval import check_evaluation, check_source, evaluation_spec
 from .tasks import TASKS, Task, data_format, trained_format
@@ -108,7 +108,7 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
     if config is None:
         return []
     return [
-        Problem(f"/model/config_overrides/{key}", "not a key of the model's config.json",
+        Problem(pointer(["model", "config_overrides", key]), "not a key of the model's config.json",
                 did_you_mean(key, config))
         for key in model["config_overrides"] if key not in config
     ]
@@ -250,7 +250,10 @@ def batch_arithmetic(training: dict) -> dict:
 
 def resolve_output_dir(doc: dict) -> str:
     chosen = doc["output"]["dir"] or f"runs/{doc['name']}"
-    return str(Path(chosen).expanduser().absolute())
+    try:
+        return str(Path(chosen).expanduser().absolute())
+    except RuntimeError as exc:  # ~user that does not exist
+        raise RecipeError([Problem("/output/dir", f"{chosen!r} is not a usable path: {exc}")]) from None
 
 
 # --- peft -----------------------------------------------------------------------------------

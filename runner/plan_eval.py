@@ -12,7 +12,11 @@ def check_source(source: dict | None, where: str) -> list[Problem]:
     if not source or "path" not in source:
         return []
     problems = []
-    if not Path(source["path"]).is_file():
+    try:
+        found = Path(source["path"]).is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        return [Problem(f"{where}/path", f"not a usable path: {exc.strerror}")]
+    if not found:
         problems.append(Problem(f"{where}/path", f"file not found: {source['path']}",
                                 "a relative path is resolved against the recipe's directory"))
     problems += [Problem(f"{where}/{key}", "only applies to Hub datasets ('hub')")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     merged = _read_chain(Path(source), chain=())
     merged.pop("extends", None)
     problems = apply_overrides(merged, overrides)
-    problems += schema.validate(merged)
+    problems += non_finite_numbers(merged) + schema.validate(merged)
     if problems:
         raise RecipeError(problems, source=str(path))
     return Recipe(source=source, doc=freeze(schema.fill_defaults(merged)))
@@ -47,10 +48,13 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
     doc = read_json(path)
-    resolve_paths(doc, base=path.parent)
+    resolve_paths(doc, base=path.parent, source=path)
     parent = doc.get("extends")
+    if parent is None:
+        return doc
     if not isinstance(parent, str):
-        return doc  # absent, or a wrong type that validation reports
+        raise RecipeError([Problem("/extends", f"{json.dumps(parent)} is not a string",
+                                   "name one recipe file, e.g. \"extends\": \"base.json\"")], source=str(path))
     base_path = Path(parent)
     if base_path in chain + (path,):
         cycle = " -> ".join(str(p) for p in chain + (path, base_path))
@@ -65,16 +69,18 @@ def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
 
 def read_json(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark from an editor is not an error
     except FileNotFoundError:
         raise RecipeError([Problem("", f"recipe file not found: {path}")], source=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError([Problem("", f"cannot read the recipe: {exc}")], source=str(path)) from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates)
+        doc = json.loads(text, object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as exc:
         msg = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise RecipeError([Problem("", msg)], source=str(path)) from None
+    except RecursionError:
+        raise RecipeError([Problem("", "the JSON is nested too deeply to be a recipe")], source=str(path)) from None
     except ValueError as exc:  # from the two hooks
         raise RecipeError([Problem("", str(exc))], source=str(path)) from None
     if not isinstance(doc, dict):
@@ -82,8 +88,15 @@ def read_json(path: Path) -> dict:
     return doc
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows; write a finite number")
+def non_finite_numbers(doc, parts: tuple = ()) -> list[Problem]:
+    """NaN, Infinity and overflowing numbers (1e999) parse as floats that no setting can take."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return [Problem(pointer(parts), f"{doc} is not a finite number")]
+    if isinstance(doc, dict):
+        return [p for key, value in doc.items() for p in non_finite_numbers(value, parts + (key,))]
+    if isinstance(doc, list):
+        return [p for i, value in enumerate(doc) for p in non_finite_numbers(value, parts + (i,))]
+    return []
 
 
 def _reject_duplicates(pairs):
@@ -119,14 +132,20 @@ def deep_merge(base: dict, child: dict) -> dict:
     return merged
 
 
-def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None) -> None:
+def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None, source: Path | None = None) -> None:
     """Make the file's local paths absolute, relative to `base` (the directory of the file naming them)."""
+    problems = []
     for parts, kind in schema.path_fields():
         if only is not None and parts[: len(only)] != only:
             continue
         parent = _get(doc, parts[:-1])
         if isinstance(parent, dict) and isinstance(parent.get(parts[-1]), str):
-            parent[parts[-1]] = resolve_one(parent[parts[-1]], base, kind)
+            try:
+                parent[parts[-1]] = resolve_one(parent[parts[-1]], base, kind)
+            except (OSError, RuntimeError, ValueError) as exc:  # too long, ~unknown-user, NUL byte
+                problems.append(Problem(pointer(parts), f"{parent[parts[-1]][:80]!r} is not a usable path: {exc}"))
+    if problems:
+        raise RecipeError(problems, source=str(source) if source else None)
 
 
 def resolve_one(value: str, base: Path, kind: str) -> str:
@@ -200,8 +219,8 @@ def _typed(raw: str, subs: list[dict]):
         return raw
     try:
         return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw  # validation reports it with the expected type
+    except ValueError:  # not JSON (or an integer too long to convert): validation reports the type
+        return raw
 
 
 def _types_of(sub: dict) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 
 from .errors import RecipeError
 
-COMMANDS = ("run", "validate", "plan", "eval", "predict", "docs")
+COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "docs")
 EXIT_USER_ERROR = 2
 
 
@@ -31,6 +31,11 @@ def parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print what a recipe will build, with every resolved argument")
     plan.add_argument("recipe")
     _add_set(plan)
+    check = sub.add_parser("check-data", help="read the recipe's data and report problems, leakage and lengths "
+                                              "before any model loads")
+    check.add_argument("recipe")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_set(check)
     evaluate = sub.add_parser("eval", help="evaluate a finished run with a recipe's evaluation settings, no training")
     evaluate.add_argument("recipe")
     evaluate.add_argument("--model", required=True, metavar="RUN_DIR", help="run directory of the trained model")
@@ -113,6 +118,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_check_data(args) -> int:
+    import json
+
+    from .plan import build_plan
+    from .preflight import check_data, render
+    from .recipe import load_recipe
+
+    report = check_data(build_plan(load_recipe(args.recipe, args.overrides)))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else render(report))
+    return 0
+
+
 def cmd_eval(args) -> int:
     import json
     from pathlib import Path
@@ -145,7 +162,8 @@ def cmd_docs(args) -> int:
     return 0
 
 
-COMMAND_FUNCTIONS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "eval": cmd_eval,
+COMMAND_FUNCTIONS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "check-data": cmd_check_data,
+                     "eval": cmd_eval,
                      "predict": cmd_predict, "docs": cmd_docs}
 
 if __name__ == "__main__":

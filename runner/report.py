@@ -141,6 +141,8 @@ def render_report(manifest: dict, recipe: dict, metrics: dict, png_name: str | N
     if manifest.get("error"):
         lines.append(f"- error: `{manifest['error']}`")
     lines += ["", "## Key settings", ""] + [f"- {line}" for line in key_settings(manifest, recipe)]
+    if manifest.get("data_warnings"):
+        lines += ["", "## Data warnings", ""] + [f"- {warning}" for warning in manifest["data_warnings"]]
     if png_name:
         lines += ["", "## Loss curves", "", f"![loss curves]({png_name})"]
     table = metric_table(metrics)

@@ -35,6 +35,7 @@ class Prepared:
     staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
     resume_from: Path | None  # the complete checkpoint this run continues from
     watcher: object  # resume.StopOnSignal: which signal, if any, stopped training
+    data_warnings: list[str]  # preflight findings that do not stop the run (leakage, truncation)
 
 
 def run(plan: dict, argv: list[str] | None = None) -> dict:
@@ -60,6 +61,7 @@ def prepare(plan: dict) -> Prepared:
     splits, derived = data.load_all(plan)
     plan = with_runner_settings(plan, derived["settings"])
     tokenizer = models.load_tokenizer(plan["model"])
+    warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
     model = models.load_model(plan["model"], seed, derived["config"])
     staged = None
     if plan["peft"] is not None and plan["model"]["init"] == "random":
@@ -74,7 +76,20 @@ def prepare(plan: dict) -> Prepared:
     trainer.add_callback(marker)
     trainer.add_callback(watcher)
     return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, derived["config"],
-                    data_shape(splits), staged, resume_from, watcher)
+                    data_shape(splits), staged, resume_from, watcher, warnings)
+
+
+PREFLIGHT_SAMPLE = 2000  # training rows whose token lengths are measured before each run
+
+
+def data_warnings(plan: dict, splits, tokenizer, show: bool) -> list[str]:
+    """Leakage and truncation found before the model loads; printed, and kept in run.json and the report."""
+    from .preflight import inspect
+
+    found = inspect(plan, splits, tokenizer, sample=PREFLIGHT_SAMPLE)["warnings"]
+    for warning in found if show else ():
+        print(f"warning: {warning}", file=sys.stderr)
+    return found
 
 
 def with_runner_settings(plan: dict, settings: dict) -> dict:
@@ -114,7 +129,8 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     manifest = outputs.new_manifest(plan, prepared.hardware, argv)
     manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
                     trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
-                    config_updates=prepared.config_updates, data_shape=prepared.data_shape)
+                    config_updates=prepared.config_updates, data_shape=prepared.data_shape,
+                    data_warnings=prepared.data_warnings)
     results = {"train": None, "before": None, "after": None, "retention": None}
     moved = None
     started = time.monotonic()

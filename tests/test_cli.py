@@ -12,6 +12,15 @@ from conftest import ROOT, base_recipe, write_jsonl
 from test_train import FORMATS
 
 
+def free_port() -> int:
+    """A port nobody listens on, so a leftover process on accelerate's default port cannot capture the run."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def cli(*args, cwd=ROOT, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True,
@@ -86,8 +95,8 @@ def test_accelerate_launch_two_processes(tmp_path, recipe_file):
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "runner", str(path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+         "--main_process_port", str(free_port()), "-m", "runner", str(path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["hardware"]["world_size"] == 2

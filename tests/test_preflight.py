@@ -1,0 +1,68 @@
+"""`check-data`: leakage, truncation with token statistics, the loss-mask preview; only a tokenizer loads."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from runner.plan import build_plan
+from runner.preflight import check_data, length_stats
+from runner.recipe import load_recipe
+from conftest import ROOT, base_recipe, write_jsonl
+
+
+def test_leakage_truncation_and_preview(tmp_path, recipe_file):
+    train = [{"prompt": f"reverse {w} =", "completion": f" {w[::-1]}"} for w in ("abc", "hello", "zz", "qwerty")]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "eval.jsonl", [train[1], {"prompt": "reverse new =", "completion": " wen"}, train[3]])
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion", "eval": {"path": "eval.jsonl"}},
+                         training={"max_length": 15})
+    report = check_data(build_plan(load_recipe(recipe_file(recipe))))
+    # one token per byte, plus the end token: "reverse zz =" 12 + " zz" 3 + 1 = 16; abc 13+4+1 = 18;
+    # hello 15+6+1 = 22; qwerty 16+7+1 = 24
+    assert report["token_lengths"] == {"min": 16, "median": 20, "p95": 24, "max": 24}
+    assert report["truncated"] == 4
+    assert report["leakage"] == {"count": 2, "eval_rows": [1, 3], "train_rows": [2, 4]}
+    assert report["preview"] == "⟦reverse abc =⟧ cba<|end|>"
+    assert any("2 evaluation rows also appear in the training data" in w for w in report["warnings"])
+
+
+def test_chat_preview_marks_only_assistant_turns(tmp_path, recipe_file):
+    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "yo"}]}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    report = check_data(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, data={"format": "messages"})))))
+    assert report["preview"] == "⟦<|system|>be brief<|end|><|user|>hi<|end|><|assistant|>⟧yo<|end|>"
+    assert report["leakage"] is None and report["warnings"] == []
+
+
+def test_length_statistics():
+    assert length_stats([5, 1, 3]) == {"min": 1, "median": 3, "p95": 5, "max": 5}
+
+
+def test_check_data_command(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "hello"}, {"text": ""}])
+    bad = subprocess.run([sys.executable, "-m", "runner", "check-data", str(recipe_file(base_recipe(tmp_path)))],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "1 rows are empty: rows 2 (column text)" in bad.stderr
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "hello"}, {"text": "world"}])
+    good = subprocess.run([sys.executable, "-m", "runner", "check-data", str(recipe_file(base_recipe(tmp_path)))],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert "training tokens per example: min 6, median 6.0, p95 6, max 6" in good.stdout
+    assert "no warnings" in good.stdout
+
+
+def test_a_run_reports_leakage_in_its_records(tmp_path, recipe_file):
+    import json
+
+    from runner.run import run
+
+    rows = [{"text": f"example number {i}"} for i in range(12)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "eval.jsonl", rows[:3])
+    recipe = base_recipe(tmp_path, data={"eval": {"path": "eval.jsonl"}})
+    run(build_plan(load_recipe(recipe_file(recipe))), argv=["test"])
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["data_warnings"] == ["3 evaluation rows also appear in the training data (eval rows [1, 2, 3], "
+                                       "train rows [1, 2, 3]): metrics on them are inflated"]
+    assert "## Data warnings" in (tmp_path / "run" / "report.md").read_text()

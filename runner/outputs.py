@@ -20,6 +20,7 @@ from .errors import Problem, RecipeError
 from .secrets import redact
 
 MANIFEST = "run.json"
+REPLACED = ".replaced-"  # an earlier run being replaced, kept until the new one succeeds
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "jsonschema")
 
 
@@ -41,13 +42,17 @@ def check_run_dir(output_dir: str, if_exists: str) -> None:
 
 
 def start_run_dir(output_dir: str) -> Path | None:
-    """Create the run directory; an earlier run there is moved aside (deleted only once this run succeeds)."""
+    """Create the run directory. An earlier run there is moved into a hidden folder inside it and deleted
+    only once this run succeeds; nothing is written outside the run directory."""
     path = Path(output_dir)
-    moved = None
-    if path.is_dir() and any(path.iterdir()):
-        moved = path.with_name(f".{path.name}.replaced-{int(time.time())}")
-        path.rename(moved)
     path.mkdir(parents=True, exist_ok=True)
+    earlier = [p for p in path.iterdir() if not p.name.startswith(REPLACED)]
+    if not earlier:
+        return None
+    moved = path / f"{REPLACED}{int(time.time() * 1000)}"
+    moved.mkdir()
+    for entry in earlier:
+        entry.rename(moved / entry.name)
     return moved
 
 

@@ -8,7 +8,6 @@ several: every process prepares and trains; only the main process writes.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from . import data, evaluation, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
-from .trainer import build_trainer, launch_config, non_finite_loss
+from .trainer import build_trainer, launch_config, non_finite_loss, out_of_memory_as_advice
 
 BASE_MODEL_DIR = "base_model"
 
@@ -32,7 +31,7 @@ class Prepared:
     splits: data.Splits
     config_updates: dict  # what the data added to the model config (a label map), needed to reload an adapter
     data_shape: dict  # facts about the data the trainer saw (conversational or not), for `predict`
-    staged_base: Path | None  # a random base model saved aside, moved into the run directory by train()
+    random_base: dict | None  # the start weights of a random model under an adapter, saved by train()
     resume_from: Path | None  # the complete checkpoint this run continues from
     watcher: object  # resume.StopOnSignal: which signal, if any, stopped training
     data_warnings: list[str]  # preflight findings that do not stop the run (leakage, truncation)
@@ -63,20 +62,15 @@ def prepare(plan: dict) -> Prepared:
     tokenizer = models.load_tokenizer(plan["model"])
     warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
     model = models.load_model(plan["model"], seed, derived["config"])
-    staged = None
+    base = None
     if plan["peft"] is not None and plan["model"]["init"] == "random":
-        staged = stage_random_base(model, tokenizer, Path(plan["output_dir"]), state.is_main_process)
-    try:
-        trainer = build_trainer(plan, model, tokenizer, splits, hw)
-    except BaseException:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        raise
+        base = keep_random_base(model, Path(plan["output_dir"]))
+    trainer = build_trainer(plan, model, tokenizer, splits, hw)
     marker, watcher = resume.checkpoint_callbacks(plan["recipe"])
     trainer.add_callback(marker)
     trainer.add_callback(watcher)
     return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, derived["config"],
-                    data_shape(splits), staged, resume_from, watcher, warnings)
+                    data_shape(splits), base, resume_from, watcher, warnings)
 
 
 PREFLIGHT_SAMPLE = 2000  # training rows whose token lengths are measured before each run
@@ -107,20 +101,28 @@ def data_shape(splits: data.Splits) -> dict:
     return {"conversational": bool(is_conversational(splits.train[0]))}
 
 
-def stage_random_base(model, tokenizer, run_dir: Path, is_main: bool) -> Path:
-    """An adapter on randomly initialised weights is useless without them: keep the base beside it.
+def keep_random_base(model, run_dir: Path) -> dict:
+    """An adapter on randomly initialised weights is useless without them: keep them for the run directory.
 
-    The base is saved next to the run directory now (before peft wraps the model) and moved into
-    it by `train`. peft records `model.name_or_path` as the adapter's base, so pointing it at the
-    final location makes the adapter load back with from_pretrained like any other.
+    A copy is taken now, before peft wraps the model, and `train` saves it as run_dir/base_model once
+    the directory is claimed. peft records `model.name_or_path` as the adapter's base, so pointing it
+    there makes the adapter load back with from_pretrained like any other.
     """
-    staging = run_dir.parent / f".{run_dir.name}.{BASE_MODEL_DIR}.staging"
-    if is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     model.config._name_or_path = model.name_or_path = str(run_dir / BASE_MODEL_DIR)
-    return staging
+    return {"weights": weights, "config": model.config.to_dict()}
+
+
+def save_random_base(base: dict, tokenizer, folder: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(base["config"])
+    AutoConfig.for_model(config.pop("model_type"), **config).save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in base["weights"].items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
 
 
 def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
@@ -137,8 +139,8 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     try:
         if state.is_main_process:
             moved = None if prepared.resume_from else outputs.start_run_dir(plan["output_dir"])
-            if prepared.staged_base is not None:
-                prepared.staged_base.rename(run_dir / BASE_MODEL_DIR)
+            if prepared.random_base is not None:
+                save_random_base(prepared.random_base, trainer.processing_class, run_dir / BASE_MODEL_DIR)
             outputs.write_json(run_dir / "recipe.json", plan["recipe"])
             outputs.write_json(run_dir / "plan.json", plan)
             outputs.write_json(run_dir / outputs.MANIFEST, manifest)
@@ -192,7 +194,8 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
     else:
         results["before"] = evaluation.measure(trainer, plan, splits) if plan["evaluation"]["baseline"] else None
         retention_before = evaluation.measure_retention(trainer, splits)
-    results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
+    with out_of_memory_as_advice(lambda: trainer.state.global_step):
+        results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
     if prepared.watcher.received:
         checkpoint = resume.latest_complete_checkpoint(Path(plan["output_dir"]))
         raise resume.RunInterrupted(prepared.watcher.received, checkpoint, plan["recipe_file"])

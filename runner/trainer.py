@@ -1,6 +1,7 @@
 """Build the TRL / transformers trainer the plan names. The one place trainers are imported."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 from . import adapters
@@ -102,3 +103,22 @@ def rejected_as_user_error(who: str, config: dict, build):
         named = [f"/training/{key}" for key in sorted(config, key=len, reverse=True) if key in message]
         path, hint = known[0] if known else (named[0] if named else "/training", None)
         raise RecipeError([Problem(path, f"{who} rejected the settings: {message}", hint)]) from None
+
+
+MEMORY_HINT = ("lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the global batch), "
+               "lower max_length, set activation_checkpointing: true, train a LoRA adapter (or QLoRA) instead of "
+               "every weight, or shard across GPUs with DeepSpeed ZeRO-2/3")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_advice(step_of):
+    """Turn the accelerator running out of memory into a message naming the settings that reduce memory."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        first = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+        raise RecipeError([Problem("/training/per_device_train_batch_size",
+                                   f"ran out of accelerator memory at step {step_of()}: {first}", MEMORY_HINT)]) from None
+

@@ -95,6 +95,8 @@ def test_lora_trains_only_the_adapter_and_reloads(tmp_path, recipe_file):
     # The random base was saved beside the adapter, so the adapter loads like any other.
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(out / "base_model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json", "run", "train.jsonl"], \
+        "the random base is saved inside the run directory, nowhere else"
     reloaded = AutoPeftModelForCausalLM.from_pretrained(out)
     base_before = initial_weights(plan)
     base_after = reloaded.get_base_model().state_dict()
@@ -149,7 +151,9 @@ def test_existing_run_is_refused_then_replaced_with_overwrite(tmp_path, recipe_f
 
     second = run(build_plan(load_recipe(path, ["output.if_exists=overwrite"])), argv=["test"])
     assert not (tmp_path / "run" / "marker-of-the-first-run").exists()
-    assert not list(tmp_path.glob(".run.replaced-*")), "the replaced run is removed once the new one succeeds"
+    assert not list((tmp_path / "run").glob(".replaced-*")), "the replaced run is removed once the new one succeeds"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json", "run", "train.jsonl"], \
+        "nothing is written outside the run directory"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["started_at"] == second["started_at"]
     assert (tmp_path / "run" / "model.safetensors").is_file() and first["status"] == "finished"
 
@@ -349,3 +353,25 @@ def test_resuming_a_finished_run_is_refused(tmp_path, recipe_file):
     with pytest.raises(RecipeError) as info:
         run(build_plan(load_recipe(path, ["output.if_exists=resume"])), argv=["test"])
     assert "already finished" in info.value.problems[0].message
+
+
+def test_out_of_memory_names_the_settings_that_reduce_memory(tmp_path, recipe_file):
+    """A CPU cannot run out of GPU memory: a callback raises the error torch raises when a GPU does."""
+    from transformers import TrainerCallback
+
+    class Exhaust(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"max_steps": 5})))))
+    prepared.trainer.add_callback(Exhaust())
+    from runner.run import train
+    with pytest.raises(RecipeError) as info:
+        train(prepared.plan, prepared, ["test"])
+    (problem,) = info.value.problems
+    assert problem.path == "/training/per_device_train_batch_size"
+    assert problem.message.startswith("ran out of accelerator memory at step 2: CUDA out of memory")
+    assert "activation_checkpointing" in problem.hint and "ZeRO" in problem.hint
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"

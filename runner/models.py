@@ -16,6 +16,9 @@ def load_tokenizer(spec: dict):
     if tokenizer.pad_token is None:
         # Batches need a pad token; padded positions are masked out of the loss, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
+    if spec.get("chat_template"):  # the recipe's template, for every use of the tokenizer from here on
+        with open(spec["chat_template"], encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
     return tokenizer
 
 

@@ -56,8 +56,9 @@ def start_run_dir(output_dir: str) -> Path | None:
     return moved
 
 
-def finish_replacing(moved: Path | None) -> None:
-    if moved is not None:
+def finish_replacing(run_dir: Path) -> None:
+    """The run finished: earlier runs it replaced (an interrupted overwrite's too) can go."""
+    for moved in run_dir.glob(f"{REPLACED}*"):
         shutil.rmtree(moved, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ import json
 import statistics
 
 from . import data, models
+from .errors import Problem, RecipeError
 
 SHOW = 5  # duplicate rows named in a warning
 
@@ -18,54 +19,77 @@ SHOW = 5  # duplicate rows named in a warning
 def check_data(plan: dict) -> dict:
     splits, _ = data.load_all(plan)
     tokenizer = models.load_tokenizer(plan["model"])
-    if plan["model"]["chat_template"]:
-        with open(plan["model"]["chat_template"], encoding="utf-8") as handle:
-            tokenizer.chat_template = handle.read()
+    require_chat_template(splits, tokenizer)
     return inspect(plan, splits, tokenizer)
+
+
+def require_chat_template(splits, tokenizer) -> None:
+    """Conversations need a chat template to become text; without one, say so before anything else fails."""
+    from trl.data_utils import is_conversational
+
+    if tokenizer.chat_template is None and is_conversational(splits.train[0]):
+        raise RecipeError([Problem("/model/chat_template", "the data are conversations but the tokenizer has no "
+                                   "chat template", "name a Jinja template file in model.chat_template")])
 
 
 def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     """The preflight report; token lengths from the first `sample` training rows (all when None)."""
     max_length = plan["trainer"]["config"].get("max_length") or plan["trainer"]["runner_settings"].get("max_length")
     rows = splits.train if sample is None else splits.train.select(range(min(sample, len(splits.train))))
-    lengths = [len(encode(row, tokenizer)[0]) for row in rows]
+    config = plan["trainer"]["config"]
+    lengths = [len(encode(row, tokenizer, config)[0]) for row in rows]
+    packing = bool(config.get("packing"))  # packed rows are cut to max_length as a whole, not per example
     report = {
         "examples": {name: len(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
                      if getattr(splits, name) is not None},
         "token_lengths": length_stats(lengths),
         "max_length": max_length,
         "measured_rows": len(lengths),
-        "truncated": sum(n > max_length for n in lengths) if max_length else 0,
+        "truncated": sum(n > max_length for n in lengths) if max_length and not packing else 0,
         "leakage": leakage(splits.train, splits.eval),
-        "preview": preview(splits.train[0], tokenizer),
+        "preview": preview(splits.train[0], tokenizer, config),
     }
     report["warnings"] = warnings(report)
     return report
 
 
-def encode(row: dict, tokenizer) -> tuple[list[int], list[int]]:
-    """(token ids, 1 where the token is trained on) for one canonical row, as the trainers build it."""
+def encode(row: dict, tokenizer, config: dict) -> tuple[list[int], list[int]]:
+    """(token ids, 1 where the token is trained on) for one canonical row, built the way TRL builds it.
+
+    `config` is the trainer config of the plan: its loss flags decide the mask.
+    """
     if "messages" in row:
         out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
-        mask = out.get("assistant_masks") or [1] * len(out["input_ids"])
-        return out["input_ids"], mask
+        ids = out["input_ids"]
+        trained = out.get("assistant_masks") if config.get("assistant_only_loss") else None
+        return ids, trained or [1] * len(ids)
     if "completion" in row or "chosen" in row:
-        prompt = _render(row.get("prompt") or "", tokenizer, generation_prompt=True)
-        answer = _render(row.get("completion") or row.get("chosen"), tokenizer, generation_prompt=False)
-        prompt_ids = tokenizer(prompt)["input_ids"] if prompt else []
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        return prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * len(answer_ids)
+        answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
+        ids, prompt_length = max((_with_prompt(row.get("prompt"), a, tokenizer) for a in answers),
+                                 key=lambda pair: len(pair[0]))  # DPO: the longer of chosen and rejected
+        only_answer = config.get("completion_only_loss", True) is not False
+        return ids, [0 if only_answer and i < prompt_length else 1 for i in range(len(ids))]
     ids = tokenizer(row["text"], row.get("text_pair"))["input_ids"]
-    if "label" not in row:  # language modelling: TRL appends the end token
-        ids = ids + [tokenizer.eos_token_id]
+    if "label" not in row and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids = ids + [tokenizer.eos_token_id]  # language modelling: TRL appends the end token
     return ids, [1] * len(ids)
 
 
-def _render(value, tokenizer, generation_prompt: bool) -> str:
-    if isinstance(value, list):  # conversational turns
-        return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=generation_prompt)
-    return value
+def _with_prompt(prompt, answer, tokenizer) -> tuple[list[int], int]:
+    """(prompt + answer ids, prompt length): the whole tokenized at once, as TRL does, then split."""
+    if isinstance(answer, list):  # conversational
+        turns = prompt or []
+        head = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"] if turns else []
+        full = tokenizer.apply_chat_template(turns + answer, tokenize=True, return_dict=True)["input_ids"]
+        return full, len(head)
+    prompt = prompt or ""
+    head = tokenizer(prompt)["input_ids"] if prompt else []
+    full = tokenizer(prompt + answer)["input_ids"]
+    if not full or full[-1] != tokenizer.eos_token_id:
+        full = full + [tokenizer.eos_token_id]
+    return full, len(head)
 
 
 def length_stats(lengths: list[int]) -> dict:
@@ -87,9 +111,9 @@ def _key(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False)
 
 
-def preview(row: dict, tokenizer) -> str:
+def preview(row: dict, tokenizer, config: dict) -> str:
     """The first example as the model sees it; text in ⟦ ⟧ carries no loss."""
-    ids, mask = encode(row, tokenizer)
+    ids, mask = encode(row, tokenizer, config)
     parts, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or mask[i] != mask[start]:

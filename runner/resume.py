@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import Problem, RecipeError
 from .outputs import MANIFEST, versions, write_json
+from .secrets import redact
 
 COMPLETE = "runner_checkpoint.json"
 # Recipe fields that may differ on resume: they change what is logged, saved or measured, not the training.
@@ -39,13 +40,33 @@ def resume_point(run_dir: Path, recipe: dict) -> Path | None:
     checkpoint = latest_complete_checkpoint(run_dir)
     if checkpoint is None:
         return None
-    saved = json.loads((checkpoint / COMPLETE).read_text())["recipe"]
-    changed = differing_fields(saved, recipe)
-    if changed:
-        raise RecipeError([Problem(path, f"differs from the recipe {checkpoint.name} was trained with",
-                                   "resume with the same settings, or --overwrite to start over")
-                           for path in changed])
+    marker = json.loads((checkpoint / COMPLETE).read_text())
+    problems = [Problem(path, f"differs from the recipe {checkpoint.name} was trained with",
+                        "resume with the same settings, or --overwrite to start over")
+                for path in differing_fields(marker["recipe"], redact(recipe))]  # the marker holds it masked
+    problems += [Problem(f"/data/{split}/path", f"{path} changed since {checkpoint.name} was saved (size or "
+                                                "modification time): resuming would skip the wrong rows",
+                         "restore the file, or --overwrite to start over")
+                 for split, path in changed_files(marker.get("data_files", {}), recipe)]
+    if problems:
+        raise RecipeError(problems)
     return checkpoint
+
+
+def data_files(recipe: dict) -> dict:
+    """Size and modification time of the local training files, to notice them changing under a run."""
+    found = {}
+    for split in ("train", "eval"):
+        source = recipe["data"].get(split) or {}
+        if "path" in source and Path(source["path"]).is_file():
+            stat = Path(source["path"]).stat()
+            found[split] = {"path": source["path"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return found
+
+
+def changed_files(saved: dict, recipe: dict) -> list[tuple[str, str]]:
+    now = redact(data_files(recipe))  # the marker holds them masked, like everything the runner writes
+    return [(split, before["path"]) for split, before in saved.items() if now.get(split) != before]
 
 
 def differing_fields(old, new, path: str = "") -> list[str]:
@@ -64,10 +85,15 @@ def checkpoint_callbacks(recipe: dict):
     class MarkComplete(TrainerCallback):
         """Write the completeness marker last, with what the checkpoint was trained from."""
 
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                write_json(folder / COMPLETE, {"recipe": recipe, "versions": versions(), "step": state.global_step})
+        def on_save(self, args, state, control, model=None, **kwargs):
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()  # every process has written its part (its RNG state)
+            if not state.is_world_process_zero or not all_finite(model):
+                return  # a checkpoint of diverged weights is never offered for resuming
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_json(folder / COMPLETE, {"recipe": recipe, "versions": versions(), "step": state.global_step,
+                                           "data_files": data_files(recipe)})
 
     class StopOnSignal(TrainerCallback):
         """SIGINT/SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once."""
@@ -91,11 +117,18 @@ def checkpoint_callbacks(recipe: dict):
                 control.should_save = True
                 control.should_training_stop = True
 
-        def on_train_end(self, args, state, control, **kwargs):
+        def restore(self):
             for sig, handler in self.previous.items():
                 signal.signal(sig, handler)
+            self.previous = {}
 
     return MarkComplete(), StopOnSignal()
+
+
+def all_finite(model) -> bool:
+    import torch
+
+    return model is None or all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _anywhere(flag: bool) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import data, evaluation, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
+from .preflight import require_chat_template
 from .trainer import build_trainer, launch_config, non_finite_loss, out_of_memory_as_advice
 
 BASE_MODEL_DIR = "base_model"
@@ -60,6 +61,7 @@ def prepare(plan: dict) -> Prepared:
     splits, derived = data.load_all(plan)
     plan = with_runner_settings(plan, derived["settings"])
     tokenizer = models.load_tokenizer(plan["model"])
+    require_chat_template(splits, tokenizer)
     warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
     model = models.load_model(plan["model"], seed, derived["config"])
     base = None
@@ -146,9 +148,13 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
             outputs.write_json(run_dir / outputs.MANIFEST, manifest)
         state.wait_for_everyone()
         train_and_measure(trainer, plan, prepared, results)
+        manifest["status"] = "finished"
+        finish(manifest, results, trainer, plan, started, state.is_main_process)
     except resume.RunInterrupted:
         manifest["status"] = "interrupted"
         finish(manifest, results, trainer, plan, started, state.is_main_process)
+        if moved is not None:
+            print(f"the earlier run in {run_dir} is kept in {moved} until this one finishes", file=sys.stderr)
         raise
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -156,10 +162,8 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
         if moved is not None:
             print(f"the earlier run in {run_dir} was kept at {moved}", file=sys.stderr)
         raise
-    manifest["status"] = "finished"
-    finish(manifest, results, trainer, plan, started, state.is_main_process)
     if state.is_main_process:
-        outputs.finish_replacing(moved)
+        outputs.finish_replacing(run_dir)
         print(summary(manifest), flush=True)
     state.wait_for_everyone()
     if state.num_processes > 1:
@@ -194,9 +198,13 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
     else:
         results["before"] = evaluation.measure(trainer, plan, splits) if plan["evaluation"]["baseline"] else None
         retention_before = evaluation.measure_retention(trainer, splits)
-    with out_of_memory_as_advice(lambda: trainer.state.global_step):
-        results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
-    if prepared.watcher.received:
+    try:
+        with out_of_memory_as_advice(lambda: trainer.state.global_step):
+            results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
+    finally:
+        prepared.watcher.restore()  # also when training raised: a later Ctrl-C must not be swallowed
+    if prepared.watcher.received and trainer.state.global_step < trainer.state.max_steps:
+        # (a signal after the last step changes nothing: the run completes and saves as usual)
         checkpoint = resume.latest_complete_checkpoint(Path(plan["output_dir"]))
         raise resume.RunInterrupted(prepared.watcher.received, checkpoint, plan["recipe_file"])
     stop_if_diverged(trainer, plan)
@@ -214,8 +222,8 @@ def stop_if_diverged(trainer, plan: dict) -> None:
     bad = non_finite_loss(trainer)
     if bad is None:
         return
-    kept = sorted(Path(plan["output_dir"]).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    last = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written before it"
+    kept = resume.latest_complete_checkpoint(Path(plan["output_dir"]))  # complete means finite weights
+    last = f"the last good checkpoint is {kept}" if kept else "no good checkpoint was written before it"
     raise RecipeError([Problem("/training/learning_rate", f"the training loss became {bad.bad_value} at step "
                                f"{bad.bad_step}; training stopped and the diverged weights were not saved ({last})",
                                "lower learning_rate, keep max_grad_norm > 0, add warmup_steps, or prefer bf16 "

@@ -61,9 +61,6 @@ def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     (no second copy); with full fine-tuning it copies the model, or precomputes the reference
     log-probabilities with `precompute_ref_log_probs`.
     """
-    if plan["model"]["chat_template"]:
-        with open(plan["model"]["chat_template"], encoding="utf-8") as handle:
-            tokenizer.chat_template = handle.read()
     kwargs = {}
     if plan["trainer"]["reference_model"] == "copy":
         # TRL would reload the reference from model.name_or_path, which has no weights for a random

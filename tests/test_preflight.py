@@ -66,3 +66,26 @@ def test_a_run_reports_leakage_in_its_records(tmp_path, recipe_file):
     assert record["data_warnings"] == ["3 evaluation rows also appear in the training data (eval rows [1, 2, 3], "
                                        "train rows [1, 2, 3]): metrics on them are inflated"]
     assert "## Data warnings" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_preflight_lengths_match_what_trl_builds(tmp_path, recipe_file):
+    """For conversational prompt/completion, the counted tokens and the trained ones are TRL's own."""
+    from runner.run import prepare
+
+    rows = [{"prompt": [{"role": "user", "content": f"reverse {w} ="}],
+             "completion": [{"role": "assistant", "content": w[::-1]}]} for w in ("abc", "hello", "xy")]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path, data={"format": "prompt_completion"}))))
+    report = check_data(plan)
+    trainer = prepare(plan).trainer
+    trl_lengths = sorted(len(example["input_ids"]) for example in trainer.train_dataset)
+    assert (report["token_lengths"]["min"], report["token_lengths"]["max"]) == (trl_lengths[0], trl_lengths[-1])
+    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
+    trained = trainer.processing_class.decode(labels[labels != -100])
+    assert report["preview"].endswith("⟧" + trained)
+
+
+def test_no_truncation_warning_when_packing(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "x" * 100}])
+    recipe = base_recipe(tmp_path, training={"packing": True, "max_length": 16})
+    assert check_data(build_plan(load_recipe(recipe_file(recipe))))["truncated"] == 0

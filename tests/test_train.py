@@ -247,6 +247,12 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_message(tmp_path, recipe_fi
     assert not (tmp_path / "run" / "model.safetensors").exists(), "diverged weights are not saved as the result"
     step = int(problem.message.split(" at step ")[1].split(";")[0])
     assert step < 30, "training stopped at the first non-finite loss"
+    from runner.resume import latest_complete_checkpoint
+
+    good = latest_complete_checkpoint(tmp_path / "run")
+    if good is not None:  # a checkpoint offered for resuming never holds diverged weights
+        assert all(torch.isfinite(t).all() for t in load_file(good / "model.safetensors").values())
+    assert str(good) in problem.message if good else "no good checkpoint" in problem.message
 
 
 def test_secrets_never_reach_the_run_directory(tmp_path, recipe_file, monkeypatch):
@@ -375,3 +381,47 @@ def test_out_of_memory_names_the_settings_that_reduce_memory(tmp_path, recipe_fi
     assert problem.message.startswith("ran out of accelerator memory at step 2: CUDA out of memory")
     assert "activation_checkpointing" in problem.hint and "ZeRO" in problem.hint
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_signal_after_the_last_step_still_completes_the_run(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"max_steps": 3})))))
+    prepared.trainer.add_callback(_interrupt_at(3))
+    from runner.run import train
+    manifest = train(prepared.plan, prepared, ["test"])
+    assert manifest["status"] == "finished" and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_signal_handlers_are_restored_when_training_fails(tmp_path, recipe_file):
+    import signal
+
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("boom")
+
+    before = signal.getsignal(signal.SIGINT)
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path)))))
+    prepared.trainer.add_callback(Boom())
+    from runner.run import train
+    with pytest.raises(RuntimeError):
+        train(prepared.plan, prepared, ["test"])
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_resume_compares_the_masked_recipe_and_notices_changed_data(tmp_path, recipe_file, monkeypatch):
+    from runner.outputs import write_json
+    from runner.resume import COMPLETE, data_files, resume_point
+
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
+    monkeypatch.setenv("TEAM_KEY_PREFIX", str(tmp_path))  # a "secret" that happens to be part of a path
+    recipe = load_recipe(recipe_file(base_recipe(tmp_path))).to_dict()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    write_json(checkpoint / COMPLETE, {"recipe": recipe, "data_files": data_files(recipe)})  # stored masked
+    assert resume_point(tmp_path / "run", recipe) == checkpoint
+    write_jsonl(tmp_path / "train.jsonl", FORMATS["text"][:10])
+    with pytest.raises(RecipeError) as info:
+        resume_point(tmp_path / "run", recipe)
+    assert [p.path for p in info.value.problems] == ["/data/train/path"]

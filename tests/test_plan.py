@@ -220,3 +220,9 @@ def test_loss_masking_defaults_follow_the_format(recipe_file, tmp_path, fmt, com
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
     config = plan_of(recipe_file, base_recipe(tmp_path, data={"format": fmt}))["trainer"]["config"]
     assert (config["completion_only_loss"], config["assistant_only_loss"]) == (completion_only, assistant_only)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "recipes").glob("*.json")), ids=lambda p: p.name)
+def test_benchmark_recipes_validate_and_plan(path):
+    plan = build_plan(load_recipe(path))
+    assert plan["trainer"]["config"]["max_steps"] > 0

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .errors import RecipeError
+from .resume import RunInterrupted
 
 COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "docs")
 EXIT_USER_ERROR = 2
@@ -73,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             err.source = args.recipe  # data, model and output problems are still about this recipe
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as exc:  # noqa: BLE001 - only the run's clean interruption is handled here
-        if type(exc).__name__ != "RunInterrupted":
-            raise
+    except RunInterrupted as exc:  # a checkpoint was saved; the message says how to resume
         print(exc, file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:

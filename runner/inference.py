@@ -36,6 +36,12 @@ def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
     return PeftModel.from_pretrained(model, run_dir)
 
 
+def saved_tokenizer(plan: dict, run_dir: Path, where: str):
+    """The tokenizer saved with the run (its chat template included), not the recipe's source."""
+    return models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
+                                  "tokenizer_key": where, "chat_template": None})
+
+
 def for_trained_model(plan: dict, run_dir: Path) -> dict:
     """The plan, adjusted to evaluate an already trained model: no new adapter, outputs in its run directory."""
     adjusted = copy.deepcopy(plan)
@@ -77,8 +83,7 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
     splits, derived = data.load_all(plan)
     plan = with_runner_settings(plan, derived["settings"])
     updates = derived["config"]
-    tokenizer = models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
-                                       "tokenizer_key": "--model"})
+    tokenizer = saved_tokenizer(plan, run_dir, "--model")
     model = load_trained(run_dir, plan, updates)
     adjusted = for_trained_model(plan, run_dir)
     # Trainers insist on training data; the (small) evaluation rows stand in, so the real training set
@@ -102,8 +107,7 @@ def predict(run_dir: Path, texts: list[str], max_new_tokens: int | None = None) 
     plan = json.loads(plan_file.read_text())
     manifest = json.loads((run_dir / outputs.MANIFEST).read_text()) if (run_dir / outputs.MANIFEST).is_file() else {}
     plan["data_shape"] = manifest.get("data_shape") or {"conversational": False}
-    tokenizer = models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
-                                       "tokenizer_key": "RUN_DIR"})
+    tokenizer = saved_tokenizer(plan, run_dir, "RUN_DIR")
     model = load_trained(run_dir, plan)
     settings = dict(plan["evaluation"]["generation"])
     if max_new_tokens is not None:

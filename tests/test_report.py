@@ -137,7 +137,7 @@ def test_failed_run_without_history_or_baseline_still_renders(tmp_path):
     assert "8 x 2 x 1 = 16" in text  # no world size recorded: one process
 
 
-def test_empty_metrics_render_a_placeholder():
+def test_a_report_without_metrics_says_so():
     text = render_report({"name": "x"}, {}, {}, None)
     assert "No metrics recorded." in text and "global batch: -" in text
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m runner [run] RECIPE`, `validate RECIPE...`, `plan RECIPE`, `docs`.
+"""Command line: `python -m runner [run] RECIPE`, `validate`, `plan`, `merge RUN_DIR`, `quantize RUN_DIR`, `docs`, ...
 
 A user mistake (RecipeError) prints one report and exits with code 2, never a traceback.
 """
@@ -10,7 +10,7 @@ import sys
 from .errors import RecipeError
 from .resume import RunInterrupted
 
-COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "docs")
+COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "merge", "quantize", "docs")
 EXIT_USER_ERROR = 2
 
 
@@ -47,6 +47,14 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--text", action="append", help="an input text (repeatable)")
     source.add_argument("--input", help="a .txt file (one input per line) or .jsonl file ('text' or 'prompt')")
     predict.add_argument("--max-new-tokens", type=_positive, help="override the recipe's evaluation.generation setting")
+    merge = sub.add_parser("merge", help="merge a run's LoRA/IA3 adapter into its base and save a plain model")
+    merge.add_argument("run_dir")
+    merge.add_argument("--out", help="output directory, which must not exist (default: RUN_DIR-merged)")
+    quantize = sub.add_parser("quantize", help="quantize a trained model to 8 or 4 bits (bitsandbytes) and report "
+                                               "size and metrics before and after")
+    quantize.add_argument("run_dir")
+    quantize.add_argument("--bits", type=int, choices=(4, 8), required=True)
+    quantize.add_argument("--out", help="output directory, which must not exist (default: RUN_DIR-<bits>bit)")
     sub.add_parser("docs", help="print the recipe reference (Markdown) generated from the schema")
     return top
 
@@ -154,6 +162,29 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .merge import merge
+
+    record = merge(Path(args.run_dir).absolute(), Path(args.out) if args.out else None)
+    print(f"{record['note']} -> {record['output_dir']}", file=sys.stderr)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .quantize import quantize
+
+    record = quantize(Path(args.run_dir).absolute(), args.bits, Path(args.out) if args.out else None)
+    print(json.dumps(record, indent=2, default=str))
+    return 0
+
+
 def cmd_docs(args) -> int:
     from .docs import reference
 
@@ -163,7 +194,7 @@ def cmd_docs(args) -> int:
 
 COMMAND_FUNCTIONS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "check-data": cmd_check_data,
                      "eval": cmd_eval,
-                     "predict": cmd_predict, "docs": cmd_docs}
+                     "predict": cmd_predict, "merge": cmd_merge, "quantize": cmd_quantize, "docs": cmd_docs}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ HEAD = "head"  # keyword in `trainable`: every parameter outside the base model
 
 def peft_config(spec: dict | None):
     """The peft config a trainer wraps the model with, or None (full or partial fine-tuning)."""
-    if spec is None or spec["method"] != "lora":
+    if spec is None or "class" not in spec:
         return None
     return import_dotted(spec["class"])(**spec["kwargs"])
 
@@ -34,16 +34,28 @@ def freeze_all_but(model, patterns: list[str]) -> int:
 
 
 def prepare_model(model, spec: dict | None):
-    """Apply what the trainer does not: freezing for `partial`. LoRA is left to the trainer's peft_config."""
+    """Apply what the trainer does not: freezing for `partial`, peft's k-bit preparation for a quantized base.
+
+    TRL 1.16's trainers do not call prepare_model_for_kbit_training (they only cast a quantized model's
+    adapter to bf16 and enable input gradients under activation checkpointing), so it is done here,
+    once, without its checkpointing part: TrainingArguments' activation_checkpointing owns that.
+    Adapters themselves are left to the trainer's peft_config.
+    """
     if spec is not None and spec["method"] == "partial":
         freeze_all_but(model, spec["trainable"])
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if quantized and spec is not None and "class" in spec:  # training an adapter (not evaluating one)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
 def wrap_for_classification(model, spec: dict | None):
     """transformers.Trainer takes no peft_config: wrap here. SEQ_CLS keeps the new head trainable."""
-    if spec is not None and spec["method"] == "lora":
+    model = prepare_model(model, spec)
+    if spec is not None and "class" in spec:
         from peft import get_peft_model
 
         return get_peft_model(model, peft_config(spec))
-    return prepare_model(model, spec)
+    return model

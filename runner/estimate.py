@@ -88,3 +88,55 @@ def lora_parameters(config: dict, r: int, target_modules) -> int | None:
         else:
             count += config["num_hidden_layers"] * r * (shapes[name][0] + shapes[name][1])
     return count
+
+
+def kv_width(config: dict) -> int:
+    """Width of one layer's keys (or values): what prefix tuning learns per layer and virtual token."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return head_dim * (config.get("num_key_value_heads") or heads)
+
+
+def adapter_parameters(config: dict, peft: dict) -> int | None:
+    """Trainable parameters a peft method adds, where a closed form is exact; None where it is not.
+
+    LoRA: r x (in + out) per targeted module, + out per module for DoRA's magnitude. Prompt tuning:
+    one embedding per virtual token. Prefix tuning: a key and a value per layer and virtual token
+    (or the MLP that makes them). IA3: one scale per output (input, for feed-forward modules).
+    """
+    shapes = linear_shapes(config)
+    if shapes is None:
+        return None
+    method, h = peft["method"], config["hidden_size"]
+    if method == "prompt_tuning":
+        return peft["num_virtual_tokens"] * h
+    if method == "prefix_tuning":
+        n, width, layers = peft["num_virtual_tokens"], kv_width(config), config["num_hidden_layers"]
+        if not peft["prefix_projection"]:
+            return n * layers * 2 * width
+        hidden = peft["encoder_hidden_size"] or width
+        return n * width + (width * hidden + hidden) + (hidden * layers * 2 * width + layers * 2 * width)
+    if method == "ia3":
+        targets, feedforward = peft["target_modules"], peft["feedforward_modules"]
+        if not isinstance(targets, list) or not isinstance(feedforward, list):
+            return None  # peft's per-architecture default or a regex: counted after loading
+        names = [t.split(".")[-1] for t in targets]
+        if any(name not in shapes for name in names):
+            return None
+        ff = {f.split(".")[-1] for f in feedforward}
+        return config["num_hidden_layers"] * sum(shapes[n][0] if n in ff else shapes[n][1] for n in dict.fromkeys(names))
+    if method == "lora":
+        if peft["modules_to_save"] or peft["bias"] != "none" or peft["init_lora_weights"] not in (True, False, "gaussian"):
+            return None  # whole module copies, biases or a re-initialised base: counted after loading
+        targets = peft["target_modules"]
+        if isinstance(targets, str) and targets != "all-linear":
+            return None  # a regular expression: which modules it matches is known after loading
+        if targets != "all-linear" and any(t.split(".")[-1] not in (*shapes, "lm_head") for t in targets):
+            return None
+        count = lora_parameters(config, peft["r"], targets)
+        if peft["use_dora"]:  # one magnitude per output feature of each adapted module
+            names = ATTENTION + MLP if targets == "all-linear" else [t.split(".")[-1] for t in targets]
+            count += sum(config["vocab_size"] if n == "lm_head" else config["num_hidden_layers"] * shapes[n][1]
+                         for n in dict.fromkeys(names))
+        return count
+    return None

@@ -39,8 +39,10 @@ def load_config(spec: dict, updates: dict | None = None):
     return config
 
 
-def load_model(spec: dict, seed: int, config_updates: dict | None = None):
-    """The model named by the plan, on CPU, in the dtype the recipe asks for."""
+def load_model(spec: dict, seed: int, config_updates: dict | None = None, quantize: bool = True):
+    """The model named by the plan, in the dtype the recipe asks for: on CPU, or where bitsandbytes
+    puts a quantized one (the current accelerator). quantize=False: a random model's unquantized
+    weights, which the caller keeps before `quantize_random` quantizes them."""
     import torch
     from transformers import set_seed
 
@@ -51,10 +53,17 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None):
         kwargs["attn_implementation"] = spec["attn_implementation"]
     # A missing kernel package (flash-attn) surfaces as ImportError or ValueError from either call.
     where = "/model/attn_implementation" if spec["attn_implementation"] else "/model/name_or_path"
+    quantization = spec.get("quantization")
     if spec["init"] == "random":
         set_seed(seed)  # the same recipe builds the same initial weights
         dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
-        return _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
+        # A base to be quantized is built where bitsandbytes will put it: initialising 8B weights on a GPU
+        # takes seconds, on a CPU minutes. (The same seed gives other numbers on another device.)
+        with torch.device(_quantization_device() if quantization else "cpu"):
+            model = _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
+        return quantize_random(model, spec) if quantization and quantize else model
+    if quantization:
+        kwargs["quantization_config"] = bnb_config(quantization)
     if not spec.get("allow_pickle_weights"):
         kwargs["use_safetensors"] = True  # a pickled checkpoint can run code when loaded
     if spec.get("ignore_mismatched_sizes"):
@@ -63,9 +72,48 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None):
                      spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"], **kwargs)
 
 
+def _quantization_device():
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bnb_config(quantization: dict):
+    """transformers' BitsAndBytesConfig from the plan's kwargs (dtypes are names there)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    kwargs = dict(quantization["kwargs"])
+    for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+        if key in kwargs:
+            kwargs[key] = getattr(torch, kwargs[key])
+    return BitsAndBytesConfig(**kwargs)
+
+
+def quantize_random(model, spec: dict):
+    """A model built from a config (random weights), quantized as `from_pretrained` would quantize a checkpoint.
+
+    from_config takes no quantization_config; from_pretrained with the weights as a state_dict does,
+    and writes nothing to disk (a random 8B base would be 16 GB).
+    """
+    state = model.state_dict()
+    quantized = type(model).from_pretrained(None, config=model.config, state_dict=state, dtype=model.dtype,
+                                            quantization_config=bnb_config(spec["quantization"]))
+    # where the weights came from (peft records it as the adapter's base); from_pretrained(None) forgets it
+    quantized.config._name_or_path = quantized.name_or_path = model.name_or_path
+    return quantized
+
+
+def _numel(parameter) -> int:
+    """Parameters, not storage elements: a 4-bit tensor packs two weights per byte of its storage dtype."""
+    if parameter.__class__.__name__ == "Params4bit":
+        return parameter.numel() * 2 * parameter.element_size()
+    return parameter.numel()
+
+
 def count_parameters(model) -> dict:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable, "trainable_share": round(trainable / total, 6) if total else 0.0}
 
 

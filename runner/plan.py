@@ -11,9 +11,10 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, estimate
+from . import __version__
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
+from .methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
 from .plan_eval import check_evaluation, check_source, evaluation_spec
 from .tasks import TASKS, Task, data_format, trained_format
 
@@ -27,7 +28,7 @@ def build_plan(recipe: Recipe) -> dict:
     problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
-    problems += check_peft(doc["peft"], model_config, task)
+    problems += check_methods(doc, model_config, task)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)
@@ -38,7 +39,7 @@ def build_plan(recipe: Recipe) -> dict:
         "output_dir": output_dir,
         "model": model_spec(doc["model"], task),
         "data": data_spec(doc["data"], task, fmt),
-        "peft": peft_spec(doc["peft"], task),
+        "peft": peft_spec(doc["peft"], task, doc["model"]["tokenizer"] or doc["model"]["name_or_path"]),
         "trainer": {
             "class": task.trainer_class,
             "config_class": task.config_class,
@@ -123,6 +124,7 @@ def model_spec(model: dict, task: Task) -> dict:
         "config_overrides": model["config_overrides"],
         "dtype": model["dtype"],
         "attn_implementation": model["attn_implementation"],
+        "quantization": quantization_spec(model["quantization"]),
         "trust_remote_code": model["trust_remote_code"],
         "allow_pickle_weights": model["allow_pickle_weights"],
         "tokenizer": model["tokenizer"] or model["name_or_path"],
@@ -222,7 +224,7 @@ def reference_model(doc: dict, task: Task) -> str | None:
     """Where a preference loss gets its reference: `copy` is a frozen copy the runner makes of the start model."""
     if not task.needs_reference:
         return None
-    if doc["peft"]["method"] == "lora":
+    if doc["peft"]["method"] in ADAPTERS:
         return "adapter-disabled"  # the base itself, with the adapter switched off: no second copy
     if doc["training"]["precompute_ref_log_probs"]:
         return "precomputed"
@@ -254,68 +256,6 @@ def resolve_output_dir(doc: dict) -> str:
         return str(Path(chosen).expanduser().absolute())
     except RuntimeError as exc:  # ~user that does not exist
         raise RecipeError([Problem("/output/dir", f"{chosen!r} is not a usable path: {exc}")]) from None
-
-
-# --- peft -----------------------------------------------------------------------------------
-
-
-def check_peft(peft: dict, config: dict | None, task: Task) -> list[Problem]:
-    if peft["method"] == "partial":
-        return check_patterns(peft["trainable"])
-    if peft["method"] != "lora" or peft["target_modules"] == "all-linear":
-        return []
-    shapes = estimate.linear_shapes(config) if config else None
-    if shapes is None:
-        return []  # unknown architecture: peft checks the names when it wraps the model
-    known = list(shapes) + [task.head_module]
-    return [
-        Problem(f"/peft/target_modules/{i}", f"'{name}' is not a linear module of this {config['model_type']} model",
-                did_you_mean(name, known) or f"its linear modules: {', '.join(known)}")
-        for i, name in enumerate(peft["target_modules"]) if name.split(".")[-1] not in known
-    ]
-
-
-def check_patterns(patterns: list[str]) -> list[Problem]:
-    import re
-
-    problems = []
-    for i, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            problems.append(Problem(f"/peft/trainable/{i}", f"{pattern!r} is not a regular expression: {exc}",
-                                    "escape literal dots as \\\\. in JSON"))
-    return problems
-
-
-def peft_spec(peft: dict, task: Task) -> dict | None:
-    """What wraps or freezes the model: a peft config class with its kwargs, or patterns for `partial`."""
-    if peft["method"] == "none":
-        return None
-    if peft["method"] == "partial":
-        return {"method": "partial", "trainable": peft["trainable"]}
-    kwargs = {k: v for k, v in peft.items() if k != "method"}
-    return {"method": "lora", "class": "peft.LoraConfig", "kwargs": {"task_type": task.peft_task_type, **kwargs}}
-
-
-def parameter_counts(config: dict | None, source: str, peft: dict, task: Task) -> dict:
-    if task.head_module != "lm_head":  # the estimator counts language-model heads only
-        return {"known": False, "why": f"the {task.name} head's size depends on the data; "
-                                       "run.json records the counts after loading"}
-    total = estimate.total_parameters(config) if config else None
-    if total is None:
-        why = source if config is None else f"architecture '{config.get('model_type')}' is not in the estimator"
-        return {"known": False, "why": why + "; run.json records the counts after loading"}
-    if peft["method"] == "lora":
-        trainable = estimate.lora_parameters(config, peft["r"], peft["target_modules"])
-        total += trainable
-    elif peft["method"] == "partial":
-        return {"known": False, "why": "partial tuning: run.json records the trainable count after loading",
-                "total": total}
-    else:
-        trainable = total
-    return {"known": True, "total": total, "trainable": trainable,
-            "trainable_share": round(trainable / total, 6), "from": source}
 
 
 def to_json(plan: dict) -> str:

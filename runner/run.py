@@ -63,10 +63,12 @@ def prepare(plan: dict) -> Prepared:
     tokenizer = models.load_tokenizer(plan["model"])
     require_chat_template(splits, tokenizer)
     warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
-    model = models.load_model(plan["model"], seed, derived["config"])
-    base = None
-    if plan["peft"] is not None and plan["model"]["init"] == "random":
-        base = keep_random_base(model, Path(plan["output_dir"]))
+    keep_base = plan["peft"] is not None and plan["model"]["init"] == "random"
+    # a random base to be quantized is kept unquantized: the adapter's true base, and what `merge` merges into
+    model = models.load_model(plan["model"], seed, derived["config"], quantize=not keep_base)
+    base = keep_random_base(model, Path(plan["output_dir"])) if keep_base else None
+    if keep_base and plan["model"].get("quantization"):
+        model = models.quantize_random(model, plan["model"])
     trainer = build_trainer(plan, model, tokenizer, splits, hw)
     marker, watcher = resume.checkpoint_callbacks(plan["recipe"])
     trainer.add_callback(marker)
@@ -110,7 +112,7 @@ def keep_random_base(model, run_dir: Path) -> dict:
     the directory is claimed. peft records `model.name_or_path` as the adapter's base, so pointing it
     there makes the adapter load back with from_pretrained like any other.
     """
-    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     model.config._name_or_path = model.name_or_path = str(run_dir / BASE_MODEL_DIR)
     return {"weights": weights, "config": model.config.to_dict()}
 

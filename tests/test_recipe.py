@@ -35,7 +35,8 @@ def test_recipe_is_read_only(recipe_file, tmp_path):
 def test_lora_defaults_fill_only_for_lora(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file(base_recipe(tmp_path, peft={"method": "lora", "r": 4})))
     assert dict(recipe["peft"]) == {"method": "lora", "r": 4, "lora_alpha": 32, "lora_dropout": 0.05,
-                                    "target_modules": "all-linear", "bias": "none"}
+                                    "target_modules": "all-linear", "bias": "none", "use_dora": False,
+                                    "use_rslora": False, "init_lora_weights": True, "modules_to_save": None}
 
 
 def test_misspelt_key_names_path_and_suggests(recipe_file, tmp_path):

@@ -99,9 +99,18 @@ def check_ia3(peft: dict, config: dict | None, task: Task) -> list[Problem]:
 def check_targets(targets, config: dict | None, task: Task, where: str) -> list[Problem]:
     if targets == "all-linear":
         return []
-    if isinstance(targets, str):
-        return check_patterns([targets], where, single=True)
     shapes = estimate.linear_shapes(config) if config else None
+    if isinstance(targets, str):
+        problems = check_patterns([targets], where, single=True)
+        if problems or shapes is None:
+            return problems
+        names = [f"model.layers.{i}.{'self_attn' if n in estimate.ATTENTION else 'mlp'}.{n}"
+                 for i in range(config["num_hidden_layers"]) for n in shapes] + [task.head_module]
+        if not any(re.fullmatch(targets, name) for name in names):
+            return [Problem(where, f"the regular expression {targets!r} matches no linear module's full name",
+                            f"peft matches it against whole names like '{names[0]}'; to give module names, "
+                            "use a list, e.g. [\"q_proj\", \"v_proj\"]")]
+        return []
     if shapes is None:
         return []  # unknown architecture: peft checks the names when it wraps the model
     known = list(shapes) + [task.head_module]

@@ -620,7 +620,7 @@ def valid_recipes(draw, data_dir: Path):
                   **draw(st.fixed_dictionaries({}, optional={"config_overrides": st.fixed_dictionaries(
                       {"num_hidden_layers": st.integers(1, 3)})}))},
         "data": data,
-        "peft": draw(peft_sections()),
+        "peft": fix_method_rules(draw(peft_sections()), training),
         "training": training,
         "output": {"dir": str(data_dir / "runs" / "valid")},
         "evaluation": {"baseline": eval_source != "none" and draw(st.booleans())},
@@ -640,6 +640,17 @@ def fix_cross_field_rules(training: dict, task: str, fmt: str, has_eval: bool) -
         training.update(eval_strategy="no", eval_on_start=False)
 
 
+def fix_method_rules(peft: dict, training: dict) -> dict:
+    """Undo the combinations `methods.check_methods` refuses (tested as mistakes in test_methods)."""
+    if peft["method"] in ("prompt_tuning", "prefix_tuning"):
+        for key in ("packing", "padding_free"):
+            if training.get(key):
+                training[key] = False
+    if peft["method"] == "prefix_tuning" and training.get("activation_checkpointing"):
+        training["activation_checkpointing"] = False
+    return peft
+
+
 @st.composite
 def peft_sections(draw):
     method = draw(st.sampled_from(DEFS["peft"]["properties"]["method"]["enum"]))
@@ -649,6 +660,16 @@ def peft_sections(draw):
         return {"method": "lora", "target_modules": targets, **fields}
     if method == "partial":
         return {"method": "partial", "trainable": draw(st.lists(st.sampled_from(TRAINABLE), min_size=1, unique=True))}
+    if method == "prompt_tuning":
+        text = draw(st.one_of(st.none(), st.text(min_size=1, max_size=20)))
+        return {"method": method, "num_virtual_tokens": draw(st.integers(1, 32)),
+                "prompt_tuning_init": "TEXT" if text else "RANDOM", "prompt_tuning_init_text": text}
+    if method == "prefix_tuning":
+        return {"method": method, "prefix_projection": draw(st.booleans())}
+    if method == "ia3":
+        targets = draw(st.one_of(st.none(), st.lists(st.sampled_from(LINEAR), min_size=1, unique=True)))
+        return {"method": method, "target_modules": targets,
+                "feedforward_modules": None if targets is None else [t for t in targets if t == "down_proj"]}
     return {"method": "none"}
 
 

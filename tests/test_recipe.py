@@ -201,8 +201,9 @@ def test_json_that_python_accepts_but_a_recipe_must_not(tmp_path):
     ('training.report_to="wandb"', "/training/report_to",
      "'wandb': must be \"none\" or a list of trackers from wandb, tensorboard, mlflow, comet_ml, trackio, clearml, "
      "swanlab, e.g. [\"wandb\"]"),
-    ('peft.target_modules="q_proj"', "/peft/target_modules",
-     "'q_proj': must be \"all-linear\" or a list of module names, e.g. [\"q_proj\", \"v_proj\"]"),
+    ("peft.target_modules=3", "/peft/target_modules",
+     "3: must be \"all-linear\", a list of module names (e.g. [\"q_proj\", \"v_proj\"]) or a regular expression "
+     "string"),
     ("training.save_steps=2.5", "/training/save_steps",
      "2.5: must be a whole number of steps (1 or more) or a fraction in (0, 1) of the total steps"),
     ("training.warmup_steps=2.5", "/training/warmup_steps",

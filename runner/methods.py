@@ -133,8 +133,12 @@ def check_patterns(patterns: list[str], where: str, single: bool = False) -> lis
     return problems
 
 
-def peft_spec(peft: dict, task: Task, tokenizer: str) -> dict | None:
-    """What wraps or freezes the model: a peft config class with its kwargs, or patterns for `partial`."""
+def peft_spec(peft: dict, task: Task, model: dict) -> dict | None:
+    """What wraps or freezes the model: a peft config class with its kwargs, or patterns for `partial`.
+
+    The base's revision goes into the adapter config beside the base's name (peft records both), so
+    the saved adapter reloads on exactly the weights it was trained on.
+    """
     method = peft["method"]
     if method == "none":
         return None
@@ -142,11 +146,12 @@ def peft_spec(peft: dict, task: Task, tokenizer: str) -> dict | None:
         return {"method": "partial", "trainable": peft["trainable"]}
     kwargs = {k: v for k, v in peft.items() if k != "method"}
     if method == "prompt_tuning" and peft["prompt_tuning_init"] == "TEXT":
-        kwargs["tokenizer_name_or_path"] = tokenizer  # peft tokenizes the init text with it
+        kwargs["tokenizer_name_or_path"] = model["tokenizer"] or model["name_or_path"]  # peft tokenizes the text
     if method == "prompt_tuning" and not kwargs["prompt_tuning_init_text"]:
         kwargs.pop("prompt_tuning_init_text")
     if method in ("lora", "ia3"):
         kwargs = {k: v for k, v in kwargs.items() if v is not None}  # null: peft's own default
+    kwargs["revision"] = model["revision"]
     return {"method": method, "class": ADAPTERS[method], "kwargs": {"task_type": task.peft_task_type, **kwargs}}
 
 

@@ -39,7 +39,7 @@ def build_plan(recipe: Recipe) -> dict:
         "output_dir": output_dir,
         "model": model_spec(doc["model"], task),
         "data": data_spec(doc["data"], task, fmt),
-        "peft": peft_spec(doc["peft"], task, doc["model"]["tokenizer"] or doc["model"]["name_or_path"]),
+        "peft": peft_spec(doc["peft"], task, doc["model"]),
         "trainer": {
             "class": task.trainer_class,
             "config_class": task.config_class,

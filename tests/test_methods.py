@@ -82,7 +82,7 @@ def test_each_adapter_trains_only_itself_and_reloads(tmp_path, recipe_file, name
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == {"lora": "LORA", "prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING",
                                    "ia3": "IA3"}[name.split("-")[0].split("_")[0]]
-    assert config["base_model_name_or_path"] == str(out / "base_model")
+    assert config["base_model_name_or_path"] == str(out / "base_model") and config["revision"] == "main"
     reloaded = load_trained(out, plan)
     assert torch.allclose(logits(reloaded), trained_logits, atol=1e-5), "save -> reload gives the same outputs"
 

@@ -35,22 +35,23 @@ SHAPES = {
     },
 }
 # name -> (weights dtype, peft, quantized, activation checkpointing)
-CASES = {
+CASES = {  # in the order they run: the most telling first, so a run cut short keeps them
     "full_fp32_ckpt": ("float32", "none", False, True),
-    "full_bf16_ckpt": ("bfloat16", "none", False, True),
     "lora_bf16_ckpt": ("bfloat16", "lora", False, True),
     "qlora_nf4_ckpt": ("bfloat16", "lora", True, True),
-    "lora_bf16_nockpt": ("bfloat16", "lora", False, False),
     "full_bf16_nockpt": ("bfloat16", "none", False, False),
+    "lora_bf16_nockpt": ("bfloat16", "lora", False, False),
+    "full_bf16_ckpt": ("bfloat16", "none", False, True),
     "full_fp32_nockpt": ("float32", "none", False, False),
 }
+CKPT_KEY = "activation_checkpointing"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
 
 def measure(args) -> None:
     import torch
     from datasets import Dataset
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -63,6 +64,9 @@ def measure(args) -> None:
     results = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
                "batch": args.batch, "length": args.length, "steps": args.steps, "cases": []}
     import transformers, trl, peft  # noqa: E401 (versions for the record)
+    global CKPT_KEY  # transformers 5.23 renamed gradient_checkpointing; the GPU machine may have an older one
+    CKPT_KEY = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
+        else "gradient_checkpointing"
     results["versions"] = {"transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
     # case by case across the shapes: a run cut short has measured each shape on the first cases
     for case, shape_name in [(c, s) for c in args.cases for s in args.shapes]:
@@ -70,32 +74,24 @@ def measure(args) -> None:
             config = AutoConfig.for_model(**shape)
             rows = Dataset.from_dict({"input_ids": torch.randint(0, shape["vocab_size"] - 1,
                                                                  (args.batch * args.steps, args.length)).tolist()})
-            saved = Path(f"/tmp/calib-{shape_name}")
             dtype_name, peft_method, quantized, ckpt = CASES[case]
             dtype = getattr(torch, dtype_name)
             record = {"shape": shape_name, "case": case, "dtype": dtype_name, "peft": peft_method,
                       "quantized": quantized, "activation_checkpointing": ckpt}
             started = time.monotonic()
             try:
+                torch.manual_seed(0)
+                with torch.device(args.device):
+                    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
                 if quantized:
-                    if not saved.is_dir():
-                        torch.manual_seed(0)
-                        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(saved)
-                    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                             bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
-                    model = AutoModelForCausalLM.from_pretrained(saved, quantization_config=bnb, dtype=dtype,
-                                                                 device_map={"": 0 if gpu else "cpu"})
-                else:
-                    torch.manual_seed(0)
-                    with torch.device(args.device):
-                        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+                    quantize_4bit(model, args.device)
                 if gpu:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     record["after_load_gib"] = torch.cuda.memory_allocated() / 2**30
                 sft = SFTConfig(output_dir=f"/tmp/calib-out", per_device_train_batch_size=args.batch,
                                 max_steps=args.steps, max_length=args.length, bf16=True, optim="adamw_torch",
-                                activation_checkpointing=ckpt, logging_steps=1, save_strategy="no",
+                                **{CKPT_KEY: ckpt}, logging_steps=1, save_strategy="no",
                                 report_to="none", dataloader_num_workers=0, use_cpu=not gpu)
                 trainer = SFTTrainer(model=model, args=sft, train_dataset=rows, processing_class=tiny_tokenizer(),
                                      peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA) if peft_method == "lora"
@@ -118,6 +114,30 @@ def measure(args) -> None:
             gc.collect()
             if gpu:
                 torch.cuda.empty_cache()
+
+
+def quantize_4bit(model, device: str) -> None:
+    """The decoder layers' linear modules as bitsandbytes NF4 (double quantization, bf16 compute), in place.
+
+    What `from_pretrained(quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...))` builds (embeddings,
+    norms and the LM head stay in the load dtype), without writing and reading a checkpoint.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    for layer in model.model.layers:
+        for parent in list(layer.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    quantized = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                                  compute_dtype=torch.bfloat16, compress_statistics=True,
+                                                  quant_type="nf4", device="cpu")
+                    quantized.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False,
+                                                         compress_statistics=True, quant_type="nf4")
+                    if child.bias is not None:
+                        quantized.bias = torch.nn.Parameter(child.bias.data.cpu(), requires_grad=False)
+                    setattr(parent, name, quantized.to(device))
+    model.is_loaded_in_4bit = True  # TRL then keeps the adapter in bf16, as for a model loaded in 4-bit
 
 
 def tiny_tokenizer():

@@ -150,17 +150,18 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
 
 
-def estimate_for(record: dict, batch: int, length: int) -> dict:
-    """runner.memory's estimate for one measured case."""
+def estimate_for(record: dict, batch: int, length: int) -> float:
+    """runner.memory's estimate of the peak allocated GiB for one measured case."""
     from runner import memory
 
     settings = memory.Settings(
-        weights_dtype=record["dtype"], quantization={"method": "bnb_4bit", "bnb_4bit_use_double_quant": True}
-        if record["quantized"] else {"method": "none"},
+        weights_dtype=record["dtype"],
+        quantization={"method": "bnb_4bit", "bnb_4bit_use_double_quant": True} if record["quantized"]
+        else {"method": "none"},
         peft={"method": "lora", **LORA} if record["peft"] == "lora" else {"method": "none"},
         optim="adamw_torch", mixed_precision="bf16", batch=batch, length=length,
         activation_checkpointing=record["activation_checkpointing"], kind="sft")
-    return memory.estimate(SHAPES[record["shape"]], settings)
+    return memory.peak(SHAPES[record["shape"]], settings)["peak_bytes"] / memory.GIB
 
 
 def compare(args) -> None:
@@ -171,7 +172,7 @@ def compare(args) -> None:
         if "peak_allocated_gib" not in record:
             lines.append(f"| {record['shape']} | {record['case']} | {record.get('error', '?')} | | |")
             continue
-        est = estimate_for(record, results["batch"], results["length"])["peak_allocated_gib"]
+        est = estimate_for(record, results["batch"], results["length"])
         ratio = est / record["peak_allocated_gib"]
         worst = max(worst, abs(ratio - 1))
         lines.append(f"| {record['shape']} | {record['case']} | {record['peak_allocated_gib']:.2f} | {est:.2f} | "

@@ -11,14 +11,15 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, estimate
+from . import __version__, estimate, memory_fit
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .plan_eval import check_evaluation, check_source, evaluation_spec
 from .tasks import TASKS, Task, data_format, trained_format
+from .topology import Topology
 
 
-def build_plan(recipe: Recipe) -> dict:
+def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     task = TASKS[recipe["task"]]
     doc = recipe.to_dict()
     fmt = data_format(task, doc["data"]["format"])
@@ -52,6 +53,8 @@ def build_plan(recipe: Recipe) -> dict:
         "predict": task.predict,
         "batch": batch_arithmetic(doc["training"]),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
+        "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
+                                            topology, config_source),
         "recipe": doc,
     }
 
@@ -227,6 +230,11 @@ def reference_model(doc: dict, task: Task) -> str | None:
     if doc["training"]["precompute_ref_log_probs"]:
         return "precomputed"
     return "copy"
+
+
+def memory_kind(task: Task) -> str:
+    """How the memory estimate counts rows and heads: preference pairs, a classification head, or a language model."""
+    return "dpo" if task.needs_reference else "classification" if task.head_module != "lm_head" else "sft"
 
 
 def launch_decisions(training: dict) -> dict:

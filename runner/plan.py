@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, estimate, memory_fit
+from . import __version__, estimate, memory_fit, tokencache
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .plan_eval import check_evaluation, check_source, evaluation_spec
@@ -28,7 +28,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
-    problems += check_peft(doc["peft"], model_config, task)
+    problems += check_peft(doc["peft"], model_config, task) + tokencache.check_location(doc)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)

@@ -206,3 +206,29 @@ def test_a_cache_among_the_data_files_is_refused(tmp_path):
     with pytest.raises(RecipeError) as info:
         plan_of(tmp_path, recipe)
     assert [p.path for p in info.value.problems] == ["/data/tokenization_cache"]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_to_load_or_to_build(tmp_path):
+    """Under `accelerate launch` every process must take the same path (TRL's preparation holds barriers)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_cli import free_port
+
+    recipe = recipe_for(tmp_path, training={"max_steps": 2})
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    outputs = []
+    for attempt in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", str(free_port()), "-m", "runner", str(path), "--overwrite"],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stderr)
+    assert "tokenization cache: stored train" in outputs[0] and "hit for" not in outputs[0]
+    assert outputs[1].count("tokenization cache: hit for train") == 1  # only the main process speaks
+    assert "stored" not in outputs[1]

@@ -17,7 +17,7 @@ activations), the optimizer step. ZeRO / FSDP divide what they shard by the worl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import estimate as counts
 from .topology import Topology
@@ -86,7 +86,7 @@ def peak(config: dict, s: Settings) -> dict | None:
         fp32_states = 8 if per_param is None else 4 if per_param == "one" else per_param
         parts = shard(s.topology, parts, total, trainable, layers, quant, fp32_states, temp_too)
     tokens = s.batch * s.length * (2 if s.kind == "dpo" else 1)
-    layer = layer_activation_bytes(config, shapes, s, t_bytes, quant) * tokens
+    layer = layer_activation_bytes(config, shapes, s, quant) * tokens
     residual = 4 if w_bytes == 4 and s.topology.engine != "deepspeed" else 2
     saved = (layers * residual * h * tokens) if s.activation_checkpointing else layers * layer
     fixed = parts["weights"] + parts["reference_model"] + parts["optimizer_states"]
@@ -138,15 +138,15 @@ def lora_targets(shapes: dict, peft: dict) -> list[str]:
     return [t.split(".")[-1] for t in targets if t.split(".")[-1] in shapes]
 
 
-def layer_activation_bytes(config: dict, shapes: dict, s: Settings, adapter_bytes: int, quant: str) -> int:
+def layer_activation_bytes(config: dict, shapes: dict, s: Settings, quant: str) -> int:
     """Bytes one decoder layer keeps for its backward pass, per token."""
     h, i = config["hidden_size"], config["intermediate_size"]
     q, kv = shapes["q_proj"][1], shapes["k_proj"][1]
     per_token = ACT_H * h + ACT_I * i + ACT_QKV * (q + 2 * kv)
     dropout = (s.peft.get("lora_dropout", 0.0) or 0.0) > 0
     for name in lora_targets(shapes, s.peft):
-        # lora_A keeps its bf16 input; dropout adds its mask (1 B) and its output in the adapter's dtype
-        per_token += shapes[name][0] * (2 + ((1 + adapter_bytes) if dropout else 0))
+        # lora_A keeps its own 16-bit copy of the input (autocast casts it per call); dropout keeps a 1-byte mask
+        per_token += shapes[name][0] * (2 + (1 if dropout else 0))
     if quant in ("bnb_4bit", "bnb_8bit"):
         per_token += 2 * sum(shape[0] for shape in shapes.values())  # bnb's matmul keeps its 16-bit input
     if s.attention == "eager":  # scores and probabilities, per head, for every key position

@@ -89,7 +89,7 @@ def measure(args) -> None:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     record["after_load_gib"] = torch.cuda.memory_allocated() / 2**30
-                sft = SFTConfig(output_dir=f"/tmp/calib-out", per_device_train_batch_size=args.batch,
+                sft = SFTConfig(output_dir="/tmp/calib-out", per_device_train_batch_size=args.batch,
                                 max_steps=args.steps, max_length=args.length, bf16=True, optim="adamw_torch",
                                 **{CKPT_KEY: ckpt}, logging_steps=1, save_strategy="no",
                                 report_to="none", dataloader_num_workers=0, use_cpu=not gpu)
@@ -166,7 +166,7 @@ def estimate_for(record: dict, batch: int, length: int) -> float:
 
 def compare(args) -> None:
     results = json.loads(Path(args.results).read_text())
-    lines = [f"| model | case | measured peak GiB | estimate GiB | estimate / measured |", "|---|---|---|---|---|"]
+    lines = ["| model | case | measured peak GiB | estimate GiB | estimate / measured |", "|---|---|---|---|---|"]
     worst = 0.0
     for record in results["cases"]:
         if "peak_allocated_gib" not in record:

@@ -203,9 +203,10 @@ def tokenizer_hash(tokenizer) -> str:
 
 def store(root: Path, key: str, dataset, about: dict) -> bool:
     """Write the entry under a private name, then rename it into place; False if it could not be written."""
+    temporary = root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        temporary = root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        remove_stale(root)
         dataset.save_to_disk(str(temporary))
         files = {p.name: p.stat().st_size for p in temporary.iterdir() if p.is_file()}
         record = {**about, "rows": len(dataset), "files": files}
@@ -215,10 +216,22 @@ def store(root: Path, key: str, dataset, about: dict) -> bool:
         except OSError:  # another process stored the same entry first: keep theirs
             shutil.rmtree(temporary, ignore_errors=True)
         return True
-    except OSError as exc:  # a full or read-only disk costs the cache, never the run
-        _say(f"tokenization cache: could not store in {root}: {exc}")
-        shutil.rmtree(temporary, ignore_errors=True) if "temporary" in locals() else None
+    except Exception as exc:  # noqa: BLE001 - a full or read-only disk costs the cache, never the run
+        _say(f"tokenization cache: could not store in {root}: {type(exc).__name__}: {exc}")
+        shutil.rmtree(temporary, ignore_errors=True)
         return False
+
+
+def remove_stale(root: Path, older_than_s: float = 86400) -> None:
+    """Temporary directories a crashed writer left behind (a day old: no writer takes that long)."""
+    import time
+
+    for leftover in root.glob(".tmp-*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > older_than_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def load(entry: Path):

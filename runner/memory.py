@@ -121,8 +121,12 @@ def trainable_params(config: dict, total: int, s: Settings, w_bytes: int, quant:
     method = s.peft.get("method", "none")
     if method == "lora":
         targets = s.peft.get("target_modules", "all-linear")
-        count = counts.lora_parameters(config, s.peft.get("r", 16),
-                                         targets if isinstance(targets, list) else "all-linear")
+        if isinstance(targets, list):  # a classification head ("score") adds r x (h + labels): negligible
+            known = set(counts.linear_shapes(config)) | {"lm_head"}
+            targets = [t for t in targets if t.split(".")[-1] in known]
+        else:  # "all-linear", or a regular expression: every decoder linear layer, an upper bound
+            targets = "all-linear"
+        count = counts.lora_parameters(config, s.peft.get("r", 16), targets)
         return count, 2 if quant != "none" else 4
     if method in ("none", "partial"):  # partial: an upper bound (the patterns are matched after loading)
         return total, w_bytes

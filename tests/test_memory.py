@@ -217,3 +217,11 @@ def test_calibration_compare_runs_on_recorded_results(tmp_path):
     out = subprocess.run([sys.executable, "bench/memory_calibration.py", "compare", str(tmp_path / "r.json")],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "| tinyllama-1.1b | lora_bf16_ckpt | 8.00 |" in out
+
+
+def test_classification_drops_the_lm_head_and_tolerates_a_head_target():
+    lm = memory.peak(SMALL, Settings(batch=1, length=8))
+    lora = {"method": "lora", "r": 2, "lora_dropout": 0.0, "target_modules": ["q_proj", "score"]}
+    cls = memory.peak(SMALL, Settings(batch=1, length=8, kind="classification", peft=lora))
+    assert cls["parts"]["weights"] == lm["parts"]["weights"] - 100 * 64 * 2  # no vocab-sized head
+    assert cls["trainable"] == 2 * 2 * (64 + 64)  # q_proj in both layers; the head's adapter is negligible

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from . import tokencache
 from .errors import Problem, RecipeError
 
 SHOWN_ROWS = 10  # rows named in a label problem; the count covers all of them
@@ -100,7 +101,8 @@ def classification_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     if model.config.pad_token_id is None:  # decoder models find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
     weights = settings["class_weights"]  # resolved by encode_labels from the training labels
-    tokenized = {k: tokenize(getattr(splits, k), tokenizer, settings["max_length"])
+    tokencache.for_run(plan, splits, tokenizer, {"max_length": settings["max_length"]})
+    tokenized = {k: tokenized_features(getattr(splits, k), tokenizer, settings["max_length"])
                  for k in ("train", "eval") if getattr(splits, k) is not None}
     return {
         "model": wrap_for_classification(model, plan["peft"]),
@@ -113,7 +115,12 @@ def classification_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
 
 
 def eval_features(trainer, plan: dict, dataset):
-    return tokenize(dataset, trainer.processing_class, plan["trainer"]["runner_settings"]["max_length"])
+    return tokenized_features(dataset, trainer.processing_class, plan["trainer"]["runner_settings"]["max_length"])
+
+
+def tokenized_features(dataset, tokenizer, max_length: int):
+    """tokenize() through the run's tokenization cache (a hit skips tokenizing)."""
+    return tokencache.cached(dataset, lambda: tokenize(dataset, tokenizer, max_length))
 
 
 def predicted_ids(trainer, dataset, plan: dict) -> tuple[list[int], list[int]]:

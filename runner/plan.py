@@ -11,15 +11,16 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
+from . import __version__, memory_fit, tokencache
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
 from .plan_eval import check_evaluation, check_source, evaluation_spec
 from .tasks import TASKS, Task, data_format, trained_format
+from .topology import Topology
 
 
-def build_plan(recipe: Recipe) -> dict:
+def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     task = TASKS[recipe["task"]]
     doc = recipe.to_dict()
     fmt = data_format(task, doc["data"]["format"])
@@ -28,7 +29,7 @@ def build_plan(recipe: Recipe) -> dict:
     problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
-    problems += check_methods(doc, model_config, task)
+    problems += check_methods(doc, model_config, task) + tokencache.check_location(doc)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)
@@ -53,6 +54,8 @@ def build_plan(recipe: Recipe) -> dict:
         "predict": task.predict,
         "batch": batch_arithmetic(doc["training"]),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
+        "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
+                                            topology, config_source),
         "recipe": doc,
     }
 
@@ -229,6 +232,11 @@ def reference_model(doc: dict, task: Task) -> str | None:
     if doc["training"]["precompute_ref_log_probs"]:
         return "precomputed"
     return "copy"
+
+
+def memory_kind(task: Task) -> str:
+    """How the memory estimate counts rows and heads: preference pairs, a classification head, or a language model."""
+    return "dpo" if task.needs_reference else "classification" if task.head_module != "lm_head" else "sft"
 
 
 def launch_decisions(training: dict) -> dict:

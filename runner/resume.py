@@ -18,7 +18,7 @@ from .secrets import redact
 COMPLETE = "runner_checkpoint.json"
 # Recipe fields that may differ on resume: they change what is logged, saved or measured, not the training.
 MAY_CHANGE = (
-    "/description", "/output", "/evaluation",
+    "/description", "/output", "/evaluation", "/data/tokenization_cache",
     "/training/logging_steps", "/training/logging_strategy", "/training/logging_first_step",
     "/training/eval_strategy", "/training/eval_steps", "/training/eval_on_start",
     "/training/save_strategy", "/training/save_steps", "/training/save_total_limit",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
-from . import adapters
+from . import adapters, tokencache
 from .callbacks import StopOnNonFiniteLoss
 from .errors import Problem, RecipeError
 from .tasks import import_dotted
@@ -39,7 +39,7 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     config = launch_config(plan, hardware)
     check_optimizer_installed(config["optim"])
     config_class = import_dotted(plan["trainer"]["config_class"])
-    trainer_class = import_dotted(plan["trainer"]["class"])
+    trainer_class = tokencache.with_cache(import_dotted(plan["trainer"]["class"]), plan, splits, tokenizer, config)
     builder = import_dotted(plan["trainer"]["builder"])
     args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
     kwargs = rejected_as_user_error(plan["trainer"]["builder"], config, lambda: builder(plan, model, tokenizer, splits))

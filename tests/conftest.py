@@ -24,6 +24,7 @@ def _isolated_hf_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("hf_home")
     os.environ["HF_HOME"] = str(home)
     os.environ["HF_DATASETS_CACHE"] = str(home / "datasets")
+    os.environ["RECIPE_RUNNER_CACHE"] = str(home / "recipe-runner")  # the tokenization cache, never ~/.cache
 
 
 def write_json(path: Path, obj) -> Path:

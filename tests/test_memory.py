@@ -178,7 +178,7 @@ def test_plan_memory_section_for_a_real_shape(tmp_path, recipe_file):
 def test_fit_lines_name_changes_that_really_fit():
     s = Settings("float32", batch=8, length=2048)  # about 70 GiB: full fine-tuning, no checkpointing
     section = memory_section(
-        {"model": {"dtype": "float32", "init": "random"}, "peft": {"method": "none"},
+        {"model": {"dtype": "float32", "init": "random", "quantization": {"method": "none"}}, "peft": {"method": "none"},
          "training": {"bf16": True, "optim": "adamw_torch", "per_device_train_batch_size": 8, "max_length": 2048,
                       "activation_checkpointing": False}}, TINYLLAMA, "sft", None)
     assert section["per_device_gib"]["activation_checkpointing_off"] == need_gib(memory.peak(TINYLLAMA, s))

@@ -11,14 +11,17 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, estimate
+from . import __version__, estimate, scale
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .plan_eval import check_evaluation, check_source, evaluation_spec
 from .tasks import TASKS, Task, data_format, trained_format
+from .topology import Topology
 
 
-def build_plan(recipe: Recipe) -> dict:
+def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
+    """`topology`: where it will run (default one process); the batch and the refused combinations depend on it."""
+    topology = topology or Topology()
     task = TASKS[recipe["task"]]
     doc = recipe.to_dict()
     fmt = data_format(task, doc["data"]["format"])
@@ -27,7 +30,7 @@ def build_plan(recipe: Recipe) -> dict:
     problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
-    problems += check_peft(doc["peft"], model_config, task)
+    problems += check_peft(doc["peft"], model_config, task) + scale.check_topology(doc, topology)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)
@@ -50,7 +53,8 @@ def build_plan(recipe: Recipe) -> dict:
         },
         "evaluation": evaluation_spec(doc, task, fmt),
         "predict": task.predict,
-        "batch": batch_arithmetic(doc["training"]),
+        "topology": topology.to_dict(),
+        "batch": scale.batch_arithmetic(doc, topology),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "recipe": doc,
     }
@@ -235,17 +239,6 @@ def launch_decisions(training: dict) -> dict:
     if training["bf16"] is None:
         decisions["bf16"] = "on if a GPU with bf16 support is visible, else off (recipe: bf16 null)"
     return decisions
-
-
-def batch_arithmetic(training: dict) -> dict:
-    per_device, accum = training["per_device_train_batch_size"], training["gradient_accumulation_steps"]
-    return {
-        "per_device_train_batch_size": per_device,
-        "gradient_accumulation_steps": accum,
-        "examples_per_step_per_process": per_device * accum,
-        "note": f"{per_device} per device x {accum} accumulation = {per_device * accum} examples per optimizer "
-                "step per process; multiply by the number of processes for the global batch",
-    }
 
 
 def resolve_output_dir(doc: dict) -> str:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, evaluation, models, outputs, report, resume
+from . import data, distributed, evaluation, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import require_chat_template
@@ -52,9 +52,10 @@ def prepare(plan: dict) -> Prepared:
     # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True.
     state = PartialState(cpu=not hw["gpus"])
     hw["world_size"] = state.num_processes
+    distributed.preflight(plan, state)  # every rank resolved the same recipe, and collectives work
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
     outputs.check_run_dir(plan["output_dir"], if_exists)
-    resume_from = resume.resume_point(run_dir, plan["recipe"]) if if_exists == "resume" and run_dir.is_dir() else None
+    resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
 
     seed = plan["recipe"]["training"]["seed"]

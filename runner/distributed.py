@@ -87,7 +87,7 @@ def mismatches(found: list[dict]) -> list[Problem]:
     for key, what, hint in (
         ("runner", "runner version", "install the same recipe-runner on every node"),
         ("libraries", "library versions (torch, transformers, trl, ...)", "use the same environment on every node"),
-        ("recipe", "resolved recipe", "every node must read the same recipe file and data paths (a shared "
+        ("recipe", "recipe (after extends, --set and path resolution)", "every node must read the same recipe file and data paths (a shared "
                                       "filesystem, the same path), with the same --set overrides"),
     ):
         differ = [rank for rank, other in enumerate(found) if other[key] != reference[key]]

@@ -28,6 +28,26 @@ def measure(trainer, plan: dict, splits) -> dict:
     return results
 
 
+def wrapped_by_engine(trainer) -> bool:
+    """DeepSpeed and FSDP wrap the model when train() starts; measuring before that breaks train()."""
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+
+
+def measure_at_train_start(trainer, plan: dict, splits, results: dict, early: dict):
+    """A callback taking the before-training measurements at the start of train(), inside the engine."""
+    from transformers import TrainerCallback
+
+    class MeasureAtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if plan["evaluation"]["baseline"]:
+                results["before"] = measure(trainer, plan, splits)
+            else:
+                results["before"] = None
+            early.update(retention=measure_retention(trainer, splits), in_train=True)
+
+    return MeasureAtStart()
+
+
 def measure_retention(trainer, splits) -> dict | None:
     if splits.retention is None:
         return None

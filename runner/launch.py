@@ -44,13 +44,15 @@ def launcher_args(config: Path, gpus: int, nodes: int) -> list[str]:
 def _deepspeed_file(config: Path) -> Path | None:
     import yaml  # PyYAML comes with accelerate
 
+    from .topology import deepspeed_file
+
     named = ((yaml.safe_load(config.read_text()) or {}).get("deepspeed_config") or {}).get("deepspeed_config_file")
     if not named:
         return None
-    for candidate in (Path(named), config.parent.parent / named, config.parent / Path(named).name):
-        if candidate.is_file():
-            return candidate.absolute()
-    raise RecipeError([Problem("--config", f"{config} names deepspeed_config_file {named}, which does not exist")])
+    found = deepspeed_file(named, str(config))
+    if found is None:
+        raise RecipeError([Problem("--config", f"{config} names deepspeed_config_file {named}, which does not exist")])
+    return found
 
 
 def runner_args(recipe: str, overrides: list[str], extra: list[str]) -> list[str]:
@@ -209,15 +211,12 @@ def _check_recipe(args) -> None:
     """Refuse a broken recipe here, before any node starts (the run checks it again with the real topology)."""
     from .plan import build_plan
     from .recipe import load_recipe
-    from .topology import from_accelerate_config
-
-    config = config_path(args.config, getattr(args, "gpus", None) or args.gpus_per_node, args.nodes)
     gpus = getattr(args, "gpus", None) or args.gpus_per_node
-    build_plan(load_recipe(args.recipe, args.overrides), from_accelerate_config(str(config), gpus * args.nodes,
-                                                                              args.nodes))
+    config = config_path(args.config, gpus, args.nodes)
+    build_plan(load_recipe(args.recipe, args.overrides), plan_topology(gpus * args.nodes, str(config), args.nodes))
 
 
-def plan_topology(world_size: int | None, accelerate_config: str | None):
+def plan_topology(world_size: int | None, accelerate_config: str | None, num_machines: int | None = None):
     """`plan --world-size N [--accelerate-config FILE]`: N processes, through the file's engine (default DDP)."""
     from .topology import Topology, from_accelerate_config
 
@@ -225,6 +224,6 @@ def plan_topology(world_size: int | None, accelerate_config: str | None):
         size = world_size or 1
         return Topology(size, 1, "ddp" if size > 1 else "single")
     try:
-        return from_accelerate_config(accelerate_config, world_size)
+        return from_accelerate_config(accelerate_config, world_size, num_machines)
     except (OSError, ValueError) as exc:
         raise RecipeError([Problem("--accelerate-config", str(exc))]) from None

@@ -191,14 +191,7 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
     A resumed run keeps the before-training measurements of the run it continues.
     """
     splits, resume_from = prepared.splits, prepared.resume_from
-    if resume_from is not None:
-        earlier = Path(plan["output_dir"]) / "metrics.json"
-        previous = json.loads(earlier.read_text()) if earlier.is_file() else {}
-        results["before"] = previous.get("before")
-        retention_before = (previous.get("retention") or {}).get("before")
-    else:
-        results["before"] = evaluation.measure(trainer, plan, splits) if plan["evaluation"]["baseline"] else None
-        retention_before = evaluation.measure_retention(trainer, splits)
+    early = measure_before(trainer, plan, prepared, results)
     try:
         with out_of_memory_as_advice(lambda: trainer.state.global_step):
             results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
@@ -210,12 +203,34 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
         raise resume.RunInterrupted(prepared.watcher.received, checkpoint, plan["recipe_file"])
     stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
-    before = results["before"]
-    if before and "loss" in before:  # train() starts a fresh log; keep the baseline as its step-0 point
+    before, retention_before = results["before"], early.get("retention")
+    if before and "loss" in before and not early.get("in_train"):
+        # train() starts a fresh log; keep the baseline as its step-0 point
         trainer.state.log_history.insert(0, {"eval_loss": before["loss"], "step": 0, "epoch": 0.0})
     results["after"] = evaluation.measure(trainer, plan, splits)
     if retention_before is not None:
         results["retention"] = {"before": retention_before, "after": evaluation.measure_retention(trainer, splits)}
+
+
+def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> dict:
+    """The before-training measurements (results["before"]); returns the retention baseline.
+
+    A resumed run keeps those of the run it continues. Under DeepSpeed or FSDP they are taken inside
+    train(), once the engine wraps the model (no step has run yet): an evaluation before train() would
+    wrap it for inference and train() would then have no engine to step.
+    """
+    if prepared.resume_from is not None:
+        earlier = Path(plan["output_dir"]) / "metrics.json"
+        previous = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        results["before"] = previous.get("before")
+        return {"retention": (previous.get("retention") or {}).get("before")}
+    early: dict = {}
+    if evaluation.wrapped_by_engine(trainer):
+        trainer.add_callback(evaluation.measure_at_train_start(trainer, plan, prepared.splits, results, early))
+        return early
+    results["before"] = evaluation.measure(trainer, plan, prepared.splits) if plan["evaluation"]["baseline"] else None
+    early["retention"] = evaluation.measure_retention(trainer, prepared.splits)
+    return early
 
 
 def stop_if_diverged(trainer, plan: dict) -> None:

@@ -58,9 +58,9 @@ def _deepspeed_settings(section: dict, yaml_path: str) -> dict:
     """ZeRO stage and offloads, from the DeepSpeed JSON the YAML names or from the YAML itself."""
     named = section.get("deepspeed_config_file")
     if named:
-        file = Path(named)
-        if not file.is_absolute() and not file.is_file():  # relative to the launch directory; else beside the YAML
-            file = Path(yaml_path).parent / Path(named).name
+        file = deepspeed_file(named, yaml_path)
+        if file is None:
+            raise ValueError(f"{yaml_path} names deepspeed_config_file {named}, which does not exist")
         zero = json.loads(file.read_text()).get("zero_optimization", {})
         return {"zero_stage": int(zero.get("stage", 0)),
                 "offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none") != "none",
@@ -68,6 +68,16 @@ def _deepspeed_settings(section: dict, yaml_path: str) -> dict:
     return {"zero_stage": int(section.get("zero_stage", 0)),
             "offload_optimizer": str(section.get("offload_optimizer_device", "none")).lower() != "none",
             "offload_params": str(section.get("offload_param_device", "none")).lower() != "none"}
+
+
+def deepspeed_file(named: str, yaml_path: str) -> Path | None:
+    """The DeepSpeed JSON an Accelerate YAML names: relative to the launch directory as Accelerate reads it,
+    else to the repository holding the YAML (accelerate_configs/deepspeed/zero3.json), else beside the YAML."""
+    config_dir = Path(yaml_path).absolute().parent
+    for candidate in (Path(named), config_dir.parent / named, config_dir / named, config_dir / Path(named).name):
+        if candidate.is_file():
+            return candidate.absolute()
+    return None
 
 
 def from_environment(env=None) -> Topology:

@@ -215,9 +215,9 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
 def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> dict:
     """The before-training measurements (results["before"]); returns the retention baseline.
 
-    A resumed run keeps those of the run it continues. Under DeepSpeed or FSDP they are taken inside
-    train(), once the engine wraps the model (no step has run yet): an evaluation before train() would
-    wrap it for inference and train() would then have no engine to step.
+    A resumed run keeps those of the run it continues. With several processes, DeepSpeed or FSDP they are
+    taken inside train(), once the model is wrapped (no step has run yet): an evaluation before train()
+    breaks the wrapping (see evaluation.wrapped_by_engine).
     """
     if prepared.resume_from is not None:
         earlier = Path(plan["output_dir"]) / "metrics.json"

@@ -14,9 +14,7 @@ from .errors import Problem
 from .topology import Topology
 
 CHEAP_COUNT_BYTES = 256 * 2**20  # count rows of local .jsonl/.json files up to this size; larger ones cost too much
-# Optimizers whose step runs on the GPU only (bitsandbytes kernels): an offloaded optimizer keeps its states on the CPU.
-GPU_ONLY_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit",
-                       "paged_lion_8bit")
+OFFLOAD_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # what DeepSpeed's CPU AdamW stands in for
 
 
 def check_topology(doc: dict, topology: Topology) -> list[Problem]:
@@ -55,14 +53,14 @@ def _check_quantized(doc: dict, topology: Topology) -> list[Problem]:
 
 
 def _check_offload(doc: dict, topology: Topology) -> list[Problem]:
+    """An offloaded optimizer steps on the CPU: the shipped config has DeepSpeed's CPU AdamW do it (a GPU
+    optimizer cannot, and DeepSpeed refuses most others), taking the recipe's AdamW settings."""
     optim = doc["training"]["optim"]
-    if topology.offload_optimizer and optim in GPU_ONLY_OPTIMIZERS:
-        return [Problem("/training/optim", f"'{optim}' runs on the GPU only, but this topology offloads the "
-                                           "optimizer states to CPU memory",
-                        "use adamw_torch with CPU offload, or a config without offload_optimizer")]
-    if topology.offload_optimizer and optim == "adamw_torch_fused":
-        return [Problem("/training/optim", "the fused AdamW kernel needs its states on the GPU, but this topology "
-                                           "offloads them to CPU memory", "use adamw_torch")]
+    if topology.offload_optimizer and optim not in OFFLOAD_OPTIMIZERS:
+        return [Problem("/training/optim", f"'{optim}' cannot step an optimizer offloaded to CPU memory: "
+                                           "DeepSpeed's CPU AdamW does that step",
+                        "set optim to adamw_torch (its learning rate, betas, epsilon and weight decay apply), "
+                        "or use a config without offload_optimizer")]
     return []
 
 

@@ -52,7 +52,11 @@ def test_shipped_deepspeed_files_leave_the_recipe_values_to_transformers():
         config = json.loads(path.read_text())
         for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
             assert config[key] == "auto", (path.name, key)
-        assert "optimizer" not in config and "scheduler" not in config, "the recipe's optim and schedule apply"
+        assert "scheduler" not in config, "the recipe's schedule applies"
+        if "offload_optimizer" in config["zero_optimization"]:  # DeepSpeed's CPU AdamW, with the recipe's values
+            assert set(config["optimizer"]["params"].values()) == {"auto"}
+        else:
+            assert "optimizer" not in config, "the recipe's optim applies"
         if config["zero_optimization"]["stage"] == 3:  # save_model writes one whole model
             assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 
@@ -121,11 +125,12 @@ def test_qlora_under_sharded_weights_needs_a_float_quant_storage():
     assert eight_bit[0].path == "/model/quantization/method" and "cannot be sharded by FSDP" in eight_bit[0].message
 
 
-def test_gpu_only_optimizers_are_refused_with_an_offloaded_optimizer():
+def test_only_adamw_is_accepted_with_an_offloaded_optimizer():
     offload = Topology(8, 1, "deepspeed", 3, offload_optimizer=True, offload_params=True)
-    assert scale.check_topology(_doc(optim="paged_adamw_8bit"), offload)[0].path == "/training/optim"
-    assert scale.check_topology(_doc(optim="adamw_torch_fused"), offload)[0].path == "/training/optim"
+    for optim in ("paged_adamw_8bit", "adafactor", "sgd"):
+        assert scale.check_topology(_doc(optim=optim), offload)[0].path == "/training/optim"
     assert scale.check_topology(_doc(optim="adamw_torch"), offload) == []
+    assert scale.check_topology(_doc(optim="adamw_torch_fused"), offload) == []
     assert scale.check_topology(_doc(optim="paged_adamw_8bit"), ZERO3) == []
 
 
@@ -135,7 +140,7 @@ def test_refusals_reach_the_plan(tmp_path, recipe_file):
     build_plan(recipe)  # one process: fine
     with pytest.raises(RecipeError) as err:
         build_plan(recipe, from_accelerate_config(str(CONFIGS / "deepspeed_zero3_offload.yaml"), 8))
-    assert "/training/optim: 'adamw_8bit' runs on the GPU only" in err.value.render()
+    assert "/training/optim: 'adamw_8bit' cannot step an optimizer offloaded to CPU memory" in err.value.render()
 
 
 # --- launch and slurm ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Command line: `python -m runner [run] RECIPE`, `validate`, `plan`, `merge RUN_DIR`, `quantize RUN_DIR`, `docs`, ...
+"""Command line: `python -m runner [run] RECIPE`, `validate`, `plan`, `launch`, `slurm`, `merge RUN_DIR`, `quantize RUN_DIR`, `docs`, ...
 
 A user mistake (RecipeError) prints one report and exits with code 2, never a traceback.
 """
@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import launch
 from .errors import RecipeError
 from .resume import RunInterrupted
 
-COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "merge", "quantize", "docs")
+COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "launch", "slurm", "merge", "quantize",
+            "docs")
 EXIT_USER_ERROR = 2
 
 
@@ -31,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     _add_set(validate)
     plan = sub.add_parser("plan", help="print what a recipe will build, with every resolved argument")
     plan.add_argument("recipe")
+    plan.add_argument("--world-size", type=_positive, help="plan for N processes (GPUs) in all (default 1, or the "
+                                                           "--accelerate-config file's num_processes)")
+    plan.add_argument("--accelerate-config", metavar="FILE", help="plan for the topology of an Accelerate YAML")
     _add_set(plan)
     check = sub.add_parser("check-data", help="read the recipe's data and report problems, leakage and lengths "
                                               "before any model loads")
@@ -55,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     quantize.add_argument("run_dir")
     quantize.add_argument("--bits", type=int, choices=(4, 8), required=True)
     quantize.add_argument("--out", help="output directory, which must not exist (default: RUN_DIR-<bits>bit)")
+    launch.add_parsers(sub, _add_set)
     sub.add_parser("docs", help="print the recipe reference (Markdown) generated from the schema")
     return top
 
@@ -109,7 +115,8 @@ def cmd_plan(args) -> int:
     from .plan import build_plan, to_json
     from .recipe import load_recipe
 
-    print(to_json(build_plan(load_recipe(args.recipe, args.overrides))))
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(to_json(build_plan(recipe, launch.plan_topology(args.world_size, args.accelerate_config))))
     return 0
 
 
@@ -120,7 +127,9 @@ def cmd_run(args) -> int:
 
     overrides = args.overrides + (["output.if_exists=overwrite"] if args.overwrite else []) \
         + (["output.if_exists=resume"] if args.resume else [])
-    plan = build_plan(load_recipe(args.recipe, overrides))
+    from .topology import from_environment
+
+    plan = build_plan(load_recipe(args.recipe, overrides), from_environment())
     run(plan)
     return 0
 
@@ -194,7 +203,8 @@ def cmd_docs(args) -> int:
 
 COMMAND_FUNCTIONS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "check-data": cmd_check_data,
                      "eval": cmd_eval,
-                     "predict": cmd_predict, "merge": cmd_merge, "quantize": cmd_quantize, "docs": cmd_docs}
+                     "predict": cmd_predict, "launch": launch.cmd_launch, "slurm": launch.cmd_slurm,
+                     "merge": cmd_merge, "quantize": cmd_quantize, "docs": cmd_docs}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,29 @@ def measure(trainer, plan: dict, splits) -> dict:
     return results
 
 
+def wrapped_by_engine(trainer) -> bool:
+    """Several processes, DeepSpeed or FSDP: the model is wrapped when train() starts, and an evaluation before
+    that breaks train() (seen with transformers 5.23: under DDP the ranks then trained unsynchronised copies,
+    each on its own batches; under DeepSpeed train() found an inference engine and failed)."""
+    return bool(trainer.args.world_size > 1 or getattr(trainer, "is_deepspeed_enabled", False)
+                or getattr(trainer, "is_fsdp_enabled", False))
+
+
+def measure_at_train_start(trainer, plan: dict, splits, results: dict, early: dict):
+    """A callback taking the before-training measurements at the start of train(), inside the engine."""
+    from transformers import TrainerCallback
+
+    class MeasureAtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if plan["evaluation"]["baseline"]:
+                results["before"] = measure(trainer, plan, splits)
+            else:
+                results["before"] = None
+            early.update(retention=measure_retention(trainer, splits), in_train=True)
+
+    return MeasureAtStart()
+
+
 def measure_retention(trainer, splits) -> dict | None:
     if splits.retention is None:
         return None
@@ -74,7 +97,31 @@ def generated_answers(trainer, plan: dict, dataset) -> tuple[list[str], list[str
     pairs = [PROMPT_AND_ANSWER[plan["evaluation"]["prompt_and_answer"]](row, tokenizer) for row in rows]
     pairs = [p for p in pairs if p is not None]
     prompts, references = [p for p, _ in pairs], [a for _, a in pairs]
-    return generate(trainer.model, tokenizer, prompts, plan["evaluation"]["generation"]), references
+    return generate_across_ranks(trainer.model, tokenizer, prompts, plan["evaluation"]["generation"]), references
+
+
+def generate_across_ranks(model, tokenizer, prompts: list[list[int]], settings: dict) -> list[str]:
+    """Under several processes each generates its share of the prompts; the answers are gathered in order.
+
+    Every rank makes the same number of `generate` calls (a short share is padded with copies of a
+    prompt whose answers are dropped): under ZeRO-3 and FSDP every forward gathers weights from all
+    ranks, so a rank that stopped early would leave the others waiting forever. transformers then
+    generates with synced_gpus on its own. Greedy answers do not depend on which rank made them.
+    """
+    import torch.distributed as dist
+
+    from .distributed import shard_bounds
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not prompts:
+        return generate(model, tokenizer, prompts, settings)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    start, stop = shard_bounds(len(prompts), rank, world)
+    largest = shard_bounds(len(prompts), 0, world)[1]  # rank 0's share is never smaller than another's
+    share = prompts[start:stop]
+    answers = generate(model, tokenizer, share + [prompts[0]] * (largest - len(share)), settings)[:len(share)]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, answers)
+    return [answer for part in gathered for answer in part]
 
 
 def prompt_completion(row: dict, tokenizer):

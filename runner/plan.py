@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, memory_fit, tokencache
+from . import __version__, memory_fit, scale, tokencache
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
@@ -21,6 +21,8 @@ from .topology import Topology
 
 
 def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
+    """`topology`: where it will run (default one process); the batch and the refused combinations depend on it."""
+    topology = topology or Topology()
     task = TASKS[recipe["task"]]
     doc = recipe.to_dict()
     fmt = data_format(task, doc["data"]["format"])
@@ -30,6 +32,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
     problems += check_methods(doc, model_config, task) + tokencache.check_location(doc)
+    problems += scale.check_topology(doc, topology)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     output_dir = resolve_output_dir(doc)
@@ -52,7 +55,8 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         },
         "evaluation": evaluation_spec(doc, task, fmt),
         "predict": task.predict,
-        "batch": batch_arithmetic(doc["training"]),
+        "topology": topology.to_dict(),
+        "batch": scale.batch_arithmetic(doc, topology),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
                                             topology, config_source),
@@ -245,17 +249,6 @@ def launch_decisions(training: dict) -> dict:
     if training["bf16"] is None:
         decisions["bf16"] = "on if a GPU with bf16 support is visible, else off (recipe: bf16 null)"
     return decisions
-
-
-def batch_arithmetic(training: dict) -> dict:
-    per_device, accum = training["per_device_train_batch_size"], training["gradient_accumulation_steps"]
-    return {
-        "per_device_train_batch_size": per_device,
-        "gradient_accumulation_steps": accum,
-        "examples_per_step_per_process": per_device * accum,
-        "note": f"{per_device} per device x {accum} accumulation = {per_device * accum} examples per optimizer "
-                "step per process; multiply by the number of processes for the global batch",
-    }
 
 
 def resolve_output_dir(doc: dict) -> str:

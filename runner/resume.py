@@ -31,7 +31,7 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[11:])) if found else None
 
 
-def resume_point(run_dir: Path, recipe: dict) -> Path | None:
+def resume_point(run_dir: Path, recipe: dict, world_size: int = 1) -> Path | None:
     """The checkpoint to continue from; None to start afresh. Raises when resuming would be wrong."""
     manifest = run_dir / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "finished":
@@ -48,9 +48,27 @@ def resume_point(run_dir: Path, recipe: dict) -> Path | None:
                                                 "modification time): resuming would skip the wrong rows",
                          "restore the file, or --overwrite to start over")
                  for split, path in changed_files(marker.get("data_files", {}), recipe)]
+    problems += changed_world_size(checkpoint, marker.get("world_size", 1), world_size)
     if problems:
         raise RecipeError(problems)
     return checkpoint
+
+
+def changed_world_size(checkpoint: Path, saved: int, now: int) -> list[Problem]:
+    """Refuse to resume on another number of processes.
+
+    transformers resumes by skipping the batches each process already took, and restores one RNG
+    state per rank; with another process count the skipped batches are other examples (some seen
+    twice, some never) and the global batch changes; DeepSpeed's sharded optimizer states are laid
+    out per rank. None of this fails loudly, so the runner refuses.
+    """
+    if saved == now:
+        return []
+    return [Problem("/output/if_exists", f"{checkpoint.name} was saved by a run with {saved} process(es); this "
+                                         f"launch has {now}: resuming would skip the wrong examples, change the "
+                                         "global batch and mismatch the per-rank optimizer and RNG states",
+                    f"resume with {saved} process(es) (accelerate launch --num_processes {saved}), or --overwrite "
+                    "to start over with the new count")]
 
 
 def data_files(recipe: dict) -> dict:
@@ -93,7 +111,7 @@ def checkpoint_callbacks(recipe: dict):
                 return  # a checkpoint of diverged weights is never offered for resuming
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             write_json(folder / COMPLETE, {"recipe": recipe, "versions": versions(), "step": state.global_step,
-                                           "data_files": data_files(recipe)})
+                                           "data_files": data_files(recipe), "world_size": args.world_size})
 
     class StopOnSignal(TrainerCallback):
         """SIGINT/SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once."""

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, evaluation, models, outputs, report, resume
+from . import data, distributed, evaluation, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import require_chat_template
@@ -52,9 +52,10 @@ def prepare(plan: dict) -> Prepared:
     # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True.
     state = PartialState(cpu=not hw["gpus"])
     hw["world_size"] = state.num_processes
+    distributed.preflight(plan, state)  # every rank resolved the same recipe, and collectives work
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
     outputs.check_run_dir(plan["output_dir"], if_exists)
-    resume_from = resume.resume_point(run_dir, plan["recipe"]) if if_exists == "resume" and run_dir.is_dir() else None
+    resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
 
     seed = plan["recipe"]["training"]["seed"]
@@ -192,14 +193,7 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
     A resumed run keeps the before-training measurements of the run it continues.
     """
     splits, resume_from = prepared.splits, prepared.resume_from
-    if resume_from is not None:
-        earlier = Path(plan["output_dir"]) / "metrics.json"
-        previous = json.loads(earlier.read_text()) if earlier.is_file() else {}
-        results["before"] = previous.get("before")
-        retention_before = (previous.get("retention") or {}).get("before")
-    else:
-        results["before"] = evaluation.measure(trainer, plan, splits) if plan["evaluation"]["baseline"] else None
-        retention_before = evaluation.measure_retention(trainer, splits)
+    early = measure_before(trainer, plan, prepared, results)
     try:
         with out_of_memory_as_advice(lambda: trainer.state.global_step):
             results["train"] = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
@@ -211,12 +205,34 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
         raise resume.RunInterrupted(prepared.watcher.received, checkpoint, plan["recipe_file"])
     stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
-    before = results["before"]
-    if before and "loss" in before:  # train() starts a fresh log; keep the baseline as its step-0 point
+    before, retention_before = results["before"], early.get("retention")
+    if before and "loss" in before and not early.get("in_train"):
+        # train() starts a fresh log; keep the baseline as its step-0 point
         trainer.state.log_history.insert(0, {"eval_loss": before["loss"], "step": 0, "epoch": 0.0})
     results["after"] = evaluation.measure(trainer, plan, splits)
     if retention_before is not None:
         results["retention"] = {"before": retention_before, "after": evaluation.measure_retention(trainer, splits)}
+
+
+def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> dict:
+    """The before-training measurements (results["before"]); returns the retention baseline.
+
+    A resumed run keeps those of the run it continues. With several processes, DeepSpeed or FSDP they are
+    taken inside train(), once the model is wrapped (no step has run yet): an evaluation before train()
+    breaks the wrapping (see evaluation.wrapped_by_engine).
+    """
+    if prepared.resume_from is not None:
+        earlier = Path(plan["output_dir"]) / "metrics.json"
+        previous = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        results["before"] = previous.get("before")
+        return {"retention": (previous.get("retention") or {}).get("before")}
+    early: dict = {}
+    if evaluation.wrapped_by_engine(trainer):
+        trainer.add_callback(evaluation.measure_at_train_start(trainer, plan, prepared.splits, results, early))
+        return early
+    results["before"] = evaluation.measure(trainer, plan, prepared.splits) if plan["evaluation"]["baseline"] else None
+    early["retention"] = evaluation.measure_retention(trainer, prepared.splits)
+    return early
 
 
 def stop_if_diverged(trainer, plan: dict) -> None:

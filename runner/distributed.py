@@ -1,0 +1,120 @@
+"""What every rank checks before the model loads, and work shared across ranks.
+
+A multi-process job whose ranks disagree (a node with an edited recipe, another runner version or
+libraries) trains something nobody asked for, or hangs in a collective that only some ranks reach.
+`preflight` makes one collective smoke test (all_reduce) and compares what each rank resolved; a
+mismatch stops every rank with the same message naming the ranks that differ, and a collective that
+does not complete within the timeout stops the job instead of hanging.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sys
+import threading
+
+from . import __version__
+from .errors import Problem, RecipeError
+
+PREFLIGHT_TIMEOUT_S = 300.0  # generous: the first collective also sets up the transport (NCCL) between nodes
+
+
+def fingerprint(plan: dict) -> dict:
+    """What must agree across ranks: the resolved recipe, the runner version and the library versions."""
+    from .outputs import versions
+
+    return {"recipe": _sha256(plan["recipe"]), "runner": __version__, "libraries": _sha256(versions()),
+            "host": socket.gethostname()}
+
+
+def _sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def preflight(plan: dict, state, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """On every rank, before the model loads; a single process has nothing to compare."""
+    if state.num_processes == 1:
+        return
+    mine = {**fingerprint(plan), "doc": plan["recipe"]}
+    found = within(timeout_s, lambda: _smoke_test_and_gather(mine, state),
+                   f"the collective smoke test (all_reduce across {state.num_processes} processes) did not complete "
+                   f"in {timeout_s:.0f} s: a rank is stuck or the network between the nodes is blocked "
+                   "(check MASTER_ADDR/--main_process_ip, the port, firewalls, NCCL_SOCKET_IFNAME)")
+    problems = mismatches(found)
+    if problems:
+        raise RecipeError(problems)
+
+
+def _smoke_test_and_gather(mine: dict, state) -> list[dict]:
+    import torch
+    import torch.distributed as dist
+
+    ones = torch.ones(1, device=state.device)
+    dist.all_reduce(ones)
+    if int(ones.item()) != state.num_processes:
+        raise RuntimeError(f"all_reduce of ones gave {ones.item()}, expected {state.num_processes}: the process "
+                           "group is broken")
+    gathered: list = [None] * state.num_processes
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def within(timeout_s: float, work, message: str):
+    """Run `work` with a time limit; past it raise RuntimeError(message) rather than wait forever."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name="runner-preflight")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise RuntimeError(message)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def mismatches(found: list[dict]) -> list[Problem]:
+    """Problems naming the ranks that differ from rank 0, with the recipe fields they differ in."""
+    reference, problems = found[0], []
+    for key, what, hint in (
+        ("runner", "runner version", "install the same recipe-runner on every node"),
+        ("libraries", "library versions (torch, transformers, trl, ...)", "use the same environment on every node"),
+        ("recipe", "recipe (after extends, --set and path resolution)", "every node must read the same recipe file and data paths (a shared "
+                                      "filesystem, the same path), with the same --set overrides"),
+    ):
+        differ = [rank for rank, other in enumerate(found) if other[key] != reference[key]]
+        if not differ:
+            continue
+        where = ", ".join(f"{rank} ({found[rank]['host']})" for rank in differ)
+        detail = ""
+        if key == "recipe":
+            fields = sorted({f for rank in differ for f in _differing(reference["doc"], found[rank]["doc"])})
+            detail = f"; differing fields: {', '.join(fields[:10])}" if fields else ""
+        elif key == "runner":
+            detail = f" ({found[differ[0]]['runner']} vs {reference['runner']})"
+        problems.append(Problem("/", f"rank(s) {where} resolved a different {what} than rank 0 "
+                                     f"({reference['host']}){detail}; every rank stopped before loading the model",
+                                hint))
+    return problems
+
+
+def _differing(old, new, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for key in sorted(old.keys() | new.keys()) for p in _differing(old.get(key), new.get(key),
+                                                                                  f"{path}/{key}")]
+    return [] if old == new else [path]
+
+
+def shard_bounds(count: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous slice of `count` items rank `rank` of `world` takes (sizes differ by at most one)."""
+    base, extra = divmod(count, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)

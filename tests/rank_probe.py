@@ -1,0 +1,71 @@
+"""Run a recipe through the runner under `accelerate launch` and record what each rank trained on.
+
+    accelerate launch ... tests/rank_probe.py RECIPE PROBE_DIR [--set-on-rank R KEY=VALUE]
+
+The run is the runner's own (`build_plan` with the launch environment's topology, `prepare`, `train`);
+the only addition is a wrapper around `trainer.training_step` that notes the unpadded token ids of
+every row this rank stepped on and the generated answers it got, written to PROBE_DIR/rank<R>.json with the world size.
+`--set-on-rank` gives one rank a different recipe value (a node whose copy of the recipe differs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from runner.__main__ import main as runner_main
+
+
+def record(trainer, seen: list) -> None:
+    original = trainer.training_step
+
+    def training_step(model, inputs, *args, **kwargs):
+        mask = inputs["attention_mask"].bool()
+        seen.extend(row[keep].tolist() for row, keep in zip(inputs["input_ids"], mask))
+        return original(model, inputs, *args, **kwargs)
+
+    trainer.training_step = training_step
+
+
+def record_answers() -> list:
+    """The answers each call of the runner's generate_across_ranks returned (before and after training)."""
+    from runner import evaluation
+
+    calls, original = [], evaluation.generate_across_ranks
+
+    def generate_across_ranks(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    evaluation.generate_across_ranks = generate_across_ranks
+    return calls
+
+
+def probe(recipe: str, out: Path) -> int:
+    from runner.plan import build_plan
+    from runner.recipe import load_recipe
+    from runner.run import prepare, train
+    from runner.topology import from_environment
+
+    plan = build_plan(load_recipe(recipe), from_environment())
+    prepared = prepare(plan)
+    seen: list = []
+    record(prepared.trainer, seen)
+    rank, world = prepared.state.process_index, prepared.state.num_processes
+    dataset = [list(ids) for ids in prepared.trainer.train_dataset["input_ids"]]
+    out.mkdir(parents=True, exist_ok=True)
+    answers = record_answers()
+    manifest = train(prepared.plan, prepared, ["rank_probe"])
+    (out / f"rank{rank}.json").write_text(json.dumps({"world_size": world, "seen": seen, "dataset": dataset,
+                                                      "status": manifest["status"], "answers": answers}))
+    return 0
+
+
+if __name__ == "__main__":
+    recipe, out = sys.argv[1], Path(sys.argv[2])
+    if "--set-on-rank" in sys.argv:  # through the runner's own command line, exactly as a user's run
+        i = sys.argv.index("--set-on-rank")
+        extra = ["--set", sys.argv[i + 2]] if os.environ.get("RANK") == sys.argv[i + 1] else []
+        sys.exit(runner_main(["run", recipe, *extra]))
+    sys.exit(probe(recipe, out))

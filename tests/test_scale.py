@@ -7,6 +7,8 @@ only a record of the rows each rank stepped on and the answers generate_across_r
 """
 from __future__ import annotations
 
+import copy
+
 import collections
 import json
 import os
@@ -21,6 +23,7 @@ import pytest
 from assets import reverse_rows
 from conftest import ROOT, base_recipe, write_json, write_jsonl
 from runner import distributed, launch, scale
+from runner.schema import _fill
 from runner.errors import RecipeError
 from runner.plan import build_plan
 from runner.recipe import load_recipe
@@ -103,8 +106,9 @@ def test_packing_or_hub_data_leave_steps_per_epoch_unknown(tmp_path):
 
 
 def _doc(quantization=None, dtype="auto", optim="adamw_torch"):
-    model = {"dtype": dtype} | ({"quantization": quantization} if quantization else {})
-    return {"model": model, "training": {"optim": optim}}
+    quantization = copy.deepcopy(quantization or {"method": "none"})
+    _fill(quantization, {"$ref": "#/$defs/quantization"})  # the schema's defaults, as a loaded recipe has them
+    return {"model": {"dtype": dtype, "quantization": quantization}, "training": {"optim": optim}}
 
 
 ZERO3, FSDP = Topology(8, 1, "deepspeed", 3), Topology(8, 1, "fsdp")

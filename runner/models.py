@@ -47,20 +47,24 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None):
     model_class = import_dotted(spec["class"])
     config = load_config(spec, config_updates)
     kwargs = {"trust_remote_code": spec["trust_remote_code"]}
+    if spec["attn_implementation"] == "runner_varlen":  # chosen by the fast defaults (runner/attention.py)
+        from .attention import register
+
+        register()
     if spec["attn_implementation"] is not None:
         kwargs["attn_implementation"] = spec["attn_implementation"]
     # A missing kernel package (flash-attn) surfaces as ImportError or ValueError from either call.
     where = "/model/attn_implementation" if spec["attn_implementation"] else "/model/name_or_path"
     if spec["init"] == "random":
         set_seed(seed)  # the same recipe builds the same initial weights
-        dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
+        dtype = torch.float32 if spec["dtype"] in ("auto", None) else getattr(torch, spec["dtype"])
         return _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
     if not spec.get("allow_pickle_weights"):
         kwargs["use_safetensors"] = True  # a pickled checkpoint can run code when loaded
     if spec.get("ignore_mismatched_sizes"):
         kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's head for other labels is replaced, not an error
     return _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
-                     spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"], **kwargs)
+                     spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"] or "auto", **kwargs)
 
 
 def count_parameters(model) -> dict:

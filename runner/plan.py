@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, estimate
+from . import __version__, estimate, fast
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .plan_eval import check_evaluation, check_source, evaluation_spec
@@ -52,6 +52,7 @@ def build_plan(recipe: Recipe) -> dict:
         "predict": task.predict,
         "batch": batch_arithmetic(doc["training"]),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
+        "fast_defaults": fast.plan_section(doc, task.name, model_config),
         "recipe": doc,
     }
 

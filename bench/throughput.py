@@ -166,11 +166,16 @@ def main() -> None:
                     rows.append({"shape": shape, "mode": mode, "side": "runner", "variant": name,
                                  **measure(command, log)})
                     print(rows[-1], flush=True)
+                    save(out, args, rows)  # after every row: a run cut short keeps what it measured
+    save(out, args, rows)
+    print(table(rows))
+
+
+def save(out: Path, args, rows: list[dict]) -> None:
     record = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "steps": args.steps,
               "warmup": args.warmup, "examples": args.examples, "rows": rows, "versions": versions()}
     (out / "throughput.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "throughput.md").write_text(table(rows) + "\n")
-    print(table(rows))
 
 
 def table(rows: list[dict]) -> str:

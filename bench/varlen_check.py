@@ -15,9 +15,31 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, ".")
-sys.path.insert(0, "tests")
 from runner import attention  # noqa: E402
-from test_fast import packed_batch, packed_models  # noqa: E402
+
+
+def packed_models(dtype, device):
+    """The same small random Llama twice: with the runner's varlen attention, and with sdpa."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    attention.register()
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
+                         num_key_value_heads=2, vocab_size=200)
+    torch.manual_seed(0)
+    varlen = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME, dtype=dtype).to(device)
+    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device)
+    reference.load_state_dict(varlen.state_dict())
+    return varlen, reference
+
+
+def packed_batch(lengths, device):
+    """A padding-free row as TRL's collator makes it: documents back to back, positions restarting, cu_seq_lens."""
+    docs = [torch.randint(0, 200, (n,), device=device) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    batch = {"input_ids": torch.cat(docs)[None],
+             "position_ids": torch.cat([torch.arange(n, device=device) for n in lengths])[None],
+             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
+    return docs, batch
 
 varlen, reference = packed_models(torch.bfloat16, "cuda")
 docs, batch = packed_batch([300, 1200, 57, 700], "cuda")

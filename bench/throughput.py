@@ -96,6 +96,7 @@ def runner_worker(assets: str, mode: str, steps: int, warmup: int, overrides: st
     from runner import plan as plan_module, run
     from runner.recipe import load_recipe
 
+    compatible_with_older_transformers()
     recipe = runner_recipe(Path(assets), mode, steps, json.loads(overrides))
     path = Path(assets) / f"recipe-{mode}.json"
     path.write_text(json.dumps(recipe, indent=2))
@@ -107,6 +108,27 @@ def runner_worker(assets: str, mode: str, steps: int, warmup: int, overrides: st
     trainer.train()
     decided = {p: s.get("value") for p, s in prepared.plan["fast_defaults"]["settings"].items() if "value" in s}
     report({"side": "runner", "mode": mode, "decided": decided, **meter.result(trainer.model)}, started, first.at)
+
+
+def compatible_with_older_transformers() -> None:
+    """The lent GPU has transformers 5.17, from before `gradient_checkpointing` became `activation_checkpointing`
+    (the runner needs >= 5.23): rename the key for such a version, so the bench runs there unchanged otherwise."""
+    import dataclasses
+
+    from runner import trainer
+    from trl import SFTConfig
+
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}:
+        return
+    original = trainer.launch_config
+
+    def renamed(plan, hardware):
+        config = original(plan, hardware)
+        if "activation_checkpointing" in config:
+            config["gradient_checkpointing"] = config.pop("activation_checkpointing")
+        return config
+
+    trainer.launch_config = renamed
 
 
 def measure(command: list[str], log) -> dict:

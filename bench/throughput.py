@@ -201,7 +201,8 @@ def save(out: Path, args, rows: list[dict]) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| shape | mode | side | tokens/s | vs TRL | MFU (6N) | peak GiB | first step s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | mode | side | tokens/s | vs TRL | MFU (6N) | peak GiB | first step s |",
+             "|---|---|---|---|---|---|---|---|"]
     base = {(r["shape"], r["mode"]): r.get("tokens_per_s") for r in rows if r["side"] == "trl"}
     for r in rows:
         side = r["side"] if r["side"] == "trl" else f"runner ({r['variant']})"

@@ -107,7 +107,8 @@ def decide(plan: dict, machine: dict) -> dict:
                                              "reason": "padding-free batches: each document attends only to itself"}
     set_("/training/pad_to_multiple_of", *pad_multiple(facts["max_length"], gpu, padding_free))
     set_("/training/activation_checkpointing", *checkpointing(plan.get("memory"), machine))
-    liger = gpu and machine["liger"] and facts["task"] in ("sft", "pretrain") and facts["model_type"] in LIGER_MODEL_TYPES
+    liger = (gpu and machine["liger"] and facts["task"] in ("sft", "pretrain")
+             and facts["model_type"] in LIGER_MODEL_TYPES)
     set_("/training/use_liger_kernel", liger,
          "liger-kernel installed, GPU, supported architecture" if liger else
          "needs liger-kernel installed, a GPU, task sft/pretrain and a supported architecture")
@@ -124,9 +125,9 @@ def padding_free_ok(facts: dict, machine: dict, attn: str | None) -> tuple[bool,
     if not machine["varlen"]:
         return False, "no varlen attention kernel here (needs a CUDA GPU, sm80+, torch with nn.attention.varlen)"
     if attn is not None and not attn.startswith("flash_attention"):
-        return False, f"model.attn_implementation is {attn!r}: packed documents would attend to each other or be slow"
+        return False, f"model.attn_implementation is {attn!r}: a packed row would need a dense block mask (slow)"
     if facts["model_type"] not in VARLEN_MODEL_TYPES or facts["sliding_window"]:
-        return False, f"architecture {facts['model_type']!r} (or its sliding window) is not one the varlen path supports"
+        return False, f"architecture {facts['model_type']!r} (or its sliding window) is not one the varlen path takes"
     if facts["peft_method"] not in PACKABLE_PEFT:
         return False, f"peft method {facts['peft_method']!r} adds virtual tokens to every row"
     if facts["max_length"] is None:

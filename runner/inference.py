@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import data, evaluation, models, outputs
+from . import data, evaluation, fast, models, outputs
 from .errors import Problem, RecipeError
 from .run import with_runner_settings
 from .tasks import import_dotted
@@ -80,6 +80,7 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
     check_same_run(plan, run_dir)
     hw = outputs.hardware()
     state = PartialState(cpu=not hw["gpus"])
+    plan = fast.resolve(plan, hw, show=False)
     splits, derived = data.load_all(plan)
     plan = with_runner_settings(plan, derived["settings"])
     updates = derived["config"]

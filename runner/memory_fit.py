@@ -60,17 +60,24 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
                          topology: Topology) -> tuple[Settings | None, list[str]]:
     model, training = doc["model"], doc["training"]
     assumptions = []
-    dtype = model["dtype"]
-    if dtype == "auto":
-        own = config.get("torch_dtype") or config.get("dtype")
-        dtype = "float32" if model["init"] == "random" or own not in memory.DTYPE_BYTES else own
-        assumptions.append(f"weights load as {dtype} (model.dtype auto)")
     if training.get("bf16") is None:
         precision = "fp16" if training.get("fp16") else "bf16"
         if precision == "bf16":
             assumptions.append("bf16 mixed precision (training.bf16 null: on for a GPU with bf16)")
     else:
         precision = "bf16" if training["bf16"] else "fp16" if training.get("fp16") else "no"
+    dtype = model["dtype"]
+    if dtype is None:  # a fast default: the training dtype when training runs in bf16
+        dtype = "bfloat16" if precision == "bf16" else "auto"
+        assumptions.append(f"model.dtype null: weights load as {dtype} (the launch-time fast default on a GPU)")
+    if dtype == "auto":
+        own = config.get("torch_dtype") or config.get("dtype")
+        dtype = "float32" if model["init"] == "random" or own not in memory.DTYPE_BYTES else own
+        assumptions.append(f"weights load as {dtype} (model.dtype auto)")
+    optim = training["optim"]
+    if optim is None:  # a fast default
+        optim = "adamw_torch_fused"
+        assumptions.append("training.optim null: adamw_torch_fused (the launch-time fast default on a GPU)")
     length = training.get("max_length")
     if length is None:
         length = config.get("max_position_embeddings")
@@ -84,7 +91,7 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
         assumptions.append("peft partial: every weight counted as trainable (an upper bound)")
     settings = Settings(
         weights_dtype=dtype, quantization=model["quantization"], peft=doc["peft"],
-        optim=training["optim"], mixed_precision=precision, batch=training["per_device_train_batch_size"],
+        optim=optim, mixed_precision=precision, batch=training["per_device_train_batch_size"],
         length=length, activation_checkpointing=bool(training.get("activation_checkpointing")), kind=kind,
         reference=reference, attention=model.get("attn_implementation") or "sdpa", topology=topology)
     return settings, assumptions

@@ -49,6 +49,10 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
     model_class = import_dotted(spec["class"])
     config = load_config(spec, config_updates)
     kwargs = {"trust_remote_code": spec["trust_remote_code"]}
+    if spec["attn_implementation"] == "runner_varlen":  # chosen by the fast defaults (runner/attention.py)
+        from .attention import register
+
+        register()
     if spec["attn_implementation"] is not None:
         kwargs["attn_implementation"] = spec["attn_implementation"]
     # A missing kernel package (flash-attn) surfaces as ImportError or ValueError from either call.
@@ -56,7 +60,7 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
     quantization = spec.get("quantization")
     if spec["init"] == "random":
         set_seed(seed)  # the same recipe builds the same initial weights
-        dtype = torch.float32 if spec["dtype"] == "auto" else getattr(torch, spec["dtype"])
+        dtype = torch.float32 if spec["dtype"] in ("auto", None) else getattr(torch, spec["dtype"])
         # A base to be quantized is built where bitsandbytes will put it: initialising 8B weights on a GPU
         # takes seconds, on a CPU minutes. (The same seed gives other numbers on another device.)
         with torch.device(_quantization_device() if quantization else "cpu"):
@@ -69,7 +73,7 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
     if spec.get("ignore_mismatched_sizes"):
         kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's head for other labels is replaced, not an error
     return _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
-                     spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"], **kwargs)
+                     spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"] or "auto", **kwargs)
 
 
 def _quantization_device():

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, memory_fit, scale, tokencache
+from . import __version__, fast, memory_fit, scale, tokencache
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
@@ -60,6 +60,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
                                             topology, config_source),
+        "fast_defaults": fast.plan_section(doc, task.name, model_config),
         "recipe": doc,
     }
 

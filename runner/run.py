@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, distributed, evaluation, models, outputs, report, resume
+from . import data, distributed, evaluation, fast, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import require_chat_template
@@ -57,6 +57,7 @@ def prepare(plan: dict) -> Prepared:
     outputs.check_run_dir(plan["output_dir"], if_exists)
     resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
+    plan = fast.resolve(plan, hw, show=state.is_main_process)  # the null settings, decided for this machine
 
     seed = plan["recipe"]["training"]["seed"]
     splits, derived = data.load_all(plan)

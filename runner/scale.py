@@ -55,7 +55,7 @@ def _check_offload(doc: dict, topology: Topology) -> list[Problem]:
     """An offloaded optimizer steps on the CPU: the shipped config has DeepSpeed's CPU AdamW do it (a GPU
     optimizer cannot, and DeepSpeed refuses most others), taking the recipe's AdamW settings."""
     optim = doc["training"]["optim"]
-    if topology.offload_optimizer and optim not in OFFLOAD_OPTIMIZERS:
+    if topology.offload_optimizer and optim is not None and optim not in OFFLOAD_OPTIMIZERS:  # null: fused AdamW
         return [Problem("/training/optim", f"'{optim}' cannot step an optimizer offloaded to CPU memory: "
                                            "DeepSpeed's CPU AdamW does that step",
                         "set optim to adamw_torch (its learning rate, betas, epsilon and weight decay apply), "

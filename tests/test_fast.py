@@ -1,0 +1,169 @@
+"""Fast defaults: the rules (pure, for any machine), the CPU fallbacks end to end, and the varlen attention path."""
+import copy
+import json
+
+import pytest
+import torch
+
+from runner import attention, fast, plan as plan_module
+from runner.recipe import load_recipe
+
+from conftest import base_recipe, write_jsonl
+
+H100 = {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True, "liger": True}
+CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False}
+
+
+def planned(tmp_path, recipe_file, **sections):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"row {i} says hello"} for i in range(16)])
+    return plan_module.build_plan(load_recipe(str(recipe_file(base_recipe(tmp_path, **sections)))))
+
+
+def values(decisions):
+    return {path: d["value"] for path, d in decisions.items()}
+
+
+def test_plan_lists_every_open_setting_with_its_rule(tmp_path, recipe_file):
+    section = planned(tmp_path, recipe_file, training={"optim": "adamw_torch"})["fast_defaults"]
+    assert section["settings"]["/training/optim"] == {"recipe": "adamw_torch", "rule": "set in the recipe"}
+    assert section["settings"]["/training/packing"]["recipe"] is None
+    assert "varlen" in section["settings"]["/training/packing"]["rule"]
+    assert section["facts"]["model_type"] == "llama"
+
+
+def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
+    decided = values(fast.decide(planned(tmp_path, recipe_file), H100))
+    assert decided == {"/model/dtype": "bfloat16", "/training/packing": True,
+                       "/model/attn_implementation": "runner_varlen", "/training/pad_to_multiple_of": None,
+                       "/training/activation_checkpointing": True,  # no memory estimate in this plan
+                       "/training/use_liger_kernel": True, "/training/optim": "adamw_torch_fused",
+                       "/training/dataloader_num_workers": 4}
+
+
+def test_on_cpu_every_rule_falls_back_to_the_plain_setting(tmp_path, recipe_file):
+    decided = values(fast.decide(planned(tmp_path, recipe_file), CPU))
+    assert decided == {"/model/dtype": "auto", "/training/packing": False, "/training/pad_to_multiple_of": None,
+                       "/training/activation_checkpointing": False, "/training/use_liger_kernel": False,
+                       "/training/optim": "adamw_torch", "/training/dataloader_num_workers": 0}
+
+
+def test_recipe_values_are_never_overridden(tmp_path, recipe_file):
+    plan = planned(tmp_path, recipe_file, model={"dtype": "float32"},
+                   training={"packing": False, "optim": "adamw_torch", "activation_checkpointing": False,
+                             "use_liger_kernel": False, "dataloader_num_workers": 1, "pad_to_multiple_of": 16})
+    decided = fast.decide(plan, H100)
+    assert decided == {}  # nothing left open; packing off so no varlen either
+    resolved = fast.apply(plan, decided)
+    assert resolved["trainer"]["config"]["pad_to_multiple_of"] == 16 and resolved["model"]["dtype"] == "float32"
+
+
+def test_gpu_without_varlen_pads_to_a_bucketed_multiple(tmp_path, recipe_file):
+    plan = planned(tmp_path, recipe_file, training={"max_length": 2048})
+    decided = fast.decide(plan, {**H100, "varlen": False})
+    assert values(decided)["/training/packing"] is False and "/model/attn_implementation" not in decided
+    assert values(decided)["/training/pad_to_multiple_of"] == 256
+    assert fast.pad_multiple(1024, True, False)[0] == 128 and fast.pad_multiple(64, True, False)[0] == 8
+
+
+@pytest.mark.parametrize("needed, expected", [(30.0, False), (75.0, True)])
+def test_checkpointing_follows_the_memory_estimate(tmp_path, recipe_file, needed, expected):
+    plan = planned(tmp_path, recipe_file)
+    plan["memory"] = {"per_device_gib": {"activation_checkpointing_off": needed, "activation_checkpointing_on": 20.0}}
+    decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
+    assert decision["value"] is expected and f"{needed:.1f} GiB" in decision["reason"]
+
+
+def test_packing_is_refused_where_documents_could_mix(tmp_path, recipe_file):
+    eager = planned(tmp_path, recipe_file, model={"attn_implementation": "sdpa"})
+    assert values(fast.decide(eager, H100))["/training/packing"] is False
+    windowed = copy.deepcopy(planned(tmp_path, recipe_file))
+    windowed["fast_defaults"]["facts"]["sliding_window"] = True
+    assert values(fast.decide(windowed, H100))["/training/packing"] is False
+
+
+def test_dpo_has_no_packing_to_decide(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "yes", "rejected": "no"}] * 4)
+    recipe = base_recipe(tmp_path, task="dpo", data={"train": {"path": "train.jsonl"}, "format": "preference"})
+    plan = plan_module.build_plan(load_recipe(str(recipe_file(recipe))))
+    decided = fast.decide(plan, H100)
+    assert "/training/packing" not in decided and "/model/attn_implementation" not in decided
+    assert decided["/training/use_liger_kernel"]["value"] is False
+
+
+def test_liger_asked_for_but_missing_is_a_recipe_error(tmp_path, recipe_file):
+    from runner.errors import RecipeError
+
+    plan = planned(tmp_path, recipe_file, training={"use_liger_kernel": True})
+    with pytest.raises(RecipeError) as found:
+        fast.check_installed(plan)
+    assert found.value.problems[0].path == "/training/use_liger_kernel"
+
+
+def test_a_cpu_run_records_its_decisions(tmp_path, recipe_file):
+    from runner import run
+
+    plan = planned(tmp_path, recipe_file, training={"max_steps": 2, "save_strategy": "no"})
+    run.run(plan, argv=["test"])
+    saved = json.loads((tmp_path / "run" / "plan.json").read_text())
+    settings = saved["fast_defaults"]["settings"]
+    assert settings["/training/optim"]["value"] == "adamw_torch" and settings["/training/packing"]["value"] is False
+    assert saved["trainer"]["config"]["activation_checkpointing"] is False and saved["model"]["dtype"] == "auto"
+
+
+# --- the varlen attention ------------------------------------------------------------------------
+
+
+def packed_models(dtype=torch.float32, device="cpu"):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    attention.register()
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
+                         num_key_value_heads=2, vocab_size=200)
+    torch.manual_seed(0)
+    varlen = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME, dtype=dtype).to(device)
+    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device)
+    reference.load_state_dict(varlen.state_dict())
+    return varlen, reference
+
+
+def packed_batch(lengths, device="cpu"):
+    docs = [torch.randint(0, 200, (n,), device=device) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    batch = {"input_ids": torch.cat(docs)[None],
+             "position_ids": torch.cat([torch.arange(n, device=device) for n in lengths])[None],
+             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
+    return docs, batch
+
+
+def test_packed_documents_do_not_see_each_other_on_cpu():
+    varlen, reference = packed_models()
+    docs, batch = packed_batch([7, 12, 3])
+    with torch.no_grad():
+        packed = varlen(**batch, use_cache=False).logits[0]
+        alone = torch.cat([reference(input_ids=d[None], use_cache=False).logits[0] for d in docs])
+        cached = varlen(**batch).logits[0]  # eval mode makes a KV cache: transformers then skips its packing check
+        plain = varlen(input_ids=batch["input_ids"], use_cache=False).logits[0]  # one long causal sequence
+    assert torch.allclose(packed, alone, atol=1e-5) and torch.allclose(cached, alone, atol=1e-5)
+    assert not torch.allclose(plain[7:], alone[7:], atol=1e-3)  # the test can see a leak
+
+
+def test_padded_batches_take_the_sdpa_path():
+    varlen, reference = packed_models()
+    ids = torch.randint(0, 200, (2, 9))
+    mask = torch.tensor([[1] * 9, [0] * 4 + [1] * 5])
+    with torch.no_grad():
+        assert torch.allclose(varlen(input_ids=ids, attention_mask=mask).logits,
+                              reference(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen flash kernel needs a CUDA GPU")
+def test_varlen_kernel_matches_per_document_sdpa_on_gpu():
+    assert attention.kernel_available()
+    varlen, reference = packed_models(torch.bfloat16, "cuda")
+    docs, batch = packed_batch([300, 1200, 57, 700], "cuda")
+    packed = varlen(**batch, use_cache=False).logits[0].float()
+    with torch.no_grad():
+        alone = torch.cat([reference(input_ids=d[None], use_cache=False).logits[0] for d in docs]).float()
+    assert (packed - alone).abs().max() < 0.05  # bf16
+    packed.sum().backward()  # and it trains
+    assert varlen.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

@@ -35,7 +35,7 @@ def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
     decided = values(fast.decide(planned(tmp_path, recipe_file), H100))
     assert decided == {"/model/dtype": "bfloat16", "/training/packing": True,
                        "/model/attn_implementation": "runner_varlen", "/training/pad_to_multiple_of": None,
-                       "/training/activation_checkpointing": True,  # no memory estimate in this plan
+                       "/training/activation_checkpointing": False,  # the tiny model's estimate fits easily
                        "/training/use_liger_kernel": True, "/training/optim": "adamw_torch_fused",
                        "/training/dataloader_num_workers": 4}
 
@@ -71,6 +71,29 @@ def test_checkpointing_follows_the_memory_estimate(tmp_path, recipe_file, needed
     plan["memory"] = {"per_device_gib": {"activation_checkpointing_off": needed, "activation_checkpointing_on": 20.0}}
     decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
     assert decision["value"] is expected and f"{needed:.1f} GiB" in decision["reason"]
+
+
+def test_checkpointing_stays_on_without_a_memory_estimate(tmp_path, recipe_file):
+    plan = planned(tmp_path, recipe_file)
+    del plan["memory"]  # a plan.json written before the estimate existed
+    decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
+    assert decision["value"] is True and "no memory estimate" in decision["reason"]
+
+
+def test_prefix_tuning_never_gets_activation_checkpointing(tmp_path, recipe_file):
+    plan = planned(tmp_path, recipe_file, peft={"method": "prefix_tuning", "num_virtual_tokens": 4})
+    plan["memory"]["per_device_gib"]["activation_checkpointing_off"] = 500.0  # would otherwise turn it on
+    decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
+    assert decision["value"] is False and "prefix tuning" in decision["reason"]
+
+
+def test_memory_estimate_assumes_the_fast_dtype_and_optimizer_when_left_null(tmp_path, recipe_file):
+    left_null = planned(tmp_path, recipe_file, training={"max_length": 64})["memory"]
+    spelled_out = planned(tmp_path, recipe_file, model={"dtype": "bfloat16"},
+                          training={"max_length": 64, "optim": "adamw_torch_fused"})["memory"]
+    assert left_null["per_device_gib"] == spelled_out["per_device_gib"]
+    assert any("model.dtype null" in a for a in left_null["assumptions"])
+    assert any("training.optim null" in a for a in left_null["assumptions"])
 
 
 def test_packing_is_refused_where_documents_could_mix(tmp_path, recipe_file):

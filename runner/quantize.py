@@ -79,12 +79,13 @@ def measure_both(plan: dict, run_dir: Path, model, quantized) -> dict | None:
         return None
     import dataclasses
 
-    from . import data, evaluation
+    from . import data, evaluation, fast
     from .inference import for_trained_model, saved_tokenizer
     from .run import with_runner_settings
     from .trainer import build_trainer
 
     hw = outputs.hardware()
+    plan = fast.resolve(plan, hw, show=False)  # settings the recipe left null, decided for this machine
     splits, derived = data.load_all(plan)
     if splits.evaluation is None:
         return None

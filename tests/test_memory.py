@@ -155,7 +155,7 @@ def qwen_recipe(tmp_path, recipe_file, **training):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "hello"}])
     model_dir = tmp_path / "qwen"
     write_json(model_dir / "config.json", QWEN2_05B)
-    recipe = base_recipe(tmp_path, model={"name_or_path": str(model_dir), "init": "pretrained"},
+    recipe = base_recipe(tmp_path, model={"name_or_path": str(model_dir), "init": "pretrained", "dtype": "auto"},
                          training={"per_device_train_batch_size": 8, "max_length": 2048, **training})
     return recipe_file(recipe)
 

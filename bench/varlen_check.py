@@ -7,6 +7,7 @@
 2. Attention alone, fwd+bwd, 32 query heads x 64, 4 KV heads, ~16k tokens in 15 documents (a packed
    step of batch 8 x 2048): varlen_attn vs sdpa with the dense block-diagonal mask transformers builds.
 """
+import copy
 import json
 import sys
 import time
@@ -27,7 +28,10 @@ def packed_models(dtype, device):
                          num_key_value_heads=2, vocab_size=200)
     torch.manual_seed(0)
     varlen = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME, dtype=dtype).to(device)
-    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device)
+    # a copy of the config: from_config records the attention choice on the config object it is given
+    reference = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa",
+                                                 dtype=dtype).to(device)
+    assert varlen.config._attn_implementation == attention.NAME
     reference.load_state_dict(varlen.state_dict())
     return varlen, reference
 

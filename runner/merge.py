@@ -90,6 +90,10 @@ def merge(run_dir: Path, out: Path | None) -> dict:
     from .inference import saved_tokenizer
 
     plan = read_run(run_dir)
+    method = (plan["peft"] or {}).get("method", "none")
+    if method not in MERGEABLE + SOFT_PROMPTS:
+        raise RecipeError([Problem("RUN_DIR", f"the run trained the model itself ({method} fine-tuning): there is "
+                                              "no adapter to merge", "load RUN_DIR with from_pretrained as it is")])
     out = free_output(out or run_dir.with_name(run_dir.name + "-merged"))
     model, note = merged_model(run_dir, plan)
     tmp = staging(out)

@@ -144,7 +144,10 @@ def packed_models(dtype=torch.float32, device="cpu"):
                          num_key_value_heads=2, vocab_size=200)
     torch.manual_seed(0)
     varlen = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME, dtype=dtype).to(device)
-    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device)
+    # a copy of the config: from_config records the attention choice on the config object it is given
+    reference = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa",
+                                                 dtype=dtype).to(device)
+    assert varlen.config._attn_implementation == attention.NAME
     reference.load_state_dict(varlen.state_dict())
     return varlen, reference
 

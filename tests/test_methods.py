@@ -142,6 +142,8 @@ def test_quantize_reports_size_and_metric_before_and_after(tmp_path, recipe_file
     plan = plan_for(tmp_path, recipe_file, data={**DATA, "eval": {"path": "train.jsonl"}},
                     training={"eval_strategy": "no"}, evaluation={"metrics": ["loss"]})
     train(plan, prepare(plan), ["test"])
+    with pytest.raises(RecipeError, match="no adapter to merge"):
+        merge(tmp_path / "run", None)
     record = quantize(tmp_path / "run", 8, None)
     assert record["after"]["disk_bytes"] < 0.5 * record["before"]["disk_bytes"]
     assert record["after"]["memory_bytes"] < record["before"]["memory_bytes"]

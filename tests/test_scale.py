@@ -350,7 +350,7 @@ def one_process(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["multi_gpu", "deepspeed_zero2", "deepspeed_zero3"])
+@pytest.mark.parametrize("config", ["multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"])
 def test_two_processes_train_like_one_with_the_same_global_batch(config, tmp_path, one_process):
     import torch
     from safetensors.torch import load_file

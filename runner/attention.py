@@ -87,10 +87,25 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [tokens, heads, dim]
     kernel = varlen_kernel()
     if q.is_cuda and kernel is not None and dropout == 0.0:
-        out = kernel(q, k, v, cu, cu, longest, longest, **_kernel_options(kernel, q, k, scaling))
+        half = flash_dtype(q)
+        out = kernel(q.to(half), k.to(half), v.to(half), cu, cu, longest, longest,
+                     **_kernel_options(kernel, q, k, scaling)).to(q.dtype)
     else:  # CPU, or dropout: the same result one document at a time (slow, exact)
         out = per_document_sdpa(q, k, v, cu, scaling, dropout)
     return out.unsqueeze(0), None
+
+
+def flash_dtype(q):
+    """The dtype the flash kernel runs in: fp16 and bf16 only. fp32 inputs arise where layers stay in fp32
+    (peft's k-bit preparation upcasts the norms of a QLoRA base, so the projections see fp32 under
+    autocast); like transformers' own flash-attention path, they are cast to the autocast dtype (else
+    bf16) for the kernel and the output back."""
+    import torch
+
+    if q.dtype in (torch.float16, torch.bfloat16):
+        return q.dtype
+    device = q.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.bfloat16
 
 
 def _kernel_options(kernel, q, k, scaling) -> dict:

@@ -193,3 +193,14 @@ def test_varlen_kernel_matches_per_document_sdpa_on_gpu():
     assert (packed - alone).abs().max() < 0.05  # bf16
     packed.sum().backward()  # and it trains
     assert varlen.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_fp32_inputs_reach_the_flash_kernel_in_half_precision():
+    # A QLoRA base after k-bit preparation keeps its norms in fp32, so q/k/v arrive in fp32; the kernel
+    # takes only fp16/bf16 (seen on the H100: "FlashAttention only support fp16 and bf16 data type").
+    fp32 = torch.zeros(2, 2)
+    assert attention.flash_dtype(fp32) == torch.bfloat16
+    assert attention.flash_dtype(fp32.half()) == torch.float16
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert attention.flash_dtype(fp32) == torch.float16
+

@@ -50,6 +50,8 @@ def _smoke_test_and_gather(mine: dict, state) -> list[dict]:
     import torch
     import torch.distributed as dist
 
+    if state.device.type == "cuda":  # the current CUDA device is per thread; all_gather_object uses it
+        torch.cuda.set_device(state.device)
     ones = torch.ones(1, device=state.device)
     dist.all_reduce(ones)
     if int(ones.item()) != state.num_processes:

@@ -38,7 +38,7 @@ RULES = {
     "/training/use_liger_kernel": "on when liger-kernel is installed, a GPU is visible, the task is sft/pretrain "
                                   "and the architecture is one Liger patches",
     "/training/optim": "adamw_torch_fused on a GPU, adamw_torch on CPU",
-    "/training/dataloader_num_workers": "on a GPU: up to 4 persistent workers (CPUs per GPU - 2), so batches are "
+    "/training/dataloader_num_workers": "on a GPU: up to 4 workers (CPUs per GPU - 2), so batches are "
                                         "collated off the training loop; 0 on CPU",
 }
 
@@ -95,8 +95,13 @@ def decide(plan: dict, machine: dict) -> dict:
             out[path] = {"value": value, "reason": reason}
 
     bf16 = config["bf16"] if config.get("bf16") is not None else machine["bf16"]
-    set_("/model/dtype", "bfloat16" if bf16 else "auto",
-         "training runs in bf16" if bf16 else "training does not run in bf16: the recipe's `auto`")
+    quantization = plan["model"]["quantization"]  # None, or BitsAndBytesConfig's kwargs
+    if quantization and quantization["method"] == "bnb_4bit":  # unquantized weights in the 4-bit compute dtype
+        compute = quantization["kwargs"]["bnb_4bit_compute_dtype"]
+        set_("/model/dtype", compute, f"4-bit base: its bnb_4bit_compute_dtype ({compute})")
+    else:
+        set_("/model/dtype", "bfloat16" if bf16 else "auto",
+             "training runs in bf16" if bf16 else "training does not run in bf16: the recipe's `auto`")
     packing, why = padding_free_ok(facts, machine, plan["model"]["attn_implementation"])
     set_("/training/packing", packing, why)
     padding_free = config.get("packing") if config.get("packing") is not None else out.get(
@@ -124,7 +129,9 @@ def padding_free_ok(facts: dict, machine: dict, attn: str | None) -> tuple[bool,
     """Whether packing without padding keeps documents apart and fast on this machine, and why (not)."""
     if not machine["varlen"]:
         return False, "no varlen attention kernel here (needs a CUDA GPU, sm80+, torch with nn.attention.varlen)"
-    if attn is not None and not attn.startswith("flash_attention"):
+    if facts["packing_strategy"] not in ("bfd", "bfd_split"):
+        return False, f"packing_strategy {facts['packing_strategy']!r} cuts documents and lets them attend to each other"
+    if attn is not None and attn != "runner_varlen" and not attn.startswith("flash_attention"):
         return False, f"model.attn_implementation is {attn!r}: a packed row would need a dense block mask (slow)"
     if facts["model_type"] not in VARLEN_MODEL_TYPES or facts["sliding_window"]:
         return False, f"architecture {facts['model_type']!r} (or its sliding window) is not one the varlen path takes"
@@ -164,8 +171,8 @@ def apply(plan: dict, decisions: dict) -> dict:
     for path, decision in decisions.items():
         section, key = path.split("/")[1:]
         (model if section == "model" else config)[key] = decision["value"]
-    if config.get("dataloader_num_workers"):
-        config["dataloader_persistent_workers"] = True  # no worker start-up per epoch
+    # No dataloader_persistent_workers: with it transformers 5.23 caches one eval dataloader under the key
+    # "eval" and hands it back for every other eval_dataset (retention, evaluation.data): wrong losses.
     settings = {path: {**s, **decisions.get(path, {})} for path, s in plan["fast_defaults"]["settings"].items()}
     if "/model/attn_implementation" in decisions and "/model/attn_implementation" not in settings:
         settings["/model/attn_implementation"] = {"recipe": None, **decisions["/model/attn_implementation"]}
@@ -187,6 +194,25 @@ def resolve(plan: dict, hardware: dict, show: bool = True) -> dict:
     for path, decision in decisions.items() if show else ():
         print(f"fast default {path} = {decision['value']!r}: {decision['reason']}", file=sys.stderr)
     return resolved
+
+
+def decided_values(plan: dict) -> dict:
+    return {path: s["value"] for path, s in plan.get("fast_defaults", {}).get("settings", {}).items() if "value" in s}
+
+
+def check_same_decisions(resolved: dict, earlier: dict) -> None:
+    """Resuming where the rules decide otherwise (another GPU, no varlen kernel, a CPU) would continue with other
+    batches (packing), dtype or memory settings, and the skipped-batch count would then point elsewhere: refuse."""
+    from .errors import Problem, RecipeError
+
+    before, now = decided_values(earlier), decided_values(resolved)
+    changed = sorted(path for path in before if path in now and before[path] != now[path])
+    if changed:
+        raise RecipeError([Problem(path, f"decided {now[path]!r} on this machine, but the run being resumed trained "
+                                         f"with {before[path]!r} (plan.json)",
+                                   "resume on a machine like the first one (same GPU kind and installed kernels); "
+                                   "a launch-time setting cannot change in the middle of a run")
+                           for path in changed])
 
 
 def check_installed(plan: dict) -> None:

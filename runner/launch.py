@@ -46,7 +46,10 @@ def _deepspeed_file(config: Path) -> Path | None:
 
     from .topology import deepspeed_file
 
-    named = ((yaml.safe_load(config.read_text()) or {}).get("deepspeed_config") or {}).get("deepspeed_config_file")
+    try:
+        named = ((yaml.safe_load(config.read_text()) or {}).get("deepspeed_config") or {}).get("deepspeed_config_file")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:  # AttributeError: a YAML that is not a mapping
+        raise RecipeError([Problem("--config", f"cannot read {config}: {exc}")]) from None
     if not named:
         return None
     found = deepspeed_file(named, str(config))
@@ -200,6 +203,9 @@ def cmd_slurm(args) -> int:
     _check_recipe(args)
     args.job_name = args.job_name or Path(args.recipe).stem
     script = Path(args.output or f"{args.job_name}.sbatch")
+    if script.exists():
+        raise RecipeError([Problem("--output", f"{script} already exists; refusing to overwrite it",
+                                   "remove it, or name another file with --output")])
     Path(args.logs).mkdir(parents=True, exist_ok=True)  # Slurm does not create the --output directory
     script.write_text(slurm_script(args, script.absolute()))
     script.chmod(0o755)
@@ -218,6 +224,8 @@ def _check_recipe(args) -> None:
 
 def plan_topology(world_size: int | None, accelerate_config: str | None, num_machines: int | None = None):
     """`plan --world-size N [--accelerate-config FILE]`: N processes, through the file's engine (default DDP)."""
+    import yaml  # PyYAML comes with accelerate
+
     from .topology import Topology, from_accelerate_config
 
     if accelerate_config is None:
@@ -225,5 +233,5 @@ def plan_topology(world_size: int | None, accelerate_config: str | None, num_mac
         return Topology(size, 1, "ddp" if size > 1 else "single")
     try:
         return from_accelerate_config(accelerate_config, world_size, num_machines)
-    except (OSError, ValueError) as exc:
-        raise RecipeError([Problem("--accelerate-config", str(exc))]) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise RecipeError([Problem("--accelerate-config", f"cannot read it: {exc}")]) from None

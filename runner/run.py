@@ -58,6 +58,8 @@ def prepare(plan: dict) -> Prepared:
     resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
     plan = fast.resolve(plan, hw, show=state.is_main_process)  # the null settings, decided for this machine
+    if resume_from is not None and (run_dir / "plan.json").is_file():  # a resumed run keeps its first decisions
+        fast.check_same_decisions(plan, json.loads((run_dir / "plan.json").read_text()))
 
     seed = plan["recipe"]["training"]["seed"]
     splits, derived = data.load_all(plan)

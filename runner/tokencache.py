@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import shutil
 import sys
@@ -226,7 +227,8 @@ def remove_stale(root: Path, older_than_s: float = 86400) -> None:
     """Temporary directories a crashed writer left behind (a day old: no writer takes that long)."""
     import time
 
-    for leftover in root.glob(".tmp-*"):
+    own = re.compile(r"\.tmp-[0-9a-f]{16}-[0-9]+-[0-9a-f]{8}")  # the names store() gives them, nothing else
+    for leftover in (p for p in root.glob(".tmp-*") if own.fullmatch(p.name)):
         try:
             if time.time() - leftover.stat().st_mtime > older_than_s:
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -204,3 +204,40 @@ def test_fp32_inputs_reach_the_flash_kernel_in_half_precision():
     with torch.autocast("cpu", dtype=torch.float16):
         assert attention.flash_dtype(fp32) == torch.float16
 
+
+def test_a_resolved_plan_decides_the_same_again(tmp_path, recipe_file):
+    # quantize and eval resolve the run's saved (already resolved) plan once more
+    plan = planned(tmp_path, recipe_file)
+    once = fast.apply(plan, fast.decide(plan, H100))
+    twice = fast.apply(once, fast.decide(once, H100))
+    assert twice["model"] == once["model"] and twice["trainer"]["config"] == once["trainer"]["config"]
+    assert once["trainer"]["config"]["packing"] is True and once["model"]["attn_implementation"] == "runner_varlen"
+    fast.check_same_decisions(once, once)
+
+
+def test_resuming_where_the_rules_decide_otherwise_is_refused(tmp_path, recipe_file):
+    from runner.errors import RecipeError
+
+    plan = planned(tmp_path, recipe_file)
+    on_h100 = fast.apply(plan, fast.decide(plan, H100))
+    on_cpu = fast.apply(plan, fast.decide(plan, CPU))
+    with pytest.raises(RecipeError) as found:
+        fast.check_same_decisions(on_cpu, on_h100)
+    paths = [p.path for p in found.value.problems]
+    assert "/training/packing" in paths and "/model/dtype" in paths
+
+
+def test_only_documents_kept_apart_get_packing(tmp_path, recipe_file):
+    wrapped = planned(tmp_path, recipe_file, training={"packing_strategy": "wrapped"})
+    decision = fast.decide(wrapped, H100)["/training/packing"]
+    assert decision["value"] is False and "wrapped" in decision["reason"]
+
+
+def test_a_4bit_base_keeps_its_compute_dtype_and_no_worker_persists(tmp_path, recipe_file):
+    plan = planned(tmp_path, recipe_file, peft={"method": "lora"},
+                   model={"quantization": {"method": "bnb_4bit", "bnb_4bit_compute_dtype": "float16"}})
+    decisions = fast.decide(plan, H100)
+    assert decisions["/model/dtype"]["value"] == "float16"
+    # persistent workers would make transformers reuse one cached eval dataloader for every eval dataset
+    assert "dataloader_persistent_workers" not in fast.apply(plan, decisions)["trainer"]["config"]
+

@@ -418,3 +418,19 @@ def test_a_rank_with_a_different_recipe_stops_every_rank_before_the_model_loads(
     assert "every rank stopped before loading the model" in result.stderr
     assert not (tmp_path / "run").exists(), "nothing was written"
     assert time.monotonic() - started < 120
+
+
+def test_broken_accelerate_yaml_and_existing_slurm_script_exit_2(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
+    path = recipe_file(base_recipe(tmp_path))
+    (tmp_path / "bad.yaml").write_text("distributed_type: [DEEPSPEED\n")
+    result = cli("plan", str(path), "--world-size", "2", "--accelerate-config", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 2 and "--accelerate-config: cannot read it" in result.stderr
+    result = cli("launch", str(path), "--config", str(tmp_path / "bad.yaml"), "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    script = tmp_path / "mine.sbatch"
+    script.write_text("#!/bin/bash\n# my hand-edited job\n")
+    result = cli("slurm", str(path), "--nodes", "2", "--gpus-per-node", "1", "-o", str(script), cwd=tmp_path)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert script.read_text() == "#!/bin/bash\n# my hand-edited job\n"
+

@@ -175,13 +175,16 @@ def test_damaged_or_partial_entries_are_rebuilt(tmp_path):
     arrow.write_bytes(arrow.read_bytes()[:100])  # cut short
     (entries[1] / "entry.json").unlink()  # never completed
     (cache_dir(tmp_path) / ".tmp-leftover").mkdir()  # a writer's temporary directory is not an entry
-    stale = cache_dir(tmp_path) / ".tmp-crashed"
+    stale = cache_dir(tmp_path) / ".tmp-0123456789abcdef-4242-89abcdef"
     stale.mkdir()
     os.utime(stale, (0, 0))  # left by a writer that crashed long ago
+    foreign = cache_dir(tmp_path) / ".tmp-someone-elses"
+    foreign.mkdir()
+    os.utime(foreign, (0, 0))  # old, but not a name the cache gives: never deleted
     trainer, stats = counted(lambda: prepare(plan).trainer)
     assert stats == {"hits": 0, "misses": 2}
     assert len(trainer.train_dataset) > 0
-    assert not stale.exists() and (cache_dir(tmp_path) / ".tmp-leftover").is_dir()
+    assert not stale.exists() and (cache_dir(tmp_path) / ".tmp-leftover").is_dir() and foreign.is_dir()
     _, stats = counted(lambda: prepare(plan))
     assert stats == {"hits": 2, "misses": 0}
 

@@ -106,7 +106,8 @@ def hardware() -> dict:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     return {
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        # the CPUs this process may use (Slurm and cgroups restrict the affinity), not the machine's total
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpus": gpus,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
     }

@@ -86,6 +86,22 @@ def publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
+def write_model_dir(out: Path, model, tokenizer, record_file: str, record_of) -> dict:
+    """Model (safetensors), tokenizer and a JSON record, written in a staging directory and moved to `out` in
+    one rename: a failure leaves nothing at `out`. `record_of(staged_dir)` runs once the files are there."""
+    tmp = staging(out)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = record_of(tmp)
+        outputs.write_json(tmp / record_file, record)
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**record, "output_dir": str(out)}
+
+
 def merge(run_dir: Path, out: Path | None) -> dict:
     from .inference import saved_tokenizer
 
@@ -96,15 +112,6 @@ def merge(run_dir: Path, out: Path | None) -> dict:
                                               "no adapter to merge", "load RUN_DIR with from_pretrained as it is")])
     out = free_output(out or run_dir.with_name(run_dir.name + "-merged"))
     model, note = merged_model(run_dir, plan)
-    tmp = staging(out)
-    try:
-        model.save_pretrained(tmp)  # safetensors
-        saved_tokenizer(plan, run_dir, "RUN_DIR").save_pretrained(tmp)
-        record = {"from": str(run_dir), "note": note, "dtype": str(model.dtype).removeprefix("torch."),
-                  "parameters": sum(p.numel() for p in model.parameters()), "created_at": outputs.now()}
-        outputs.write_json(tmp / "merge.json", record)
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {**record, "output_dir": str(out)}
+    record = {"from": str(run_dir), "note": note, "dtype": str(model.dtype).removeprefix("torch."),
+              "parameters": sum(p.numel() for p in model.parameters()), "created_at": outputs.now()}
+    return write_model_dir(out, model, saved_tokenizer(plan, run_dir, "RUN_DIR"), "merge.json", lambda _: record)

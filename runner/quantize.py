@@ -7,11 +7,10 @@ its metrics on the full-precision and on the quantized model, measured by the sa
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from . import outputs
-from .merge import free_output, merged_model, publish, read_run, staging
+from .merge import free_output, merged_model, read_run, write_model_dir
 
 GIB = 1024 ** 3
 
@@ -36,24 +35,18 @@ def quantize(run_dir: Path, bits: int, out: Path | None) -> dict:
     before = {"dtype": dtype, "memory_bytes": model.get_memory_footprint(), "disk_bytes": tensor_bytes(model)}
     quantized = quantize_random(_unwrapped_copy(model), {"quantization": bnb_settings(bits, dtype)})
     measured = measure_both(plan, run_dir, model, quantized)
-    tmp = staging(out)
-    try:
-        quantized.save_pretrained(tmp)
-        saved_tokenizer(plan, run_dir, "RUN_DIR").save_pretrained(tmp)
+
+    def record_of(staged: Path) -> dict:
         after = {"dtype": f"bnb {bits}-bit", "memory_bytes": quantized.get_memory_footprint(),
-                 "disk_bytes": sum(f.stat().st_size for f in tmp.glob("*.safetensors"))}
-        record = {"from": str(run_dir), "bits": bits, "source": note, "before": before, "after": after,
-                  "disk_ratio": round(after["disk_bytes"] / before["disk_bytes"], 4),
-                  "memory_ratio": round(after["memory_bytes"] / before["memory_bytes"], 4),
-                  "metrics": measured, "created_at": outputs.now(),
-                  "notes": ["disk before: the full-precision model's tensors as safetensors would store them; "
-                            "after: the .safetensors files written"]}
-        outputs.write_json(tmp / "quantize.json", record)
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {**record, "output_dir": str(out)}
+                 "disk_bytes": sum(f.stat().st_size for f in staged.glob("*.safetensors"))}
+        return {"from": str(run_dir), "bits": bits, "source": note, "before": before, "after": after,
+                "disk_ratio": round(after["disk_bytes"] / before["disk_bytes"], 4),
+                "memory_ratio": round(after["memory_bytes"] / before["memory_bytes"], 4),
+                "metrics": measured, "created_at": outputs.now(),
+                "notes": ["disk before: the full-precision model's tensors as safetensors would store them; "
+                          "after: the .safetensors files written"]}
+
+    return write_model_dir(out, quantized, saved_tokenizer(plan, run_dir, "RUN_DIR"), "quantize.json", record_of)
 
 
 def tensor_bytes(model) -> int:

@@ -21,11 +21,13 @@ PREFLIGHT_TIMEOUT_S = 300.0  # generous: the first collective also sets up the t
 
 
 def fingerprint(plan: dict) -> dict:
-    """What must agree across ranks: the resolved recipe, the runner version and the library versions."""
+    """What must agree across ranks: the resolved recipe, the settings each rank decided for its machine
+    (fast defaults: a rank with another GPU or without a kernel decides otherwise), the runner and library versions."""
+    from .fast import decided_values
     from .outputs import versions
 
-    return {"recipe": _sha256(plan["recipe"]), "runner": __version__, "libraries": _sha256(versions()),
-            "host": socket.gethostname()}
+    return {"recipe": _sha256(plan["recipe"]), "decisions": _sha256(decided_values(plan)), "runner": __version__,
+            "libraries": _sha256(versions()), "host": socket.gethostname()}
 
 
 def _sha256(obj) -> str:
@@ -36,7 +38,9 @@ def preflight(plan: dict, state, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None
     """On every rank, before the model loads; a single process has nothing to compare."""
     if state.num_processes == 1:
         return
-    mine = {**fingerprint(plan), "doc": plan["recipe"]}
+    from .fast import decided_values
+
+    mine = {**fingerprint(plan), "doc": plan["recipe"], "decided": decided_values(plan)}
     found = within(timeout_s, lambda: _smoke_test_and_gather(mine, state),
                    f"the collective smoke test (all_reduce across {state.num_processes} processes) did not complete "
                    f"in {timeout_s:.0f} s: a rank is stuck or the network between the nodes is blocked "
@@ -91,6 +95,9 @@ def mismatches(found: list[dict]) -> list[Problem]:
         ("libraries", "library versions (torch, transformers, trl, ...)", "use the same environment on every node"),
         ("recipe", "recipe (after extends, --set and path resolution)", "every node must read the same recipe file and data paths (a shared "
                                       "filesystem, the same path), with the same --set overrides"),
+        ("decisions", "set of launch-time decisions for the recipe's null fields (fast defaults)",
+         "the nodes differ (GPU kind or memory, installed kernels, CPUs): set these fields in the recipe so every "
+         "rank uses the same value"),
     ):
         differ = [rank for rank, other in enumerate(found) if other[key] != reference[key]]
         if not differ:
@@ -100,6 +107,11 @@ def mismatches(found: list[dict]) -> list[Problem]:
         if key == "recipe":
             fields = sorted({f for rank in differ for f in _differing(reference["doc"], found[rank]["doc"])})
             detail = f"; differing fields: {', '.join(fields[:10])}" if fields else ""
+        elif key == "decisions":  # {JSON path: value}
+            detail = "; " + ", ".join(f"{path}: {found[rank]['decided'].get(path)!r} on rank {rank} vs "
+                                      f"{reference['decided'].get(path)!r}"
+                                      for rank in differ for path in sorted(reference["decided"].keys() | found[rank]["decided"].keys())
+                                      if found[rank]["decided"].get(path) != reference["decided"].get(path))
         elif key == "runner":
             detail = f" ({found[differ[0]]['runner']} vs {reference['runner']})"
         problems.append(Problem("/", f"rank(s) {where} resolved a different {what} than rank 0 "
@@ -113,6 +125,32 @@ def _differing(old, new, path: str = "") -> list[str]:
         return [p for key in sorted(old.keys() | new.keys()) for p in _differing(old.get(key), new.get(key),
                                                                                   f"{path}/{key}")]
     return [] if old == new else [path]
+
+
+# Accelerate's distributed types each engine the launch environment asks for (runner/topology.py) may get;
+# "MULTI_" covers DDP on any device (MULTI_GPU, MULTI_CPU, MULTI_XPU, ...), also in a one-process launch.
+ENGINE_TYPES = {"single": ("NO", "MULTI_"), "ddp": ("MULTI_",), "deepspeed": ("DEEPSPEED",), "fsdp": ("FSDP",)}
+CONFIG_HINT = ("on a machine without GPUs use accelerate_configs/multi_gpu.yaml (DDP over gloo) or a DeepSpeed "
+               "config; FSDP needs GPUs")
+
+
+def check_engine(topology: dict, gpus: int, distributed_type: str | None = None) -> None:
+    """The engine the launch asked for is the one Accelerate set up.
+
+    Accelerate 1.15 turns FSDP on only for GPU process groups: launched with an FSDP config on a machine without
+    GPUs it trains with plain DDP, every process holding the whole model, and says nothing. Refused before the
+    model loads (`distributed_type` None), and once more against the trainer's Accelerator after it is built.
+    """
+    engine = topology["engine"]
+    if distributed_type is None:
+        if engine == "fsdp" and not gpus:
+            raise RecipeError([Problem("distributed_type", "the launch asked for FSDP, but this machine has no GPU: "
+                                       "Accelerate would silently train with plain DDP instead", CONFIG_HINT)])
+        return
+    actual = str(distributed_type).rsplit(".", 1)[-1]
+    if not actual.startswith(ENGINE_TYPES[engine]):
+        raise RecipeError([Problem("distributed_type", f"the launch asked for {engine} ({topology['world_size']} "
+                                   f"process(es)), but Accelerate set up {actual}", CONFIG_HINT)])
 
 
 def shard_bounds(count: int, rank: int, world: int) -> tuple[int, int]:

@@ -52,12 +52,14 @@ def prepare(plan: dict) -> Prepared:
     # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True.
     state = PartialState(cpu=not hw["gpus"])
     hw["world_size"] = state.num_processes
-    distributed.preflight(plan, state)  # every rank resolved the same recipe, and collectives work
+    distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
+    plan = fast.resolve(plan, hw, show=state.is_main_process)  # the null settings, decided for this machine
+    # every rank resolved the same recipe and decided the same settings, and collectives work
+    distributed.preflight(plan, state)
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
     outputs.check_run_dir(plan["output_dir"], if_exists)
     resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
-    plan = fast.resolve(plan, hw, show=state.is_main_process)  # the null settings, decided for this machine
     if resume_from is not None and (run_dir / "plan.json").is_file():  # a resumed run keeps its first decisions
         fast.check_same_decisions(plan, json.loads((run_dir / "plan.json").read_text()))
 
@@ -74,6 +76,7 @@ def prepare(plan: dict) -> Prepared:
     if keep_base and plan["model"].get("quantization"):
         model = models.quantize_random(model, plan["model"])
     trainer = build_trainer(plan, model, tokenizer, splits, hw)
+    distributed.check_engine(plan["topology"], len(hw["gpus"]), trainer.accelerator.distributed_type)
     marker, watcher = resume.checkpoint_callbacks(plan["recipe"])
     trainer.add_callback(marker)
     trainer.add_callback(watcher)

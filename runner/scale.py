@@ -19,7 +19,7 @@ OFFLOAD_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # what DeepSpeed's CP
 
 def check_topology(doc: dict, topology: Topology) -> list[Problem]:
     """Combinations that are known to fail (or silently do the wrong thing) on this topology, with the reason."""
-    return _check_quantized(doc, topology) + _check_offload(doc, topology)
+    return _check_quantized(doc, topology) + _check_offload(doc, topology) + _check_zero3_save(topology)
 
 
 def _shards_weights(topology: Topology) -> str | None:
@@ -61,6 +61,18 @@ def _check_offload(doc: dict, topology: Topology) -> list[Problem]:
                         "set optim to adamw_torch (its learning rate, betas, epsilon and weight decay apply), "
                         "or use a config without offload_optimizer")]
     return []
+
+
+def _check_zero3_save(topology: Topology) -> list[Problem]:
+    """Without the 16-bit gather, transformers' save_model under ZeRO-3 writes an empty state dict plus DeepSpeed's
+    own shards: a run directory from_pretrained cannot load (the "partial save" users report)."""
+    if topology.engine != "deepspeed" or topology.zero_stage != 3 or topology.zero3_save_16bit_model is not False:
+        return []
+    return [Problem("zero_optimization.stage3_gather_16bit_weights_on_model_save",
+                    "ZeRO-3 without the 16-bit gather on save: the run would end with DeepSpeed shards and no model "
+                    "weights that from_pretrained loads (transformers saves an empty state dict in that case)",
+                    'set "stage3_gather_16bit_weights_on_model_save": true in the DeepSpeed JSON (or '
+                    "zero3_save_16bit_model: true in the Accelerate YAML), as accelerate_configs/deepspeed/zero3.json does")]
 
 
 def batch_arithmetic(doc: dict, topology: Topology) -> dict:

@@ -20,6 +20,8 @@ class Topology:
     zero_stage: int | None = None  # DeepSpeed ZeRO stage, when engine == "deepspeed"
     offload_optimizer: bool = False
     offload_params: bool = False
+    # DeepSpeed only: whether save_model gathers the shards into one 16-bit model (ZeRO-3 needs it for a whole save)
+    zero3_save_16bit_model: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,27 +49,37 @@ def from_accelerate_config(path: str, world_size: int | None = None, num_machine
     machines = num_machines or int(config.get("num_machines") or 1)
     engine = ENGINES[kind] if size > 1 or kind in ("DEEPSPEED", "FSDP") else "single"
     if engine == "deepspeed":
-        return Topology(size, machines, engine, **_deepspeed_settings(config.get("deepspeed_config") or {}, path))
+        section = config.get("deepspeed_config") or {}
+        return Topology(size, machines, engine,
+                        **_deepspeed_settings(section, path, _true(section.get("zero3_save_16bit_model"))))
     if engine == "fsdp":
         offload = _true((config.get("fsdp_config") or {}).get("fsdp_offload_params"))
         return Topology(size, machines, engine, offload_params=offload)
     return Topology(size, machines, engine)
 
 
-def _deepspeed_settings(section: dict, yaml_path: str) -> dict:
-    """ZeRO stage and offloads, from the DeepSpeed JSON the YAML names or from the YAML itself."""
+def _deepspeed_settings(section: dict, yaml_path: str, save_16bit: bool) -> dict:
+    """ZeRO stage, offloads and the 16-bit gather on save, from the DeepSpeed JSON the YAML names or from the YAML.
+
+    `save_16bit`: Accelerate's zero3_save_16bit_model (YAML or environment, default false), which fills an "auto"
+    gather setting in the JSON; a JSON without the key gets DeepSpeed's default, false.
+    """
     named = section.get("deepspeed_config_file")
     if named:
         file = deepspeed_file(named, yaml_path)
         if file is None:
             raise ValueError(f"{yaml_path} names deepspeed_config_file {named}, which does not exist")
         zero = json.loads(file.read_text()).get("zero_optimization", {})
+        gather = zero.get("stage3_gather_16bit_weights_on_model_save",
+                          zero.get("stage3_gather_fp16_weights_on_model_save", False))  # the older name
         return {"zero_stage": int(zero.get("stage", 0)),
                 "offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none") != "none",
-                "offload_params": (zero.get("offload_param") or {}).get("device", "none") != "none"}
+                "offload_params": (zero.get("offload_param") or {}).get("device", "none") != "none",
+                "zero3_save_16bit_model": save_16bit if gather == "auto" else _true(gather)}
     return {"zero_stage": int(section.get("zero_stage", 0)),
             "offload_optimizer": str(section.get("offload_optimizer_device", "none")).lower() != "none",
-            "offload_params": str(section.get("offload_param_device", "none")).lower() != "none"}
+            "offload_params": str(section.get("offload_param_device", "none")).lower() != "none",
+            "zero3_save_16bit_model": save_16bit}
 
 
 def deepspeed_file(named: str, yaml_path: str) -> Path | None:
@@ -91,13 +103,14 @@ def from_environment(env=None) -> Topology:
     machines = max(1, size // local) if local else 1
     if _true(env.get("ACCELERATE_USE_DEEPSPEED")):
         config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        save_16bit = _true(env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"))
         if config_file and config_file != "None" and Path(config_file).is_file():
-            settings = _deepspeed_settings({"deepspeed_config_file": config_file}, config_file)
+            settings = _deepspeed_settings({"deepspeed_config_file": config_file}, config_file, save_16bit)
         else:
             settings = _deepspeed_settings({
                 "zero_stage": env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"),
                 "offload_optimizer_device": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
-                "offload_param_device": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")}, "")
+                "offload_param_device": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")}, "", save_16bit)
         return Topology(size, machines, "deepspeed", **settings)
     if _true(env.get("ACCELERATE_USE_FSDP")):
         return Topology(size, machines, "fsdp", offload_params=_true(env.get("FSDP_OFFLOAD_PARAMS")))

@@ -42,6 +42,17 @@ def record_answers() -> list:
     return calls
 
 
+def engine(trainer) -> dict:
+    """Which engine really held the weights: Accelerate's distributed type and how many parameters this rank
+    holds as shards (FSDP2 DTensors, ZeRO-3 partitions) rather than whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(trainer.model.parameters())
+    return {"distributed_type": str(trainer.accelerator.distributed_type),
+            "sharded_params": sum(isinstance(p, DTensor) or hasattr(p, "ds_id") and p.numel() == 0 for p in params),
+            "params": len(params)}
+
+
 def probe(recipe: str, out: Path) -> int:
     from runner.plan import build_plan
     from runner.recipe import load_recipe
@@ -58,7 +69,8 @@ def probe(recipe: str, out: Path) -> int:
     answers = record_answers()
     manifest = train(prepared.plan, prepared, ["rank_probe"])
     (out / f"rank{rank}.json").write_text(json.dumps({"world_size": world, "seen": seen, "dataset": dataset,
-                                                      "status": manifest["status"], "answers": answers}))
+                                                      "status": manifest["status"], "answers": answers,
+                                                      "engine": engine(prepared.trainer)}))
     return 0
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -41,9 +42,10 @@ CONFIGS = ROOT / "accelerate_configs"
     ("single_gpu", Topology(1, 1, "single")),
     ("multi_gpu", Topology(2, 1, "ddp")),
     ("multi_node_ddp", Topology(16, 2, "ddp")),
-    ("deepspeed_zero2", Topology(2, 1, "deepspeed", 2)),
-    ("deepspeed_zero3", Topology(2, 1, "deepspeed", 3)),
-    ("deepspeed_zero3_offload", Topology(2, 1, "deepspeed", 3, offload_optimizer=True, offload_params=True)),
+    ("deepspeed_zero2", Topology(2, 1, "deepspeed", 2, zero3_save_16bit_model=False)),
+    ("deepspeed_zero3", Topology(2, 1, "deepspeed", 3, zero3_save_16bit_model=True)),
+    ("deepspeed_zero3_offload", Topology(2, 1, "deepspeed", 3, offload_optimizer=True, offload_params=True,
+                                         zero3_save_16bit_model=True)),
     ("fsdp2", Topology(2, 1, "fsdp")),
 ])
 def test_every_shipped_config_parses_to_its_topology(name, expected):
@@ -69,9 +71,9 @@ def test_topology_from_the_launch_environment():
     assert from_environment({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}) == Topology(16, 2, "ddp")
     env = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "ACCELERATE_USE_DEEPSPEED": "true",
            "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(CONFIGS / "deepspeed" / "zero3_offload.json")}
-    assert from_environment(env) == Topology(4, 1, "deepspeed", 3, True, True)
+    assert from_environment(env) == Topology(4, 1, "deepspeed", 3, True, True, zero3_save_16bit_model=True)
     env = {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
-    assert from_environment(env) == Topology(2, 1, "deepspeed", 2)
+    assert from_environment(env) == Topology(2, 1, "deepspeed", 2, zero3_save_16bit_model=False)
     env = {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}
     assert from_environment(env) == Topology(8, 1, "fsdp", offload_params=True)
 
@@ -86,7 +88,7 @@ def test_plan_for_a_world_size_shows_the_global_batch_and_steps_per_epoch(tmp_pa
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["topology"] == {"world_size": 4, "num_machines": 1, "engine": "deepspeed", "zero_stage": 3,
-                                "offload_optimizer": False, "offload_params": False}
+                                "offload_optimizer": False, "offload_params": False, "zero3_save_16bit_model": True}
     batch = plan["batch"]
     assert batch["global_batch_size"] == 32 and batch["per_device_train_batch_size"] == 4
     # 100 rows / 4 processes / 4 per device = 7 batches per process (25 rows, the last batch partial);
@@ -136,6 +138,42 @@ def test_only_adamw_is_accepted_with_an_offloaded_optimizer():
     assert scale.check_topology(_doc(optim="adamw_torch"), offload) == []
     assert scale.check_topology(_doc(optim="adamw_torch_fused"), offload) == []
     assert scale.check_topology(_doc(optim="paged_adamw_8bit"), ZERO3) == []
+
+
+def _zero3_yaml(folder, zero: dict, yaml_extra: str = "") -> Path:
+    """A user's own ZeRO-3 setup: an Accelerate YAML naming a DeepSpeed JSON beside it."""
+    write_json(folder / "ds.json", {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3, **zero}})
+    (folder / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
+                                    f"deepspeed_config:\n  deepspeed_config_file: {folder / 'ds.json'}\n{yaml_extra}"
+                                    "num_processes: 2\n")
+    return folder / "ds.yaml"
+
+
+@pytest.mark.parametrize("zero, yaml_extra, whole", [
+    ({"stage3_gather_16bit_weights_on_model_save": True}, "", True),
+    ({"stage3_gather_fp16_weights_on_model_save": True}, "", True),  # DeepSpeed's older name
+    ({"stage3_gather_16bit_weights_on_model_save": False}, "", False),
+    ({}, "", False),  # DeepSpeed's default is off
+    ({"stage3_gather_16bit_weights_on_model_save": "auto"}, "", False),  # Accelerate fills auto: its default, off
+    ({"stage3_gather_16bit_weights_on_model_save": "auto"}, "  zero3_save_16bit_model: true\n", True),
+])
+def test_zero3_without_the_16bit_gather_on_save_is_refused(tmp_path, zero, yaml_extra, whole):
+    topology = from_accelerate_config(str(_zero3_yaml(tmp_path, zero, yaml_extra)))
+    assert topology.zero3_save_16bit_model is whole
+    problems = scale.check_topology(_doc(), topology)
+    assert [p.path for p in problems] == ([] if whole else ["zero_optimization.stage3_gather_16bit_weights_on_model_save"])
+    env = {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "ds.json"),
+           "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true" if yaml_extra else "false"}
+    assert from_environment(env).zero3_save_16bit_model is whole  # what a launched rank reads
+
+
+def test_a_partial_zero3_save_is_refused_by_plan_before_launch(tmp_path, recipe_file):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
+    path = recipe_file(base_recipe(tmp_path))
+    result = cli("plan", str(path), "--accelerate-config", str(_zero3_yaml(tmp_path, {})))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "zero_optimization.stage3_gather_16bit_weights_on_model_save: ZeRO-3 without the 16-bit gather" in result.stderr
+    assert "true in the DeepSpeed JSON" in result.stderr
 
 
 def test_refusals_reach_the_plan(tmp_path, recipe_file):
@@ -260,7 +298,8 @@ def test_slurm_script_runs_two_one_process_nodes_with_a_fake_srun(tmp_path, reci
 
 
 def test_mismatching_ranks_are_named_with_the_fields_they_differ_in():
-    base = {"recipe": "a", "runner": "0.1", "libraries": "l", "host": "n0", "doc": {"training": {"seed": 1}}}
+    base = {"recipe": "a", "decisions": "d", "runner": "0.1", "libraries": "l", "host": "n0",
+            "doc": {"training": {"seed": 1}}, "decided": {}}
     other = {**base, "recipe": "b", "host": "n1", "doc": {"training": {"seed": 2}}}
     assert distributed.mismatches([base, dict(base)]) == []
     problems = distributed.mismatches([base, dict(base), other, {**other, "runner": "0.2"}])
@@ -268,6 +307,23 @@ def test_mismatching_ranks_are_named_with_the_fields_they_differ_in():
     assert messages[0].startswith("rank(s) 3 (n1) resolved a different runner version than rank 0 (n0) (0.2 vs 0.1)")
     assert messages[1].startswith("rank(s) 2 (n1), 3 (n1) resolved a different recipe (after extends, --set and path resolution) than rank 0")
     assert "differing fields: /training/seed" in messages[1]
+
+
+def test_ranks_whose_machines_decide_other_fast_defaults_are_named(tmp_path, recipe_file):
+    """A node with a smaller GPU or fewer CPUs decides other values for the recipe's null settings: refused, not
+    trained with per-rank batch shapes or dtypes."""
+    from runner import fast
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path))))
+    machine = {"gpus": 8, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 64, "varlen": True, "liger": False}
+    ranks = [fast.apply(plan, fast.decide(plan, m)) for m in (machine, machine, {**machine, "cpus": 16})]
+    found = [{**distributed.fingerprint(p), "doc": p["recipe"], "decided": fast.decided_values(p)} for p in ranks]
+    assert found[0]["recipe"] == found[2]["recipe"] and found[0]["decisions"] != found[2]["decisions"]
+    [problem] = distributed.mismatches(found)
+    assert problem.message.startswith("rank(s) 2 (") and "decided a different value" not in problem.message
+    assert "/training/dataloader_num_workers: 0 on rank 2 vs 4" in problem.message
+    assert "set these fields in the recipe" in problem.hint
 
 
 def test_a_collective_that_never_completes_stops_instead_of_hanging():
@@ -311,6 +367,9 @@ EVALUATION = {"metrics": ["loss", "exact_match"], "baseline": True, "max_example
 # weights within 2.2e-5, 2.2e-5, 7.1e-5.
 # The bug this catches (DDP ranks training unsynchronised copies) moved the loss by 1.4% at step 2.
 LOSS_RTOL = 1e-3
+# ZeRO-3 leaves parameters below stage3_param_persistence_threshold ("auto": 10 x hidden) whole on every rank: the
+# tiny model's norm weights (2 per layer x 3 layers + the final one)
+NORMS_KEPT_WHOLE = 7
 WEIGHT_TOLERANCE = 2e-3
 
 
@@ -366,6 +425,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(config, tmp_pat
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
+    engine = ranks[0]["engine"]  # the engine really held the weights: ZeRO-3 partitions them, DDP / ZeRO-2 do not
+    assert engine["distributed_type"] == ("DistributedType.MULTI_CPU" if config == "multi_gpu" else "DistributedType.DEEPSPEED")
+    assert engine["sharded_params"] == (engine["params"] - NORMS_KEPT_WHOLE if "zero3" in config else 0), engine
     assert result.stdout.count("finished in") == 1, "only the main process reports and writes"
 
     # every training example exactly once per epoch, across the two ranks
@@ -398,6 +460,38 @@ def test_two_processes_train_like_one_with_the_same_global_batch(config, tmp_pat
     prompts = [prompt_completion(row, tokenizer)[0] for row in ROWS[32:37]]
     assert generate(model, tokenizer, prompts, {**EVALUATION["generation"], "do_sample": False, "num_beams": 1}) \
         == ranks[0]["answers"][-1]
+
+
+def test_the_engine_accelerate_set_up_must_be_the_one_launched():
+    fsdp, ddp = Topology(2, 1, "fsdp").to_dict(), Topology(2, 1, "ddp").to_dict()
+    with pytest.raises(RecipeError) as err:
+        distributed.check_engine(fsdp, gpus=0)
+    assert "asked for FSDP, but this machine has no GPU" in err.value.render()
+    distributed.check_engine(fsdp, gpus=8)
+    distributed.check_engine(fsdp, gpus=8, distributed_type="DistributedType.FSDP")
+    with pytest.raises(RecipeError) as err:
+        distributed.check_engine(fsdp, gpus=8, distributed_type="DistributedType.MULTI_GPU")
+    assert "asked for fsdp (2 process(es)), but Accelerate set up MULTI_GPU" in err.value.render()
+    distributed.check_engine(ddp, gpus=0, distributed_type="DistributedType.MULTI_CPU")
+    distributed.check_engine(Topology().to_dict(), gpus=1, distributed_type="DistributedType.NO")
+    with pytest.raises(RecipeError):
+        distributed.check_engine(Topology(2, 1, "deepspeed", 3).to_dict(), gpus=2, distributed_type="MULTI_GPU")
+
+
+@pytest.mark.slow
+def test_fsdp_launched_on_a_machine_without_gpus_is_refused_not_run_as_ddp(tmp_path):
+    """Accelerate 1.15 would train this with plain DDP over gloo and say nothing (checked: MULTI_CPU, whole weights)."""
+    _engine_recipe(tmp_path, PER_DEVICE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                             *launch.launcher_args(CONFIGS / "fsdp2.yaml", 2, 1), "--main_process_port", str(free_port()),
+                             "-m", "runner", "run", str(tmp_path / "recipe.json")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "distributed_type: the launch asked for FSDP, but this machine has no GPU" in result.stderr
+    assert result.stderr.count("exitcode  : 2") == 2  # each rank exits 2; the traceback printed is torchrun's own
+    assert str(ROOT / "runner") not in result.stderr, "no traceback through the runner"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

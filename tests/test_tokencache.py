@@ -145,8 +145,10 @@ def test_data_content_tokenizer_chat_template_and_versions_are_in_the_key(tmp_pa
 
 def test_settings_that_do_not_shape_the_data_still_hit(tmp_path):
     plan = plan_of(tmp_path, recipe_for(tmp_path))
-    other = plan_of(tmp_path, recipe_for(tmp_path, training={"learning_rate": 0.1, "max_steps": 3},
+    other = plan_of(tmp_path, recipe_for(tmp_path, training={"learning_rate": 0.1, "max_steps": 3,
+                                                             "pad_to_multiple_of": 64, "use_liger_kernel": False},
                                          output={"dir": str(tmp_path / "elsewhere")}), "other.json")
+    assert other["trainer"]["config"]["pad_to_multiple_of"] == 64 != plan["trainer"]["config"]["pad_to_multiple_of"]
     assert train_key(plan) == train_key(other)
 
 

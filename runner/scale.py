@@ -22,15 +22,9 @@ def check_topology(doc: dict, topology: Topology) -> list[Problem]:
     return _check_quantized(doc, topology) + _check_offload(doc, topology) + _check_zero3_save(topology)
 
 
-def _shards_weights(topology: Topology) -> str | None:
-    if topology.engine == "deepspeed" and topology.zero_stage == 3:
-        return "DeepSpeed ZeRO-3"
-    return "FSDP" if topology.engine == "fsdp" else None
-
-
 def _check_quantized(doc: dict, topology: Topology) -> list[Problem]:
     quant = doc["model"]["quantization"]
-    engine = _shards_weights(topology)
+    engine = topology.shards_weights
     if engine is None or quant["method"] == "none":
         return []
     if quant["method"] == "bnb_8bit":
@@ -48,6 +42,14 @@ def _check_quantized(doc: dict, topology: Topology) -> list[Problem]:
                         "cannot mix uint8 with floats",
                         f"set bnb_4bit_quant_storage and bnb_4bit_compute_dtype to '{wanted}'"
                         + ("" if dtype in (None, "auto", wanted) else f" and model.dtype to '{wanted}'"))]
+    if doc.get("peft", {}).get("use_dora"):
+        # TRL casts a quantized model's LoRA A/B to bf16 but keeps DoRA's magnitude in fp32: ZeRO-3 then fails on
+        # mixed trainable dtypes (fp32 base) or on DoRA reading a partitioned 4-bit weight (bf16 base), both seen
+        # with 2 CPU processes; FSDP2's reduce-scatter asserts one gradient dtype (torch 2.13 source).
+        return [Problem("/peft/use_dora", f"DoRA on a 4-bit base fails under {engine}: its magnitude vector stays "
+                                          "fp32 while TRL casts the LoRA matrices to bf16, and DoRA reads the whole "
+                                          "quantized weight, which the engine has split across processes",
+                        "set use_dora to false (plain QLoRA works under this engine), or use DDP / ZeRO-2")]
     return []
 
 

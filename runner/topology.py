@@ -26,6 +26,13 @@ class Topology:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def shards_weights(self) -> str | None:
+        """The engine's name when it splits the weights themselves across processes (ZeRO-3, FSDP), else None."""
+        if self.engine == "deepspeed" and self.zero_stage == 3:
+            return "DeepSpeed ZeRO-3"
+        return "FSDP" if self.engine == "fsdp" else None
+
 
 # --- where a topology comes from: an Accelerate config file, or the launcher's environment -----
 

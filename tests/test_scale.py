@@ -131,6 +131,49 @@ def test_qlora_under_sharded_weights_needs_a_float_quant_storage():
     assert eight_bit[0].path == "/model/quantization/method" and "cannot be sharded by FSDP" in eight_bit[0].message
 
 
+def test_dora_on_a_4bit_base_is_refused_where_the_weights_are_sharded():
+    qlora = {"method": "bnb_4bit", "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "float32"}
+    doc = {**_doc(qlora), "peft": {"method": "lora", "use_dora": True}}
+    for topology in (ZERO3, FSDP):
+        [problem] = scale.check_topology(doc, topology)
+        assert problem.path == "/peft/use_dora" and "DoRA on a 4-bit base fails under" in problem.message
+    assert scale.check_topology(doc, Topology(8, 1, "deepspeed", 2)) == []
+    assert scale.check_topology({**doc, "peft": {"method": "lora", "use_dora": False}}, ZERO3) == []
+    assert scale.check_topology({**_doc(), "peft": {"method": "lora", "use_dora": True}}, ZERO3) == []  # no 4-bit base
+
+
+@pytest.mark.slow
+def test_qlora_trains_under_zero3_with_two_processes(tmp_path):
+    """Sharded QLoRA: the 4-bit base (float32 storage = compute dtype, as the plan requires) split by ZeRO-3 across
+    2 CPU processes; the adapter trains, is saved whole, and loads onto the kept base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    recipe = {"extends": str(ROOT / "recipes" / "tiny_qlora.json"), "name": "sharded-qlora",
+              "model": {"quantization": {"method": "bnb_4bit", "bnb_4bit_compute_dtype": "float32",
+                                         "bnb_4bit_quant_storage": "float32"}},
+              "peft": {"method": "lora", "r": 8, "lora_alpha": 16, "use_dora": False},
+              "training": {"max_steps": 12, "per_device_train_batch_size": 8, "logging_steps": 1},
+              "output": {"dir": str(tmp_path / "run")}}
+    write_json(tmp_path / "recipe.json", recipe)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                             *launch.launcher_args(CONFIGS / "deepspeed_zero3.yaml", 2, 1),
+                             "--main_process_port", str(free_port()), "-m", "runner", "run", str(tmp_path / "recipe.json")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert run["hardware"]["world_size"] == 2 and plan["topology"]["zero_stage"] == 3
+    losses = [h["loss"] for h in run["history"] if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5, losses
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model"),
+                                      tmp_path / "run")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: every one was trained and saved
+
+
 def test_only_adamw_is_accepted_with_an_offloaded_optimizer():
     offload = Topology(8, 1, "deepspeed", 3, offload_optimizer=True, offload_params=True)
     for optim in ("paged_adamw_8bit", "adafactor", "sgd"):

@@ -5,7 +5,8 @@
 Each side runs as its own process, as a user runs it. Measured from the outside, identically for
 both: wall time, time from process start to the first logged step (the `{'loss': ...}` line that
 `logging_first_step` prints), and transformers' own `train_samples_per_second` (same data and
-steps on both sides, so the samples/s ratio is the tokens/s ratio).
+steps on both sides, so the samples/s ratio is the tokens/s ratio). On a machine with a GPU both sides
+train on it: the recipe pins every launch-time fast default to the plain script's settings.
 """
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def measure(command: list[str]) -> dict:
     return {"wall_s": time.perf_counter() - start, "first_step_s": first_step, "samples_per_s": samples}
 
 
+def machine() -> dict:
+    import torch  # both sides train on the GPU when there is one (the recipe pins the fast defaults to the plain script's)
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -62,7 +70,7 @@ def main() -> None:
                for side, results in runs.items()}
     ratio = summary["runner"]["samples_per_s"] / summary["plain_trl"]["samples_per_s"]
     extra = summary["runner"]["first_step_s"] - summary["plain_trl"]["first_step_s"]
-    record = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "rounds": args.rounds,
+    record = {"machine": machine(), "rounds": args.rounds,
               "runs": runs, "median": summary, "throughput_ratio": ratio, "extra_time_to_first_step_s": extra}
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)

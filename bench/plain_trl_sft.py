@@ -29,7 +29,6 @@ args = SFTConfig(
     save_strategy="no",
     report_to="none",
     bf16=False,
-    use_cpu=True,
     activation_checkpointing=False,
     optim="adamw_torch",
     seed=42,

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from . import deepspeed_json
 from .errors import Problem
 from .topology import Topology
 
@@ -19,7 +20,8 @@ OFFLOAD_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # what DeepSpeed's CP
 
 def check_topology(doc: dict, topology: Topology) -> list[Problem]:
     """Combinations that are known to fail (or silently do the wrong thing) on this topology, with the reason."""
-    return _check_quantized(doc, topology) + _check_offload(doc, topology) + _check_zero3_save(topology)
+    return (_check_quantized(doc, topology) + _check_offload(doc, topology) + _check_zero3_save(topology)
+            + deepspeed_json.check(doc, topology))
 
 
 def _check_quantized(doc: dict, topology: Topology) -> list[Problem]:

@@ -22,6 +22,7 @@ class Topology:
     offload_params: bool = False
     # DeepSpeed only: whether save_model gathers the shards into one 16-bit model (ZeRO-3 needs it for a whole save)
     zero3_save_16bit_model: bool | None = None
+    deepspeed_config_file: str | None = None  # the DeepSpeed JSON, checked against the recipe (runner/deepspeed_json.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +83,8 @@ def _deepspeed_settings(section: dict, yaml_path: str, save_16bit: bool) -> dict
         return {"zero_stage": int(zero.get("stage", 0)),
                 "offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none") != "none",
                 "offload_params": (zero.get("offload_param") or {}).get("device", "none") != "none",
-                "zero3_save_16bit_model": save_16bit if gather == "auto" else _true(gather)}
+                "zero3_save_16bit_model": save_16bit if gather == "auto" else _true(gather),
+                "deepspeed_config_file": str(file)}
     return {"zero_stage": int(section.get("zero_stage", 0)),
             "offload_optimizer": str(section.get("offload_optimizer_device", "none")).lower() != "none",
             "offload_params": str(section.get("offload_param_device", "none")).lower() != "none",

@@ -27,7 +27,7 @@ from runner import distributed, launch, scale
 from runner.schema import _fill
 from runner.errors import RecipeError
 from runner.plan import build_plan
-from runner.recipe import load_recipe
+from runner.recipe import load_recipe, thaw
 from runner.resume import COMPLETE, resume_point
 from runner.topology import Topology, from_accelerate_config, from_environment
 from test_cli import cli, free_port
@@ -42,10 +42,13 @@ CONFIGS = ROOT / "accelerate_configs"
     ("single_gpu", Topology(1, 1, "single")),
     ("multi_gpu", Topology(2, 1, "ddp")),
     ("multi_node_ddp", Topology(16, 2, "ddp")),
-    ("deepspeed_zero2", Topology(2, 1, "deepspeed", 2, zero3_save_16bit_model=False)),
-    ("deepspeed_zero3", Topology(2, 1, "deepspeed", 3, zero3_save_16bit_model=True)),
+    ("deepspeed_zero2", Topology(2, 1, "deepspeed", 2, zero3_save_16bit_model=False,
+                                 deepspeed_config_file=str(CONFIGS / "deepspeed" / "zero2.json"))),
+    ("deepspeed_zero3", Topology(2, 1, "deepspeed", 3, zero3_save_16bit_model=True,
+                                 deepspeed_config_file=str(CONFIGS / "deepspeed" / "zero3.json"))),
     ("deepspeed_zero3_offload", Topology(2, 1, "deepspeed", 3, offload_optimizer=True, offload_params=True,
-                                         zero3_save_16bit_model=True)),
+                                         zero3_save_16bit_model=True,
+                                         deepspeed_config_file=str(CONFIGS / "deepspeed" / "zero3_offload.json"))),
     ("fsdp2", Topology(2, 1, "fsdp")),
 ])
 def test_every_shipped_config_parses_to_its_topology(name, expected):
@@ -71,7 +74,8 @@ def test_topology_from_the_launch_environment():
     assert from_environment({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}) == Topology(16, 2, "ddp")
     env = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "ACCELERATE_USE_DEEPSPEED": "true",
            "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(CONFIGS / "deepspeed" / "zero3_offload.json")}
-    assert from_environment(env) == Topology(4, 1, "deepspeed", 3, True, True, zero3_save_16bit_model=True)
+    assert from_environment(env) == Topology(4, 1, "deepspeed", 3, True, True, zero3_save_16bit_model=True,
+                                             deepspeed_config_file=env["ACCELERATE_DEEPSPEED_CONFIG_FILE"])
     env = {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
     assert from_environment(env) == Topology(2, 1, "deepspeed", 2, zero3_save_16bit_model=False)
     env = {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}
@@ -88,7 +92,8 @@ def test_plan_for_a_world_size_shows_the_global_batch_and_steps_per_epoch(tmp_pa
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["topology"] == {"world_size": 4, "num_machines": 1, "engine": "deepspeed", "zero_stage": 3,
-                                "offload_optimizer": False, "offload_params": False, "zero3_save_16bit_model": True}
+                                "offload_optimizer": False, "offload_params": False, "zero3_save_16bit_model": True,
+                                "deepspeed_config_file": str(CONFIGS / "deepspeed" / "zero3.json")}
     batch = plan["batch"]
     assert batch["global_batch_size"] == 32 and batch["per_device_train_batch_size"] == 4
     # 100 rows / 4 processes / 4 per device = 7 batches per process (25 rows, the last batch partial);
@@ -107,10 +112,14 @@ def test_packing_or_hub_data_leave_steps_per_epoch_unknown(tmp_path):
     assert batch["total_steps"] == 5 and batch["global_batch_size"] == 4
 
 
-def _doc(quantization=None, dtype="auto", optim="adamw_torch"):
+QUICKSTART_TRAINING = thaw(load_recipe(str(ROOT / "recipes" / "quickstart.json"))["training"])
+
+
+def _doc(quantization=None, dtype="auto", optim="adamw_torch", **training):
     quantization = copy.deepcopy(quantization or {"method": "none"})
     _fill(quantization, {"$ref": "#/$defs/quantization"})  # the schema's defaults, as a loaded recipe has them
-    return {"model": {"dtype": dtype, "quantization": quantization}, "training": {"optim": optim}}
+    return {"model": {"dtype": dtype, "quantization": quantization},
+            "training": {**QUICKSTART_TRAINING, "optim": optim, **training}}
 
 
 ZERO3, FSDP = Topology(8, 1, "deepspeed", 3), Topology(8, 1, "fsdp")
@@ -217,6 +226,69 @@ def test_a_partial_zero3_save_is_refused_by_plan_before_launch(tmp_path, recipe_
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "zero_optimization.stage3_gather_16bit_weights_on_model_save: ZeRO-3 without the 16-bit gather" in result.stderr
     assert "true in the DeepSpeed JSON" in result.stderr
+
+
+def _user_deepspeed(folder, **sections) -> Topology:
+    config = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+              "zero_optimization": {"stage": 2}, **sections}
+    write_json(folder / "ds.json", config)
+    return Topology(2, 1, "deepspeed", 2, zero3_save_16bit_model=False, deepspeed_config_file=str(folder / "ds.json"))
+
+
+def test_a_users_deepspeed_values_that_transformers_would_reject_at_the_first_step_are_found_by_plan(tmp_path):
+    doc = _doc(per_device_train_batch_size=32, learning_rate=2e-3)
+    assert scale.check_topology(doc, _user_deepspeed(tmp_path)) == []
+    topology = _user_deepspeed(tmp_path, train_micro_batch_size_per_gpu=3, train_batch_size=64, gradient_clipping=1.0,
+                               optimizer={"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": "auto"}})
+    problems = {p.path: p for p in scale.check_topology(doc, topology)}
+    assert "ds.json sets train_micro_batch_size_per_gpu = 3, the recipe 32" in problems["/training/per_device_train_batch_size"].message
+    assert "\"auto\"" in problems["/training/per_device_train_batch_size"].hint
+    assert "optimizer.params.lr = 0.0001, the recipe 0.002" in problems["/training/learning_rate"].message
+    assert "optimizer.params.betas = [0.9, 0.95], the recipe [0.9, 0.999]" in problems["/training/adam_beta1"].message
+    assert set(problems) == {"/training/per_device_train_batch_size", "/training/learning_rate", "/training/adam_beta1"}
+    # 64 = 32 per device x 1 x 2 processes and clipping 1.0 = max_grad_norm: equal values pass
+
+
+def test_deepspeed_sections_that_would_silently_replace_the_recipes_schedule_or_optimizer_are_refused(tmp_path):
+    doc = _doc(optim="paged_adamw_8bit")
+    topology = _user_deepspeed(tmp_path, scheduler={"type": "WarmupDecayLR", "params": {"warmup_num_steps": "auto"}},
+                               optimizer={"type": "AdamW", "params": {"lr": "auto"}})
+    problems = {p.path: p for p in scale.check_topology(doc, topology)}
+    assert "has a \"scheduler\" section (WarmupDecayLR): DeepSpeed's scheduler would silently replace the recipe's " \
+           "lr_scheduler_type 'cosine'" in problems["/training/lr_scheduler_type"].message
+    assert "silently replace the recipe's optim 'paged_adamw_8bit'" in problems["/training/optim"].message
+    adamw = _user_deepspeed(tmp_path, optimizer={"type": "AdamW", "params": {"lr": "auto"}})
+    assert scale.check_topology(_doc(optim="adamw_torch"), adamw) == []  # the same algorithm, the recipe's values
+
+
+def test_the_shipped_deepspeed_files_agree_with_every_shipped_recipe():
+    from runner import deepspeed_json
+
+    for config in CONFIGS.glob("deepspeed_*.yaml"):
+        topology = from_accelerate_config(str(config), 8)
+        for recipe in (ROOT / "recipes").glob("*.json"):
+            assert deepspeed_json.check(thaw(load_recipe(str(recipe)).doc), topology) == [], (config.name, recipe.name)
+
+
+@pytest.mark.slow
+def test_plan_finds_what_the_first_step_would_have_failed_on(tmp_path, recipe_file):
+    """The same user JSON, once through the run (transformers stops it after the model loaded), once through plan."""
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"row {i}"} for i in range(8)])
+    path = recipe_file(base_recipe(tmp_path))
+    _user_deepspeed(tmp_path, train_micro_batch_size_per_gpu=3)
+    (tmp_path / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
+                                      f"deepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
+                                      "num_processes: 1\nmixed_precision: 'no'\n")
+    planned = cli("plan", str(path), "--accelerate-config", str(tmp_path / "ds.yaml"))
+    assert planned.returncode == 2
+    assert "/training/per_device_train_batch_size: ds.json sets train_micro_batch_size_per_gpu = 3, the recipe 4" \
+        in planned.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    ran = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch.launcher_args(tmp_path / "ds.yaml", 1, 1),
+                          "--main_process_port", str(free_port()), "-m", "runner", "run", str(path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode != 0 and "ds.json sets train_micro_batch_size_per_gpu = 3" in ran.stderr
+    assert not (tmp_path / "run").exists(), "refused before the model loaded: nothing written"
 
 
 def test_refusals_reach_the_plan(tmp_path, recipe_file):

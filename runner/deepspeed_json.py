@@ -1,0 +1,104 @@
+"""A user's DeepSpeed JSON against the recipe, checked by `plan` before anything launches.
+
+transformers fills the JSON's "auto" values from the training arguments and, at the first training
+step (after the model has loaded), stops with "DeepSpeed config values that mismatch TrainingArguments"
+when a value set by hand differs. Two sections do worse: they silently win. A "scheduler" section
+replaces the recipe's lr_scheduler_type and warmup; an "optimizer" section replaces training.optim.
+Both are reported here with the recipe path, the JSON key and the fix. Pure: reads the JSON file only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import Problem
+from .topology import Topology
+
+ADAMW_TYPES = ("adam", "adamw")  # DeepSpeed's names for the algorithm the recipe's AdamW choices run
+ADAMW_OPTIMS = (None, "adamw_torch", "adamw_torch_fused")  # null: fused AdamW on a GPU
+AUTO_HINT = "set it to \"auto\" in the DeepSpeed JSON (transformers then takes the recipe's value), or make the two equal"
+
+
+def check(doc: dict, topology: Topology) -> list[Problem]:
+    if topology.engine != "deepspeed" or not topology.deepspeed_config_file:
+        return []
+    path = Path(topology.deepspeed_config_file)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return [Problem("deepspeed_config_file", f"cannot read {path}: {exc}")]
+    return (_mismatches(doc, topology, config, path.name) + _scheduler(doc, config, path.name)
+            + _optimizer(doc, topology, config, path.name))
+
+
+def _pairs(doc: dict, world_size: int) -> list[tuple[str, str, object]]:
+    """(DeepSpeed key, recipe path, the recipe's value): the keys transformers matches against its arguments."""
+    t = doc["training"]
+    per_device, accumulation = t["per_device_train_batch_size"], t["gradient_accumulation_steps"]
+    return [
+        ("train_micro_batch_size_per_gpu", "/training/per_device_train_batch_size", per_device),
+        ("gradient_accumulation_steps", "/training/gradient_accumulation_steps", accumulation),
+        ("train_batch_size", "/training/per_device_train_batch_size", per_device * accumulation * world_size),
+        ("gradient_clipping", "/training/max_grad_norm", t["max_grad_norm"]),
+        ("optimizer.params.lr", "/training/learning_rate", t["learning_rate"]),
+        ("optimizer.params.betas", "/training/adam_beta1", [t["adam_beta1"], t["adam_beta2"]]),
+        ("optimizer.params.eps", "/training/adam_epsilon", t["adam_epsilon"]),
+        ("optimizer.params.weight_decay", "/training/weight_decay", t["weight_decay"]),
+        ("bf16.enabled", "/training/bf16", t["bf16"]),  # null: decided at launch, whatever the JSON says is checked then
+        ("fp16.enabled", "/training/fp16", t["fp16"]),
+    ]
+
+
+def _mismatches(doc: dict, topology: Topology, config: dict, name: str) -> list[Problem]:
+    problems = []
+    for key, recipe_path, wanted in _pairs(doc, topology.world_size):
+        found = _get(config, key)
+        if found is None or found == "auto" or wanted is None or _same(found, wanted):
+            continue
+        problems.append(Problem(recipe_path, f"{name} sets {key} = {json.dumps(found)}, the recipe {json.dumps(wanted)}: "
+                                             "transformers would stop the run at its first step, after loading the model",
+                                AUTO_HINT))
+    return problems
+
+
+def _scheduler(doc: dict, config: dict, name: str) -> list[Problem]:
+    if "scheduler" not in config:
+        return []
+    kind = (config["scheduler"] or {}).get("type", "?")
+    return [Problem("/training/lr_scheduler_type",
+                    f"{name} has a \"scheduler\" section ({kind}): DeepSpeed's scheduler would silently replace the "
+                    f"recipe's lr_scheduler_type '{doc['training']['lr_scheduler_type']}' and its warmup",
+                    "delete the \"scheduler\" section from the DeepSpeed JSON; the recipe's schedule then applies")]
+
+
+def _optimizer(doc: dict, topology: Topology, config: dict, name: str) -> list[Problem]:
+    optim = doc["training"]["optim"]
+    if "optimizer" not in config or topology.offload_optimizer:  # offloaded: runner.scale's own check speaks
+        return []
+    kind = str((config["optimizer"] or {}).get("type", "?"))
+    if kind.lower() in ADAMW_TYPES and optim in ADAMW_OPTIMS:
+        return []
+    return [Problem("/training/optim",
+                    f"{name} has an \"optimizer\" section ({kind}): DeepSpeed's optimizer would silently replace "
+                    f"the recipe's optim '{optim}'",
+                    "delete the \"optimizer\" section from the DeepSpeed JSON (the recipe's optimizer then runs), "
+                    "or set optim to adamw_torch with an AdamW section")]
+
+
+def _get(config: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return None
+        config = config[part]
+    return config
+
+
+def _same(found, wanted) -> bool:
+    if isinstance(wanted, list):
+        return isinstance(found, list) and len(found) == len(wanted) and all(map(_same, found, wanted))
+    if isinstance(wanted, bool) or isinstance(found, bool):
+        return bool(found) == bool(wanted)
+    try:
+        return abs(float(found) - float(wanted)) <= 1e-12 * max(1.0, abs(float(wanted)))
+    except (TypeError, ValueError):
+        return found == wanted

@@ -37,7 +37,7 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     max_length = plan["trainer"]["config"].get("max_length") or plan["trainer"]["runner_settings"].get("max_length")
     rows = splits.train if sample is None else splits.train.select(range(min(sample, len(splits.train))))
     config = plan["trainer"]["config"]
-    lengths = [len(encode(row, tokenizer, config)[0]) for row in rows]
+    lengths = token_lengths(rows, tokenizer, config)
     packing = bool(config.get("packing"))  # packed rows are cut to max_length as a whole, not per example
     report = {
         "examples": {name: len(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
@@ -74,6 +74,29 @@ def encode(row: dict, tokenizer, config: dict) -> tuple[list[int], list[int]]:
     if "label" not in row and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids = ids + [tokenizer.eos_token_id]  # language modelling: TRL appends the end token
     return ids, [1] * len(ids)
+
+
+def token_lengths(rows, tokenizer, config: dict) -> list[int]:
+    """len(encode(row)[0]) for every row; rows of plain strings are tokenized as one batch (the fast tokenizer
+    splits a batch across threads: ~10x faster for the 2,000 rows measured before every run)."""
+    rows = list(rows)
+    first = rows[0] if rows else {}
+    plain = all(isinstance(first.get(k), str) for k in first if k in ("prompt", "completion", "chosen", "rejected", "text"))
+    if not rows or "messages" in first or not plain or "text_pair" in first:
+        return [len(encode(row, tokenizer, config)[0]) for row in rows]
+    if "text" in first:
+        texts, lm = [row["text"] for row in rows], "label" not in first
+        return [_with_eos(ids, tokenizer) if lm else len(ids) for ids in tokenizer(texts)["input_ids"]]
+    answers = ("completion",) if "completion" in first else ("chosen", "rejected")
+    longest = [0] * len(rows)
+    for answer in answers:  # DPO: the longer of chosen and rejected, as encode() takes
+        full = tokenizer([(row.get("prompt") or "") + row[answer] for row in rows])["input_ids"]
+        longest = [max(n, _with_eos(ids, tokenizer)) for n, ids in zip(longest, full)]
+    return longest
+
+
+def _with_eos(ids: list[int], tokenizer) -> int:
+    return len(ids) + (not ids or ids[-1] != tokenizer.eos_token_id)
 
 
 def _with_prompt(prompt, answer, tokenizer) -> tuple[list[int], int]:

@@ -89,3 +89,26 @@ def test_no_truncation_warning_when_packing(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "x" * 100}])
     recipe = base_recipe(tmp_path, training={"packing": True, "max_length": 16})
     assert check_data(build_plan(load_recipe(recipe_file(recipe))))["truncated"] == 0
+
+
+def test_batched_token_lengths_equal_the_row_by_row_encoding(tmp_path):
+    """The batch path (plain strings) gives exactly encode()'s lengths: text, prompt/completion, preference pairs,
+    labelled text; conversations keep the row-by-row path."""
+    from runner.preflight import encode, token_lengths
+    from conftest import TINY_MODEL
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    words = ["abc", "hello world", "", "x y z " * 7, tokenizer.eos_token]
+    cases = [
+        [{"text": w + " end"} for w in words],
+        [{"text": w, "label": 1} for w in words],
+        [{"prompt": f"reverse {w} =", "completion": w[::-1]} for w in words],
+        [{"completion": w} for w in words if w],
+        [{"prompt": f"q {w}", "chosen": w, "rejected": w * 3} for w in words],
+        [{"messages": [{"role": "user", "content": w or "?"}, {"role": "assistant", "content": "ok"}]} for w in words],
+    ]
+    for config in ({"completion_only_loss": None}, {"completion_only_loss": False}):
+        for rows in cases:
+            assert token_lengths(rows, tokenizer, config) == [len(encode(r, tokenizer, config)[0]) for r in rows], rows[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import Problem
+from .errors import Problem, RecipeError
 from .topology import Topology
 
 ADAMW_TYPES = ("adam", "adamw")  # DeepSpeed's names for the algorithm the recipe's AdamW choices run
@@ -31,34 +31,55 @@ def check(doc: dict, topology: Topology) -> list[Problem]:
             + _optimizer(doc, topology, config, path.name))
 
 
-def _pairs(doc: dict, world_size: int) -> list[tuple[str, str, object]]:
-    """(DeepSpeed key, recipe path, the recipe's value): the keys transformers matches against its arguments."""
+def _pairs(doc: dict, world_size: int) -> list[tuple[str, str, object, str]]:
+    """(DeepSpeed key, recipe path, the recipe's value, how it is named): the keys transformers 5.23 matches
+    against its arguments (HfTrainerDeepSpeedConfig.trainer_config_process)."""
     t = doc["training"]
     per_device, accumulation = t["per_device_train_batch_size"], t["gradient_accumulation_steps"]
     return [
-        ("train_micro_batch_size_per_gpu", "/training/per_device_train_batch_size", per_device),
-        ("gradient_accumulation_steps", "/training/gradient_accumulation_steps", accumulation),
-        ("train_batch_size", "/training/per_device_train_batch_size", per_device * accumulation * world_size),
-        ("gradient_clipping", "/training/max_grad_norm", t["max_grad_norm"]),
-        ("optimizer.params.lr", "/training/learning_rate", t["learning_rate"]),
-        ("optimizer.params.betas", "/training/adam_beta1", [t["adam_beta1"], t["adam_beta2"]]),
-        ("optimizer.params.eps", "/training/adam_epsilon", t["adam_epsilon"]),
-        ("optimizer.params.weight_decay", "/training/weight_decay", t["weight_decay"]),
-        ("bf16.enabled", "/training/bf16", t["bf16"]),  # null: decided at launch, whatever the JSON says is checked then
-        ("fp16.enabled", "/training/fp16", t["fp16"]),
+        ("train_micro_batch_size_per_gpu", "/training/per_device_train_batch_size", per_device, "the recipe"),
+        ("gradient_accumulation_steps", "/training/gradient_accumulation_steps", accumulation, "the recipe"),
+        ("train_batch_size", "/training/per_device_train_batch_size", per_device * accumulation * world_size,
+         f"the recipe's {per_device} per device x {accumulation} accumulation x {world_size} process(es)"),
+        ("gradient_clipping", "/training/max_grad_norm", t["max_grad_norm"], "the recipe"),
+        ("optimizer.params.lr", "/training/learning_rate", t["learning_rate"], "the recipe"),
+        ("optimizer.params.betas", "/training/adam_beta1", [t["adam_beta1"], t["adam_beta2"]], "the recipe"),
+        ("optimizer.params.eps", "/training/adam_epsilon", t["adam_epsilon"], "the recipe"),
+        ("optimizer.params.weight_decay", "/training/weight_decay", t["weight_decay"], "the recipe"),
+        # null bf16: decided at launch, and checked again then (check_precision)
+        ("bf16.enabled", "/training/bf16", t["bf16"], "the recipe"),
+        ("fp16.enabled", "/training/fp16", t["fp16"], "the recipe"),
     ]
 
 
-def _mismatches(doc: dict, topology: Topology, config: dict, name: str) -> list[Problem]:
+def _mismatches(doc: dict, topology: Topology, config: dict, name: str, keys=None) -> list[Problem]:
     problems = []
-    for key, recipe_path, wanted in _pairs(doc, topology.world_size):
+    for key, recipe_path, wanted, whose in _pairs(doc, topology.world_size):
         found = _get(config, key)
-        if found is None or found == "auto" or wanted is None or _same(found, wanted):
+        if (keys is not None and key not in keys) or found is None or found == "auto" or wanted is None:
             continue
-        problems.append(Problem(recipe_path, f"{name} sets {key} = {json.dumps(found)}, the recipe {json.dumps(wanted)}: "
-                                             "transformers would stop the run at its first step, after loading the model",
-                                AUTO_HINT))
+        if found != wanted:  # transformers' own test: `ds_val != hf_val`, no coercion ("4" is not 4)
+            problems.append(Problem(recipe_path, f"{name} sets {key} = {json.dumps(found)}, {whose} "
+                                                 f"{json.dumps(wanted)}: transformers would stop the run at its first "
+                                                 "step, after loading the model", AUTO_HINT))
     return problems
+
+
+def check_precision(doc: dict, topology: Topology, bf16: bool, fp16: bool) -> None:
+    """Launch time, before the model loads: a bf16 / fp16 the recipe left to the machine, against the JSON."""
+    if topology.engine != "deepspeed" or not topology.deepspeed_config_file:
+        return
+    try:
+        config = json.loads(Path(topology.deepspeed_config_file).read_text())
+    except (OSError, ValueError):
+        return  # the plan reported it
+    decided = {**doc, "training": {**doc["training"], "bf16": bf16, "fp16": fp16}}
+    problems = _mismatches(decided, topology, config, Path(topology.deepspeed_config_file).name,
+                           keys=("bf16.enabled", "fp16.enabled"))
+    if problems:
+        raise RecipeError([Problem(p.path, p.message.replace("the recipe", "decided for this machine"),
+                                   "set training.bf16 / fp16 in the recipe to what the DeepSpeed JSON says, or set "
+                                   "the JSON's to \"auto\"") for p in problems])
 
 
 def _scheduler(doc: dict, config: dict, name: str) -> list[Problem]:
@@ -91,14 +112,3 @@ def _get(config: dict, dotted: str):
             return None
         config = config[part]
     return config
-
-
-def _same(found, wanted) -> bool:
-    if isinstance(wanted, list):
-        return isinstance(found, list) and len(found) == len(wanted) and all(map(_same, found, wanted))
-    if isinstance(wanted, bool) or isinstance(found, bool):
-        return bool(found) == bool(wanted)
-    try:
-        return abs(float(found) - float(wanted)) <= 1e-12 * max(1.0, abs(float(wanted)))
-    except (TypeError, ValueError):
-        return found == wanted

@@ -23,11 +23,21 @@ PREFLIGHT_TIMEOUT_S = 300.0  # generous: the first collective also sets up the t
 def fingerprint(plan: dict) -> dict:
     """What must agree across ranks: the resolved recipe, the settings each rank decided for its machine
     (fast defaults: a rank with another GPU or without a kernel decides otherwise), the runner and library versions."""
-    from .fast import decided_values
     from .outputs import versions
 
-    return {"recipe": _sha256(plan["recipe"]), "decisions": _sha256(decided_values(plan)), "runner": __version__,
+    return {"recipe": _sha256(plan["recipe"]), "decisions": _sha256(agreed_decisions(plan)), "runner": __version__,
             "libraries": _sha256(versions()), "host": socket.gethostname()}
+
+
+# Decided per machine and harmless when ranks differ: neither the batches nor the collectives change.
+PER_RANK_DECISIONS = frozenset({"/training/dataloader_num_workers"})
+
+
+def agreed_decisions(plan: dict) -> dict:
+    """The launch-time decisions every rank must share (dtype, packing, padding, checkpointing, optimizer, kernels)."""
+    from .fast import decided_values
+
+    return {path: value for path, value in decided_values(plan).items() if path not in PER_RANK_DECISIONS}
 
 
 def _sha256(obj) -> str:
@@ -38,12 +48,11 @@ def preflight(plan: dict, state, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None
     """On every rank, before the model loads; a single process has nothing to compare."""
     if state.num_processes == 1:
         return
-    from .fast import decided_values
-
-    mine = {**fingerprint(plan), "doc": plan["recipe"], "decided": decided_values(plan)}
+    mine = {**fingerprint(plan), "doc": plan["recipe"], "decided": agreed_decisions(plan)}
     found = within(timeout_s, lambda: _smoke_test_and_gather(mine, state),
                    f"the collective smoke test (all_reduce across {state.num_processes} processes) did not complete "
-                   f"in {timeout_s:.0f} s: a rank is stuck or the network between the nodes is blocked "
+                   f"in {timeout_s:.0f} s: a rank stopped before reaching it (see every rank's log for its error), "
+                   "is stuck, or the network between the nodes is blocked "
                    "(check MASTER_ADDR/--main_process_ip, the port, firewalls, NCCL_SOCKET_IFNAME)")
     problems = mismatches(found)
     if problems:
@@ -130,8 +139,8 @@ def _differing(old, new, path: str = "") -> list[str]:
 # Accelerate's distributed types each engine the launch environment asks for (runner/topology.py) may get;
 # "MULTI_" covers DDP on any device (MULTI_GPU, MULTI_CPU, MULTI_XPU, ...), also in a one-process launch.
 ENGINE_TYPES = {"single": ("NO", "MULTI_"), "ddp": ("MULTI_",), "deepspeed": ("DEEPSPEED",), "fsdp": ("FSDP",)}
-CONFIG_HINT = ("on a machine without GPUs use accelerate_configs/multi_gpu.yaml (DDP over gloo) or a DeepSpeed "
-               "config; FSDP needs GPUs")
+CPU_HINT = ("on a machine without GPUs use accelerate_configs/multi_gpu.yaml (DDP over gloo) or a DeepSpeed "
+            "config; FSDP needs GPUs")
 
 
 def check_engine(topology: dict, gpus: int, distributed_type: str | None = None) -> None:
@@ -145,12 +154,14 @@ def check_engine(topology: dict, gpus: int, distributed_type: str | None = None)
     if distributed_type is None:
         if engine == "fsdp" and not gpus:
             raise RecipeError([Problem("distributed_type", "the launch asked for FSDP, but this machine has no GPU: "
-                                       "Accelerate would silently train with plain DDP instead", CONFIG_HINT)])
+                                       "Accelerate would silently train with plain DDP instead", CPU_HINT)])
         return
     actual = str(distributed_type).rsplit(".", 1)[-1]
     if not actual.startswith(ENGINE_TYPES[engine]):
         raise RecipeError([Problem("distributed_type", f"the launch asked for {engine} ({topology['world_size']} "
-                                   f"process(es)), but Accelerate set up {actual}", CONFIG_HINT)])
+                                   f"process(es)), but Accelerate set up {actual}",
+                                   "check that the Accelerate config and `accelerate launch` flags name one engine, and "
+                                   "that its library is installed (deepspeed for DeepSpeed)")])
 
 
 def shard_bounds(count: int, rank: int, world: int) -> tuple[int, int]:

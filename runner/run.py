@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, distributed, evaluation, fast, models, outputs, report, resume
+from . import data, deepspeed_json, distributed, evaluation, fast, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import require_chat_template
 from .trainer import build_trainer, launch_config, non_finite_loss, out_of_memory_as_advice
+from .topology import Topology
 
 BASE_MODEL_DIR = "base_model"
 
@@ -54,6 +55,8 @@ def prepare(plan: dict) -> Prepared:
     hw["world_size"] = state.num_processes
     distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
     plan = fast.resolve(plan, hw, show=state.is_main_process)  # the null settings, decided for this machine
+    launched = launch_config(plan, hw)  # bf16 left null is decided here too: the user's DeepSpeed JSON must agree
+    deepspeed_json.check_precision(plan["recipe"], Topology(**plan["topology"]), launched["bf16"], launched.get("fp16"))
     # every rank resolved the same recipe and decided the same settings, and collectives work
     distributed.preflight(plan, state)
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])

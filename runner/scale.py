@@ -20,7 +20,7 @@ OFFLOAD_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # what DeepSpeed's CP
 
 def check_topology(doc: dict, topology: Topology) -> list[Problem]:
     """Combinations that are known to fail (or silently do the wrong thing) on this topology, with the reason."""
-    return (_check_quantized(doc, topology) + _check_offload(doc, topology) + _check_zero3_save(topology)
+    return (_check_quantized(doc, topology) + _check_offload(doc, topology) + _check_zero3_save(doc, topology)
             + deepspeed_json.check(doc, topology))
 
 
@@ -33,26 +33,28 @@ def _check_quantized(doc: dict, topology: Topology) -> list[Problem]:
         return [Problem("/model/quantization/method", f"8-bit weights cannot be sharded by {engine}",
                         "use bnb_4bit with bnb_4bit_quant_storage (QLoRA), or DDP / ZeRO-2, which keep "
                         "whole weights on every GPU")]
+    problems = []
     storage, compute = quant["bnb_4bit_quant_storage"], quant["bnb_4bit_compute_dtype"]
     dtype = doc["model"]["dtype"]
     wanted = compute
     if storage != wanted or dtype not in (None, "auto", storage):
-        return [Problem("/model/quantization/bnb_4bit_quant_storage",
+        problems.append(Problem("/model/quantization/bnb_4bit_quant_storage",
                         f"QLoRA under {engine} needs the packed 4-bit weights stored in the same float dtype as the "
                         f"rest of the model (got {storage}, compute dtype {compute}, "
                         f"model.dtype {dtype}): {engine} flattens all weights of a layer into one tensor and "
                         "cannot mix uint8 with floats",
                         f"set bnb_4bit_quant_storage and bnb_4bit_compute_dtype to '{wanted}'"
-                        + ("" if dtype in (None, "auto", wanted) else f" and model.dtype to '{wanted}'"))]
+                        + ("" if dtype in (None, "auto", wanted) else f" and model.dtype to '{wanted}'")))
     if doc.get("peft", {}).get("use_dora"):
-        # TRL casts a quantized model's LoRA A/B to bf16 but keeps DoRA's magnitude in fp32: ZeRO-3 then fails on
-        # mixed trainable dtypes (fp32 base) or on DoRA reading a partitioned 4-bit weight (bf16 base), both seen
-        # with 2 CPU processes; FSDP2's reduce-scatter asserts one gradient dtype (torch 2.13 source).
-        return [Problem("/peft/use_dora", f"DoRA on a 4-bit base fails under {engine}: its magnitude vector stays "
-                                          "fp32 while TRL casts the LoRA matrices to bf16, and DoRA reads the whole "
-                                          "quantized weight, which the engine has split across processes",
-                        "set use_dora to false (plain QLoRA works under this engine), or use DDP / ZeRO-2")]
-    return []
+        # Seen with 2 CPU processes under ZeRO-3: a bf16 base fails as DoRA reads the partitioned 4-bit weight
+        # ("'Params4bit' object has no attribute 'ds_status'"); an fp32 base fails on mixed trainable dtypes (TRL
+        # casts LoRA A/B to bf16, not DoRA's magnitude). FSDP2's reduce-scatter asserts one gradient dtype (torch
+        # 2.13 source) and its all-gather has the same partitioned weight; not run on a GPU.
+        problems.append(Problem("/peft/use_dora", f"DoRA on a 4-bit base fails under {engine}: DoRA reads the whole "
+                                "quantized weight, which the engine has split across processes (and under TRL its "
+                                "magnitude vector stays fp32 while the LoRA matrices are cast to bf16)",
+                                "set use_dora to false (plain QLoRA trains under ZeRO-3), or use DDP / ZeRO-2"))
+    return problems
 
 
 def _check_offload(doc: dict, topology: Topology) -> list[Problem]:
@@ -67,16 +69,21 @@ def _check_offload(doc: dict, topology: Topology) -> list[Problem]:
     return []
 
 
-def _check_zero3_save(topology: Topology) -> list[Problem]:
+def _check_zero3_save(doc: dict, topology: Topology) -> list[Problem]:
     """Without the 16-bit gather, transformers' save_model under ZeRO-3 writes an empty state dict plus DeepSpeed's
-    own shards: a run directory from_pretrained cannot load (the "partial save" users report)."""
+    own shards for a whole model: a run directory from_pretrained cannot load (the "partial save" users report).
+    An adapter is saved through DeepSpeed's consolidated state dict of the trainable parameters, which does not
+    need the gather (checked: a LoRA run with it off saved every adapter tensor whole)."""
     if topology.engine != "deepspeed" or topology.zero_stage != 3 or topology.zero3_save_16bit_model is not False:
+        return []
+    if doc["peft"]["method"] not in ("none", "partial"):
         return []
     return [Problem("zero_optimization.stage3_gather_16bit_weights_on_model_save",
                     "ZeRO-3 without the 16-bit gather on save: the run would end with DeepSpeed shards and no model "
                     "weights that from_pretrained loads (transformers saves an empty state dict in that case)",
-                    'set "stage3_gather_16bit_weights_on_model_save": true in the DeepSpeed JSON (or '
-                    "zero3_save_16bit_model: true in the Accelerate YAML), as accelerate_configs/deepspeed/zero3.json does")]
+                    'set "stage3_gather_16bit_weights_on_model_save": true in the DeepSpeed JSON, as '
+                    "accelerate_configs/deepspeed/zero3.json does (or zero3_save_16bit_model: true in an Accelerate "
+                    "YAML that has no deepspeed_config_file)")]
 
 
 def batch_arithmetic(doc: dict, topology: Topology) -> dict:

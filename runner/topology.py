@@ -37,6 +37,10 @@ class Topology:
 
 # --- where a topology comes from: an Accelerate config file, or the launcher's environment -----
 
+# deepspeed_config keys Accelerate 1.15 refuses beside a deepspeed_config_file (DeepSpeedPlugin._deepspeed_config_checks)
+YAML_KEYS_IGNORED_WITH_A_FILE = frozenset({
+    "gradient_accumulation_steps", "gradient_clipping", "zero_stage", "offload_optimizer_device",
+    "offload_param_device", "offload_param_nvme_path", "offload_optimizer_nvme_path", "zero3_save_16bit_model"})
 ENGINES = {"NO": "single", "MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "DEEPSPEED": "deepspeed", "FSDP": "fsdp"}
 
 
@@ -58,6 +62,10 @@ def from_accelerate_config(path: str, world_size: int | None = None, num_machine
     engine = ENGINES[kind] if size > 1 or kind in ("DEEPSPEED", "FSDP") else "single"
     if engine == "deepspeed":
         section = config.get("deepspeed_config") or {}
+        ignored = sorted(set(section) & YAML_KEYS_IGNORED_WITH_A_FILE) if section.get("deepspeed_config_file") else []
+        if ignored:
+            raise ValueError(f"{path} names a deepspeed_config_file and also sets {', '.join(ignored)} under "
+                             "deepspeed_config: Accelerate refuses that combination; set them in the DeepSpeed JSON")
         return Topology(size, machines, engine,
                         **_deepspeed_settings(section, path, _true(section.get("zero3_save_16bit_model"))))
     if engine == "fsdp":
@@ -69,8 +77,9 @@ def from_accelerate_config(path: str, world_size: int | None = None, num_machine
 def _deepspeed_settings(section: dict, yaml_path: str, save_16bit: bool) -> dict:
     """ZeRO stage, offloads and the 16-bit gather on save, from the DeepSpeed JSON the YAML names or from the YAML.
 
-    `save_16bit`: Accelerate's zero3_save_16bit_model (YAML or environment, default false), which fills an "auto"
-    gather setting in the JSON; a JSON without the key gets DeepSpeed's default, false.
+    `save_16bit`: Accelerate's zero3_save_16bit_model (the YAML without a JSON, or the launcher's environment;
+    default false), which also fills an "auto" gather setting in the JSON; a JSON without the key gets DeepSpeed's
+    default, false.
     """
     named = section.get("deepspeed_config_file")
     if named:
@@ -127,4 +136,5 @@ def from_environment(env=None) -> Topology:
 
 
 def _true(value) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")
+    """A flag as Accelerate reads it: only "true" (any case) is true; "1" or "yes" are not."""
+    return str(value).strip().lower() == "true"

@@ -153,9 +153,8 @@ def test_dora_on_a_4bit_base_is_refused_where_the_weights_are_sharded():
 
 @pytest.mark.slow
 def test_qlora_trains_under_zero3_with_two_processes(tmp_path):
-    """Sharded QLoRA: the 4-bit base (float32 storage = compute dtype, as the plan requires) split by ZeRO-3 across
-    2 CPU processes; the adapter trains, is saved whole, and loads onto the kept base."""
-    import torch
+    """Sharded QLoRA: the 4-bit base (float32 storage = compute dtype, as the plan requires) partitioned by ZeRO-3
+    across 2 CPU processes; the adapter trains, is saved whole, and loads onto the kept base."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -166,16 +165,17 @@ def test_qlora_trains_under_zero3_with_two_processes(tmp_path):
               "training": {"max_steps": 12, "per_device_train_batch_size": 8, "logging_steps": 1},
               "output": {"dir": str(tmp_path / "run")}}
     write_json(tmp_path / "recipe.json", recipe)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
-                             *launch.launcher_args(CONFIGS / "deepspeed_zero3.yaml", 2, 1),
-                             "--main_process_port", str(free_port()), "-m", "runner", "run", str(tmp_path / "recipe.json")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = _probe([sys.executable, "-m", "accelerate.commands.launch",
+                     *launch.launcher_args(CONFIGS / "deepspeed_zero3.yaml", 2, 1),
+                     "--main_process_port", str(free_port())], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
-    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
-    assert run["hardware"]["world_size"] == 2 and plan["topology"]["zero_stage"] == 3
-    losses = [h["loss"] for h in run["history"] if "loss" in h]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    engine = ranks[0]["engine"]
+    assert engine["distributed_type"] == "DistributedType.DEEPSPEED"
+    print(f"sharded QLoRA: {engine}")
+    assert engine["sharded_params"] > 0, engine  # the packed 4-bit weights are ZeRO-3 partitions, not whole tensors
+    losses = _losses(tmp_path)
     assert losses[-1] < losses[0] - 0.5, losses
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model"),
                                       tmp_path / "run")
@@ -192,31 +192,47 @@ def test_only_adamw_is_accepted_with_an_offloaded_optimizer():
     assert scale.check_topology(_doc(optim="paged_adamw_8bit"), ZERO3) == []
 
 
-def _zero3_yaml(folder, zero: dict, yaml_extra: str = "") -> Path:
+def _zero3_yaml(folder, zero: dict) -> Path:
     """A user's own ZeRO-3 setup: an Accelerate YAML naming a DeepSpeed JSON beside it."""
     write_json(folder / "ds.json", {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3, **zero}})
     (folder / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
-                                    f"deepspeed_config:\n  deepspeed_config_file: {folder / 'ds.json'}\n{yaml_extra}"
+                                    f"deepspeed_config:\n  deepspeed_config_file: {folder / 'ds.json'}\n"
                                     "num_processes: 2\n")
     return folder / "ds.yaml"
 
 
-@pytest.mark.parametrize("zero, yaml_extra, whole", [
-    ({"stage3_gather_16bit_weights_on_model_save": True}, "", True),
-    ({"stage3_gather_fp16_weights_on_model_save": True}, "", True),  # DeepSpeed's older name
-    ({"stage3_gather_16bit_weights_on_model_save": False}, "", False),
-    ({}, "", False),  # DeepSpeed's default is off
-    ({"stage3_gather_16bit_weights_on_model_save": "auto"}, "", False),  # Accelerate fills auto: its default, off
-    ({"stage3_gather_16bit_weights_on_model_save": "auto"}, "  zero3_save_16bit_model: true\n", True),
+@pytest.mark.parametrize("zero, launch_flag, whole", [
+    ({"stage3_gather_16bit_weights_on_model_save": True}, False, True),
+    ({"stage3_gather_fp16_weights_on_model_save": True}, False, True),  # DeepSpeed's older name
+    ({"stage3_gather_16bit_weights_on_model_save": False}, True, False),
+    ({}, True, False),  # DeepSpeed's default is off
+    ({"stage3_gather_16bit_weights_on_model_save": "auto"}, False, False),  # Accelerate fills auto: its default, off
+    ({"stage3_gather_16bit_weights_on_model_save": "auto"}, True, True),  # accelerate launch --zero3_save_16bit_model true
 ])
-def test_zero3_without_the_16bit_gather_on_save_is_refused(tmp_path, zero, yaml_extra, whole):
-    topology = from_accelerate_config(str(_zero3_yaml(tmp_path, zero, yaml_extra)))
-    assert topology.zero3_save_16bit_model is whole
-    problems = scale.check_topology(_doc(), topology)
-    assert [p.path for p in problems] == ([] if whole else ["zero_optimization.stage3_gather_16bit_weights_on_model_save"])
+def test_zero3_without_the_16bit_gather_on_save_is_refused_for_a_whole_model(tmp_path, zero, launch_flag, whole):
+    topology = from_accelerate_config(str(_zero3_yaml(tmp_path, zero)))
     env = {"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "ds.json"),
-           "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true" if yaml_extra else "false"}
-    assert from_environment(env).zero3_save_16bit_model is whole  # what a launched rank reads
+           "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true" if launch_flag else "false"}
+    launched = from_environment(env)  # what a launched rank reads
+    assert launched.zero3_save_16bit_model is whole
+    assert topology.zero3_save_16bit_model is (whole and not launch_flag)  # plan sees the file, not the flag
+    problems = scale.check_topology({**_doc(), "peft": {"method": "none"}}, launched)
+    assert [p.path for p in problems] == ([] if whole else ["zero_optimization.stage3_gather_16bit_weights_on_model_save"])
+    # an adapter is saved from DeepSpeed's consolidated trainable parameters, which needs no gather
+    assert scale.check_topology({**_doc(), "peft": {"method": "lora"}}, launched) == []
+
+
+def test_zero3_16bit_save_from_a_yaml_without_a_json_and_a_yaml_accelerate_would_refuse(tmp_path):
+    write_json(tmp_path / "ds.json", {"zero_optimization": {"stage": 3}})
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  zero_stage: 3\n"
+                     "  zero3_save_16bit_model: true\n")
+    assert from_accelerate_config(str(plain)).zero3_save_16bit_model is True
+    both = tmp_path / "both.yaml"
+    both.write_text(f"distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: "
+                    f"{tmp_path / 'ds.json'}\n  zero3_save_16bit_model: true\n")
+    with pytest.raises(ValueError, match="also sets zero3_save_16bit_model under deepspeed_config: Accelerate refuses"):
+        from_accelerate_config(str(both))
 
 
 def test_a_partial_zero3_save_is_refused_by_plan_before_launch(tmp_path, recipe_file):
@@ -249,6 +265,37 @@ def test_a_users_deepspeed_values_that_transformers_would_reject_at_the_first_st
     # 64 = 32 per device x 1 x 2 processes and clipping 1.0 = max_grad_norm: equal values pass
 
 
+@pytest.mark.parametrize("sections", [
+    {},
+    {"train_micro_batch_size_per_gpu": 4}, {"train_micro_batch_size_per_gpu": "4"}, {"train_micro_batch_size_per_gpu": 3},
+    {"train_batch_size": 4}, {"train_batch_size": 8}, {"gradient_accumulation_steps": 2}, {"gradient_clipping": 1},
+    {"gradient_clipping": 0.5}, {"optimizer": {"type": "AdamW", "params": {"lr": 0.002, "betas": [0.9, 0.999]}}},
+    {"optimizer": {"type": "AdamW", "params": {"lr": 0.001, "eps": 1e-6, "weight_decay": "auto"}}},
+    {"bf16": {"enabled": False}}, {"bf16": {"enabled": "false"}}, {"bf16": {"enabled": True}}, {"fp16": {"enabled": "auto"}},
+])
+def test_hand_set_deepspeed_values_are_flagged_exactly_when_transformers_flags_them(tmp_path, recipe_file, sections):
+    """transformers' own check (HfTrainerDeepSpeedConfig.trainer_config_process, run at the first step) side by side
+    with the plan's, on the same recipe and one process."""
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from runner import deepspeed_json
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
+    plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"learning_rate": 0.002, "bf16": False}))))
+    config = plan["trainer"]["config"]
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, **{
+        k: config[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm",
+                               "learning_rate", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "bf16", "fp16")})
+    theirs = HfTrainerDeepSpeedConfig({"zero_optimization": {"stage": 2}, **copy.deepcopy(sections)})
+    theirs.trainer_config_process(args)
+    topology = _user_deepspeed(tmp_path, **sections)
+    topology = Topology(1, 1, "deepspeed", 2, deepspeed_config_file=topology.deepspeed_config_file)
+    ours = deepspeed_json._mismatches(plan["recipe"], topology, json.loads((tmp_path / "ds.json").read_text()), "ds.json")
+    assert bool(ours) == bool(theirs.mismatches), (ours, theirs.mismatches)
+    assert len(ours) == len(theirs.mismatches)
+
+
 def test_deepspeed_sections_that_would_silently_replace_the_recipes_schedule_or_optimizer_are_refused(tmp_path):
     doc = _doc(optim="paged_adamw_8bit")
     topology = _user_deepspeed(tmp_path, scheduler={"type": "WarmupDecayLR", "params": {"warmup_num_steps": "auto"}},
@@ -272,13 +319,14 @@ def test_the_shipped_deepspeed_files_agree_with_every_shipped_recipe():
 
 @pytest.mark.slow
 def test_plan_finds_what_the_first_step_would_have_failed_on(tmp_path, recipe_file):
-    """The same user JSON, once through the run (transformers stops it after the model loaded), once through plan."""
+    """The same user JSON through plan and through a launched run: both refuse it, the run before the model loads
+    (without the check transformers stops it at the first training step)."""
     write_jsonl(tmp_path / "train.jsonl", [{"text": f"row {i}"} for i in range(8)])
     path = recipe_file(base_recipe(tmp_path))
     _user_deepspeed(tmp_path, train_micro_batch_size_per_gpu=3)
     (tmp_path / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
                                       f"deepspeed_config:\n  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
-                                      "num_processes: 1\nmixed_precision: 'no'\n")
+                                      "num_processes: 1\n")
     planned = cli("plan", str(path), "--accelerate-config", str(tmp_path / "ds.yaml"))
     assert planned.returncode == 2
     assert "/training/per_device_train_batch_size: ds.json sets train_micro_batch_size_per_gpu = 3, the recipe 4" \
@@ -425,19 +473,25 @@ def test_mismatching_ranks_are_named_with_the_fields_they_differ_in():
 
 
 def test_ranks_whose_machines_decide_other_fast_defaults_are_named(tmp_path, recipe_file):
-    """A node with a smaller GPU or fewer CPUs decides other values for the recipe's null settings: refused, not
-    trained with per-rank batch shapes or dtypes."""
+    """A node without PyTorch's varlen kernel decides padded batches where the others pack: refused, not trained
+    with per-rank batch shapes. Worker counts may differ (they change neither batches nor collectives)."""
     from runner import fast
 
     write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
     plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path))))
     machine = {"gpus": 8, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 64, "varlen": True, "liger": False}
-    ranks = [fast.apply(plan, fast.decide(plan, m)) for m in (machine, machine, {**machine, "cpus": 16})]
-    found = [{**distributed.fingerprint(p), "doc": p["recipe"], "decided": fast.decided_values(p)} for p in ranks]
-    assert found[0]["recipe"] == found[2]["recipe"] and found[0]["decisions"] != found[2]["decisions"]
-    [problem] = distributed.mismatches(found)
-    assert problem.message.startswith("rank(s) 2 (") and "decided a different value" not in problem.message
-    assert "/training/dataloader_num_workers: 0 on rank 2 vs 4" in problem.message
+
+    def found(*machines):
+        ranks = [fast.apply(plan, fast.decide(plan, m)) for m in machines]
+        return [{**distributed.fingerprint(p), "doc": p["recipe"], "decided": distributed.agreed_decisions(p)}
+                for p in ranks]
+
+    assert distributed.mismatches(found(machine, {**machine, "cpus": 16})) == []  # 4 workers vs 0
+    ranks = found(machine, machine, {**machine, "varlen": False})
+    assert ranks[0]["recipe"] == ranks[2]["recipe"] and ranks[0]["decisions"] != ranks[2]["decisions"]
+    [problem] = distributed.mismatches(ranks)
+    assert problem.message.startswith("rank(s) 2 (")
+    assert "/training/packing: False on rank 2 vs True" in problem.message
     assert "set these fields in the recipe" in problem.hint
 
 

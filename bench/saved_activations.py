@@ -1,0 +1,162 @@
+"""Bytes saved for backward per decoder layer per token, measured on the CPU, beside runner.memory's count.
+
+    python bench/saved_activations.py            # a Markdown table (a few seconds)
+    python bench/saved_activations.py --json     # the same figures as JSON
+
+A real transformers Llama built from a config (random weights, nothing downloaded) runs one forward pass
+under `torch.autograd.graph.saved_tensors_hooks`. Every tensor autograd keeps for the backward pass is
+recorded once (deduplicated by its storage), attributed to the decoder layer running when it was first
+saved (forward pre/post hooks), and summed. Tensors with a parameter's shape (the weights themselves,
+autocast's bf16 copies of fp32 weights) are left out: runner.memory counts them as weights / copies.
+Layer 0 also holds what all layers share (RoPE's cos/sin), so the per-layer figure is the mean of layers
+1..n-1. The LM head is TRL 1.16's fused chunked log-prob head (`trl.trainer.utils.add_fused_lm_head`,
+what SFTTrainer installs), measured as the "head" region (final norm + head).
+
+Where the CPU differs from a GPU: sdpa runs PyTorch's CPU flash kernel, which saves what the CUDA
+flash / memory-efficient kernels save (q, k, v, output, fp32 log-sum-exp); Liger's Triton kernels and
+the varlen kernel do not run here, so those are counted from their source in runner.memory only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SMALL = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+         "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False,
+         "max_position_embeddings": 1024, "rms_norm_eps": 1e-5}
+# lora_dropout 0: on the CPU dropout keeps a mask in the input's dtype, on CUDA a 1-byte one (runner.memory's count)
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+# name -> (weights dtype, LoRA, attention, rows: "full" (the tokens as one row, no mask: what a padded batch of
+# one, or flash / varlen attention, sees), "padded" (2 rows, an attention mask) or "packed" (2 documents in one
+# padding-free row, positions restarting), checkpointing). All run under
+# bf16 autocast, as TRL trains with bf16=True, whatever dtype the weights have.
+CASES = {
+    "bf16": ("bfloat16", False, "sdpa", "full", False),
+    "fp32_weights": ("float32", False, "sdpa", "full", False),
+    "bf16_padded": ("bfloat16", False, "sdpa", "padded", False),
+    "bf16_packed_sdpa": ("bfloat16", False, "sdpa", "packed", False),
+    "bf16_lora": ("bfloat16", True, "sdpa", "full", False),
+    "fp32_lora": ("float32", True, "sdpa", "full", False),
+    "bf16_eager": ("bfloat16", False, "eager", "full", False),
+    "bf16_ckpt": ("bfloat16", False, "sdpa", "full", True),
+    "fp32_weights_ckpt": ("float32", False, "sdpa", "full", True),
+}
+
+
+def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) -> dict:
+    """One forward pass: saved bytes per token per layer (mean of layers 1..n-1), in the head, elsewhere."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    dtype_name, lora, attention, rows, ckpt = CASES[case]
+    batch, length = rows_of(rows, batch, length)
+    torch.manual_seed(0)
+    model_config = AutoConfig.for_model(**config)
+    model_config._attn_implementation = attention
+    model = AutoModelForCausalLM.from_config(model_config, dtype=getattr(torch, dtype_name))
+    model.train()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # what SFTTrainer does
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+        if ckpt:
+            model.enable_input_require_grads()
+    # weights, their transposed views and autocast's copies of them: counted as weights, not activations
+    param_shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}
+    layers = model.get_base_model().model.layers if lora else model.model.layers
+    region, seen, saved = ["other"], set(), {}
+
+    def enter(index):
+        return lambda *_: region.__setitem__(0, f"layer{index}")
+
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(enter(index))
+        layer.register_forward_hook(lambda *_: region.__setitem__(0, "head"))
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in seen and tuple(tensor.shape) not in param_shapes:
+            seen.add(key)
+            saved[region[0]] = saved.get(region[0], 0) + storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, config["vocab_size"], (batch, length))
+    mask = torch.ones_like(ids)
+    if rows == "padded":  # the second row shorter: transformers builds an attention mask (and repeats k/v for sdpa)
+        mask[1, length // 2:] = 0
+    kwargs = {"input_ids": ids, "labels": ids.masked_fill(mask == 0, -100), "fused_lm_head": True}
+    if rows == "padded":
+        kwargs["attention_mask"] = mask
+    if rows == "packed":  # TRL's padding-free collator: one row, positions restarting at each document
+        kwargs = {"input_ids": ids.reshape(1, -1), "labels": ids.reshape(1, -1), "fused_lm_head": True,
+                  "position_ids": torch.arange(length).repeat(batch).reshape(1, -1)}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**kwargs)
+    tokens = batch * length
+    per_layer = [saved.get(f"layer{i}", 0) for i in range(len(layers))]
+    out.loss.backward()  # the forward pass was a real training one: it must run backward
+    return {"case": case, "tokens": tokens, "layers": len(layers),
+            "per_layer_per_token": sum(per_layer[1:]) / (len(layers) - 1) / tokens,
+            "layer0_per_token": per_layer[0] / tokens,
+            "head_per_token": saved.get("head", 0) / tokens,
+            "other_per_token": saved.get("other", 0) / tokens}
+
+
+def rows_of(rows: str, batch: int, length: int) -> tuple[int, int]:
+    return (1, batch * length) if rows == "full" else (batch, length)
+
+
+def estimate(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) -> dict:
+    """runner.memory's count for the same case: bytes per token per layer, and in the head."""
+    from runner import memory
+
+    dtype_name, lora, attention, rows, ckpt = CASES[case]
+    batch, length = rows_of(rows, batch, length)
+    settings = memory.Settings(
+        weights_dtype=dtype_name, mixed_precision="bf16", batch=batch, length=length, attention=attention,
+        peft={"method": "lora", **LORA} if lora else {"method": "none"}, padding_free=rows == "packed",
+        activation_checkpointing=ckpt)
+    parts = memory.activation_parts(config, settings)
+    return {"per_layer_per_token": parts["saved_per_layer"] / parts["tokens"],
+            "head_per_token": parts["lm_head_saved"] / parts["tokens"]}
+
+
+def main(argv=None) -> None:
+    top = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    top.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    top.add_argument("--json", action="store_true")
+    args = top.parse_args(argv)
+    import torch
+    import transformers
+
+    rows = []
+    for case in args.cases:
+        row = measure(case)
+        row["estimate"] = estimate(case)
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "rows": rows},
+                         indent=2))
+        return
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, config {SMALL}, batch 2 x 512\n")
+    print("| case | measured B/token/layer | estimate | ratio | head measured B/token | head estimate |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        est = r["estimate"]
+        print(f"| {r['case']} | {r['per_layer_per_token']:.1f} | {est['per_layer_per_token']:.1f} | "
+              f"{est['per_layer_per_token'] / r['per_layer_per_token']:.3f} | {r['head_per_token']:.1f} | "
+              f"{est['head_per_token']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -104,7 +104,7 @@ def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) 
         out = model(**kwargs)
     tokens = batch * length
     per_layer = [saved.get(f"layer{i}", 0) for i in range(len(layers))]
-    out.loss.backward()  # the forward pass was a real training one: it must run backward
+    del out  # the graph (and every saved tensor) is dropped: only the forward pass is measured
     return {"case": case, "tokens": tokens, "layers": len(layers),
             "per_layer_per_token": sum(per_layer[1:]) / (len(layers) - 1) / tokens,
             "layer0_per_token": per_layer[0] / tokens,

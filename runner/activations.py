@@ -7,8 +7,8 @@ same counts on a real transformers model with `saved_tensors_hooks`, and
 `tests/test_memory.py::test_layer_count_matches_saved_tensors_of_a_real_model` holds them together.
 
 Symbols: h hidden size, i MLP width, q = heads x head_dim, kv = kv heads x head_dim; r the residual
-stream's bytes (4 when the weights are fp32 under bf16 autocast, or a k-bit base whose embeddings peft
-upcasts; else 2); c the compute dtype's bytes (2 under bf16/fp16, 4 without mixed precision).
+stream's bytes (4 when the weights are fp32, or a k-bit base whose embeddings peft upcasts; else 2);
+c the compute dtype's bytes (2 under bf16/fp16 autocast; without it, the weights' own).
 
     HF RMSNorm         x.float() (4h) + rsqrt (4) + x_hat in the input dtype (r h, only if its weight trains)
     Liger RMSNorm      X (r h) + RSTD (4), whatever trains (LigerRMSNormFunction.save_for_backward(X, W, RSTD))
@@ -48,7 +48,8 @@ def residual_bytes(s) -> int:
 
 
 def compute_bytes(s) -> int:
-    return 4 if s.mixed_precision == "no" else 2
+    """Bytes per element of what the layers compute: 2 under bf16/fp16 autocast, else the weights' own dtype."""
+    return 4 if s.mixed_precision == "no" and s.weights_dtype == "float32" else 2
 
 
 def row_length(s) -> int:

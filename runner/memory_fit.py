@@ -10,7 +10,7 @@ with the GPU it lands on. None where the model's shapes are unknown.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from . import memory
 from .memory import GIB, Settings
@@ -19,6 +19,9 @@ from .topology import Topology
 LORA = {"method": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 QLORA = {"method": "bnb_4bit", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
 ZERO3_GPUS = 8  # the usual machine: ZeRO-3 is suggested across this many GPUs when the run has fewer
+# the config.json keys the estimate reads (runner.estimate, runner.memory, runner.activations)
+CONFIG_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings", "attention_bias", "mlp_bias")
 
 
 def memory_section(doc: dict, config: dict | None, kind: str, reference: str | None,
@@ -37,6 +40,9 @@ def memory_section(doc: dict, config: dict | None, kind: str, reference: str | N
                                   "(llama, mistral, qwen2, qwen3)"}
     chosen = on if settings.activation_checkpointing else off
     return {
+        # what launch-time code needs to recompute the estimate for the settings it decides (need_for)
+        "estimate_inputs": {"config": {k: config[k] for k in CONFIG_KEYS if k in config},
+                            "settings": settings_to_dict(settings)},
         "topology": topology.to_dict(),
         "per_device_gib": {"activation_checkpointing_on": need_gib(on), "activation_checkpointing_off": need_gib(off)},
         "peak_allocated_gib": round(chosen["peak_bytes"] / GIB, 2),
@@ -47,9 +53,28 @@ def memory_section(doc: dict, config: dict | None, kind: str, reference: str | N
             f"needed = peak allocated x {1 + memory.ALLOCATOR_SLACK:g} (allocator slack) + {memory.CONTEXT_GIB} GiB "
             "(CUDA context)",
             f"activation checkpointing {'on' if settings.activation_checkpointing else 'off'} as the recipe sets; "
-            "both figures are in per_device_gib"],
+            "both figures are in per_device_gib",
+            "settings left null are decided at launch, where the estimate is recomputed for the values decided "
+            "(fast defaults) before activation checkpointing is chosen"],
         "fit": fit_lines(config, settings),
     }
+
+
+def need_for(inputs: dict, changes: dict) -> dict:
+    """Pure: per_device_gib (checkpointing on / off) for the plan's estimate inputs with some settings changed,
+    e.g. the ones fast.decide settles at launch (dtype, optimizer, Liger, padding-free rows, attention)."""
+    settings = replace(settings_from_dict(inputs["settings"]), **changes)
+    return {f"activation_checkpointing_{name}": need_gib(memory.peak(inputs["config"],
+                                                                    replace(settings, activation_checkpointing=flag)))
+            for name, flag in (("on", True), ("off", False))}
+
+
+def settings_to_dict(s: Settings) -> dict:
+    return {**{f.name: getattr(s, f.name) for f in fields(s)}, "topology": s.topology.to_dict()}
+
+
+def settings_from_dict(d: dict) -> Settings:
+    return Settings(**{**d, "topology": Topology(**d["topology"])})
 
 
 def need_gib(result: dict) -> float:
@@ -89,12 +114,31 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
                        f"({'packing fills every row' if training.get('packing') else 'padding reaches this on the longest batch'})")
     if doc["peft"]["method"] == "partial":
         assumptions.append("peft partial: every weight counted as trainable (an upper bound)")
+    liger, padding_free, attention = kernels(doc, assumptions)
     settings = Settings(
         weights_dtype=dtype, quantization=model["quantization"], peft=doc["peft"],
         optim=optim, mixed_precision=precision, batch=training["per_device_train_batch_size"],
         length=length, activation_checkpointing=bool(training.get("activation_checkpointing")), kind=kind,
-        reference=reference, attention=model.get("attn_implementation") or "sdpa", topology=topology)
+        reference=reference, attention=attention, liger=liger, padding_free=padding_free, topology=topology)
     return settings, assumptions
+
+
+def kernels(doc: dict, assumptions: list[str]) -> tuple[bool, bool, str]:
+    """(Liger kernels, padding-free rows, attention) as the recipe sets them; null ones counted as off (the larger
+    estimate) until the launch decides them."""
+    training = doc["training"]
+    liger = training.get("use_liger_kernel")
+    if liger is None:
+        assumptions.append("training.use_liger_kernel null: counted without Liger's kernels (decided at launch)")
+    packing = training.get("packing")
+    if packing is None and "packing" in training:
+        assumptions.append("training.packing null: counted as padded rows (decided at launch)")
+    padding_free = bool(packing) and training.get("packing_strategy", "bfd") in ("bfd", "bfd_split")
+    attention = doc["model"].get("attn_implementation") or "sdpa"
+    if doc["model"].get("attn_implementation") is None:
+        assumptions.append("model.attn_implementation null: counted as sdpa (the runner's varlen attention is "
+                           "decided at launch for padding-free rows)")
+    return bool(liger), padding_free, attention
 
 
 def fit_lines(config: dict, settings: Settings) -> list[str]:

@@ -52,12 +52,18 @@ def memory_section(doc: dict, config: dict | None, kind: str, reference: str | N
         "assumptions": assumptions + [
             f"needed = peak allocated x {1 + memory.ALLOCATOR_SLACK:g} (allocator slack) + {memory.CONTEXT_GIB} GiB "
             "(CUDA context)",
-            f"activation checkpointing {'on' if settings.activation_checkpointing else 'off'} as the recipe sets; "
-            "both figures are in per_device_gib",
+            activation_line(doc["training"].get("activation_checkpointing")),
             "settings left null are decided at launch, where the estimate is recomputed for the values decided "
             "(fast defaults) before activation checkpointing is chosen"],
         "fit": fit_lines(config, settings),
     }
+
+
+def activation_line(recipe_value: bool | None) -> str:
+    if recipe_value is None:
+        return ("training.activation_checkpointing null: decided at launch from the GPU's memory and "
+                "per_device_gib.activation_checkpointing_off (both figures are given)")
+    return f"activation checkpointing {'on' if recipe_value else 'off'} as the recipe sets; both figures are given"
 
 
 def need_for(inputs: dict, changes: dict) -> dict:

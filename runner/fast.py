@@ -33,8 +33,9 @@ RULES = {
                          "PyTorch's varlen flash kernel is visible and the model is one it supports; else off",
     "/training/pad_to_multiple_of": "on a GPU without padding-free packing: max_length/8 rounded down to a power of "
                                     "two, 8..256 (few distinct shapes, at most ~1/8 padding); else none",
-    "/training/activation_checkpointing": "on a GPU: off when the plan's memory estimate without it fits in 90% of "
-                                          "the GPU's memory, on when it does not or no estimate exists; off on CPU",
+    "/training/activation_checkpointing": "on a GPU: off when the memory estimate without it (recomputed for the "
+                                          "settings decided at launch) fits in 90% of the GPU's memory, on when it "
+                                          "does not or no estimate exists; off on CPU",
     "/training/use_liger_kernel": "on when liger-kernel is installed, a GPU is visible, the task is sft/pretrain "
                                   "and the architecture is one Liger patches",
     "/training/optim": "adamw_torch_fused on a GPU, adamw_torch on CPU",

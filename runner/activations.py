@@ -120,7 +120,7 @@ def head_workspace(config: dict, s, tokens: int, head_trains: bool, w_bytes: int
     if s.kind == "classification":
         return 0, 0
     h, vocab, c, r = config["hidden_size"], config["vocab_size"], compute_bytes(s), residual_bytes(s)
-    tile = min(tokens, HEAD_TOKEN_TILE) * min(vocab, HEAD_VOCAB_TILE) * c
+    tile = min(tokens, HEAD_TOKEN_TILE) * HEAD_VOCAB_TILE * c  # allocated at the full tile width, whatever the vocab
     weight_tile = min(vocab, HEAD_VOCAB_TILE) * h * c if w_bytes != c else 0
     backward = tile + weight_tile + tokens * h * (4 + (r if r != 4 else 0))
     if head_trains:

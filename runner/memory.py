@@ -109,7 +109,7 @@ def peak(config: dict, s: Settings) -> dict | None:
         "optimizer_step": fixed + grads + parts["optimizer_step_temporary"],
     }
     when = max(moments, key=moments.get)
-    return {"peak_bytes": moments[when], "peak_at": when, "parts": parts, "trainable": trainable,
+    return {"peak_bytes": moments[when], "peak_at": when, "moments": moments, "parts": parts, "trainable": trainable,
             "tokens_per_micro_batch": tokens}
 
 

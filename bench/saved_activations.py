@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,14 +48,13 @@ CASES = {
 }
 
 
-def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) -> dict:
-    """One forward pass: saved bytes per token per layer (mean of layers 1..n-1), in the head, elsewhere."""
+def build(case: str, config: dict, batch: int, length: int):
+    """The model and the forward kwargs for one case (TRL's fused head installed, as SFTTrainer does)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
     dtype_name, lora, attention, rows, ckpt = CASES[case]
-    batch, length = rows_of(rows, batch, length)
     torch.manual_seed(0)
     model_config = AutoConfig.for_model(**config)
     model_config._attn_implementation = attention
@@ -72,9 +72,28 @@ def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
         if ckpt:
             model.enable_input_require_grads()
+    ids = torch.randint(0, config["vocab_size"], (batch, length))
+    mask = torch.ones_like(ids)
+    if rows == "padded":  # the second row shorter: transformers builds an attention mask (and repeats k/v for sdpa)
+        mask[1, length // 2:] = 0
+    kwargs = {"input_ids": ids, "labels": ids.masked_fill(mask == 0, -100), "fused_lm_head": True}
+    if rows == "padded":
+        kwargs["attention_mask"] = mask
+    if rows == "packed":  # TRL's padding-free collator: one row, positions restarting at each document
+        kwargs = {"input_ids": ids.reshape(1, -1), "labels": ids.reshape(1, -1), "fused_lm_head": True,
+                  "position_ids": torch.arange(length).repeat(batch).reshape(1, -1)}
+    return model, kwargs
+
+
+def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) -> dict:
+    """One forward pass: saved bytes per token per layer (mean of layers 1..n-1), in the head, elsewhere."""
+    import torch
+
+    batch, length = rows_of(CASES[case][3], batch, length)
+    model, kwargs = build(case, config, batch, length)
     # weights, their transposed views and autocast's copies of them: counted as weights, not activations
     param_shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}
-    layers = model.get_base_model().model.layers if lora else model.model.layers
+    layers = model.get_base_model().model.layers if CASES[case][1] else model.model.layers
     region, seen, saved = ["other"], set(), {}
 
     def enter(index):
@@ -92,18 +111,7 @@ def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) 
             saved[region[0]] = saved.get(region[0], 0) + storage.nbytes()
         return tensor
 
-    ids = torch.randint(0, config["vocab_size"], (batch, length))
-    mask = torch.ones_like(ids)
-    if rows == "padded":  # the second row shorter: transformers builds an attention mask (and repeats k/v for sdpa)
-        mask[1, length // 2:] = 0
-    kwargs = {"input_ids": ids, "labels": ids.masked_fill(mask == 0, -100), "fused_lm_head": True}
-    if rows == "padded":
-        kwargs["attention_mask"] = mask
-    if rows == "packed":  # TRL's padding-free collator: one row, positions restarting at each document
-        kwargs = {"input_ids": ids.reshape(1, -1), "labels": ids.reshape(1, -1), "fused_lm_head": True,
-                  "position_ids": torch.arange(length).repeat(batch).reshape(1, -1)}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**kwargs)
     tokens = batch * length
     per_layer = [saved.get(f"layer{i}", 0) for i in range(len(layers))]
@@ -113,6 +121,33 @@ def measure(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) 
             "layer0_per_token": per_layer[0] / tokens,
             "head_per_token": saved.get("head", 0) / tokens,
             "other_per_token": saved.get("other", 0) / tokens}
+
+
+def cpu_peak(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) -> dict:
+    """Forward + backward under the profiler's CPU allocator timeline: bytes allocated at the end of the forward
+    pass and at the peak, above what existed before (the weights). The forward figure is comparable with a GPU;
+    the backward peak is not quite: TRL's fused head falls back to torch ops on the CPU (fp32 copies of every
+    logits tile), which its Triton kernel does in place on a GPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    batch, length = rows_of(CASES[case][3], batch, length)
+    model, kwargs = build(case, config, batch, length)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(**kwargs)
+        with torch.profiler.record_function("backward"):
+            out.loss.backward()
+        del out
+    events = prof.profiler.kineto_results.events()
+    backward = min(e.start_ns() for e in events if e.name() == "backward")
+    now = peak = forward_end = 0
+    for start, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
+        if start >= backward and not forward_end:
+            forward_end = now
+        now += nbytes
+        peak = max(peak, now)
+    return {"forward_end": forward_end, "peak": peak}
 
 
 def rows_of(rows: str, batch: int, length: int) -> tuple[int, int]:
@@ -130,14 +165,22 @@ def estimate(case: str, config: dict = SMALL, batch: int = 2, length: int = 512)
         peft={"method": "lora", **LORA} if lora else {"method": "none"}, padding_free=rows == "packed",
         activation_checkpointing=ckpt)
     parts = memory.activation_parts(config, settings)
+    result = memory.peak(config, replace(settings, optim="sgd"))  # no optimizer states: one step from scratch
     return {"per_layer_per_token": parts["saved_per_layer"] / parts["tokens"],
-            "head_per_token": parts["lm_head_saved"] / parts["tokens"]}
+            "head_per_token": parts["lm_head_saved"] / parts["tokens"],
+            # what outlives the forward pass (saved tensors, weight copies the linears keep): backward's start
+            # without the head's backward workspace
+            "forward_end": result["moments"]["backward_start"] - result["parts"]["lm_head_workspace_backward"]
+            - result["parts"]["weights"],
+            "peak": result["peak_bytes"] - result["parts"]["weights"]}
 
 
 def main(argv=None) -> None:
     top = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     top.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     top.add_argument("--json", action="store_true")
+    top.add_argument("--peak", action="store_true", help="also forward + backward under the CPU allocator timeline "
+                                                         "(about 5-10 s a case)")
     args = top.parse_args(argv)
     import torch
     import transformers
@@ -146,6 +189,8 @@ def main(argv=None) -> None:
     for case in args.cases:
         row = measure(case)
         row["estimate"] = estimate(case)
+        if args.peak:
+            row["cpu_peak"] = cpu_peak(case)
         rows.append(row)
     if args.json:
         print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "rows": rows},
@@ -159,6 +204,15 @@ def main(argv=None) -> None:
         print(f"| {r['case']} | {r['per_layer_per_token']:.1f} | {est['per_layer_per_token']:.1f} | "
               f"{est['per_layer_per_token'] / r['per_layer_per_token']:.3f} | {r['head_per_token']:.1f} | "
               f"{est['head_per_token']:.1f} |")
+    if args.peak:
+        mib = 2**20
+        print("\nAllocated above the weights, MiB (CPU allocator timeline vs runner.memory's moments, no optimizer):\n")
+        print("| case | end of forward: measured | estimate | peak: measured | estimate | peak ratio |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            m, e = r["cpu_peak"], r["estimate"]
+            print(f"| {r['case']} | {m['forward_end'] / mib:.1f} | {e['forward_end'] / mib:.1f} | "
+                  f"{m['peak'] / mib:.1f} | {e['peak'] / mib:.1f} | {e['peak'] / m['peak']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,11 @@ def measure(args) -> None:
                 torch.manual_seed(0)
                 with torch.device(args.device):
                     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-                if quantized:
+                if quantized:  # and the runner's k-bit preparation: what is not 4-bit goes to fp32
+                    from peft import prepare_model_for_kbit_training
+
                     quantize_4bit(model, args.device)
+                    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
                 if gpu:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()

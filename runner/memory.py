@@ -6,16 +6,18 @@ The arithmetic, per device (bytes), for decoder models whose shapes runner.estim
     gradients   trainable params x their dtype bytes
     optimizer   states per trainable param (AdamW: two in the param's dtype; 8-bit: 2 B; SGD: none)
     step temp   torch's foreach AdamW allocates one param-sized temporary in `step` (fused: none)
-    autocast    bf16 copies of trainable fp32 linear weights, cached during the forward pass
-    activations per token per layer: 40 h + 8 i + 4 (q + 2 kv) bytes under bf16 (calibrated, see
-                bench/RESULTS.md), plus LoRA's own saved inputs; with checkpointing only each layer's
-                input (residual dtype x h) is kept, and one layer's activations are rebuilt in backward
+    autocast    bf16 copies of fp32 linear weights: trainable ones cached for the forward pass, frozen
+                ones kept per linear for backward (without checkpointing)
+    activations counted tensor by tensor (runner.activations): HF or Liger layers, LoRA, sdpa (with
+                its mask over padded or packed rows), eager or varlen/flash attention, TRL's fused LM
+                head; with checkpointing only each layer's input is kept and one layer is rebuilt
+    workspaces  transient: TRL's logits tile and gradient accumulators, one layer's backward gradients
 
-The peak is the largest of four moments: end of the forward pass, start of the backward pass
-(all saved activations), end of the backward pass (all gradients plus the last layer's
-activations), the optimizer step. ZeRO / FSDP divide what they shard by the world size.
-"""
-from __future__ import annotations
+The peak is the largest of five moments: end of the forward pass, the LM head's backward (all saved
+activations + its workspace), the top layer's backward (+ the rebuilt layer under checkpointing),
+end of the backward pass (all gradients + one layer), the optimizer step. ZeRO / FSDP divide what
+they shard by the world size. bench/RESULTS.md compares it with measured peaks.
+"""from __future__ import annotations
 
 from dataclasses import dataclass, field
 

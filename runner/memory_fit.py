@@ -5,8 +5,11 @@
                       "parts_gib": {...}, "peak_at": "...", "assumptions": [...], "fit": [...]}
 
 `per_device_gib` is what must be free on each GPU: the estimated peak of PyTorch's allocator plus its
-slack and the CUDA context. Launch-time code (activation checkpointing left to the runner) compares it
-with the GPU it lands on. None where the model's shapes are unknown.
+slack and the CUDA context. None where the model's shapes are unknown. Settings the recipe leaves to the
+launch (Liger, packing, attention, dtype, optimizer) are assumed here and listed in `assumptions`; the
+section keeps its inputs (`estimate_inputs`: the config's shape keys and the settings), so launch-time
+code recomputes the figure for the values it decides (`need_for`, via fast.memory_as_decided) before
+comparing it with the GPU it lands on.
 """
 from __future__ import annotations
 

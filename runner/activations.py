@@ -35,7 +35,6 @@ from __future__ import annotations
 
 # TRL 1.16's ChunkedLogProbFunction tiles: TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocab entries.
 HEAD_TOKEN_TILE, HEAD_VOCAB_TILE = 4096, 32768
-FLASH_LIKE = ("runner_varlen", "flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
 
 
 def residual_bytes(s) -> int:

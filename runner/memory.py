@@ -79,7 +79,7 @@ def peak(config: dict, s: Settings) -> dict | None:
     ckpt = s.activation_checkpointing
     # fp32 weights under bf16 autocast: trainable ones are cast once and cached for the whole forward pass;
     # frozen ones are cast per call, and each linear keeps its copy for backward unless checkpointing drops it
-    casts = s.mixed_precision != "no" and w_bytes == 4 and quant == "none"
+    casts = s.mixed_precision != "no" and w_bytes == 4 and quant == "none" and not sharded_bf16(s.topology)
     parts = {
         "weights": weights, "gradients": trainable * t_bytes, "optimizer_states": trainable * state_bytes,
         "optimizer_step_temporary": trainable * t_bytes if temp_too else 0,
@@ -113,6 +113,11 @@ def peak(config: dict, s: Settings) -> dict | None:
     when = max(moments, key=moments.get)
     return {"peak_bytes": moments[when], "peak_at": when, "moments": moments, "parts": parts, "trainable": trainable,
             "tokens_per_micro_batch": tokens}
+
+
+def sharded_bf16(t: Topology) -> bool:
+    """DeepSpeed computes with bf16 copies of the parameters, FSDP gathers them in bf16: no autocast copies."""
+    return t.engine == "deepspeed" or (t.engine == "fsdp" and t.world_size > 1)
 
 
 def activation_parts(config: dict, s: Settings, shapes: dict | None = None) -> dict:

@@ -17,7 +17,8 @@ The peak is the largest of five moments: end of the forward pass, the LM head's 
 activations + its workspace), the top layer's backward (+ the rebuilt layer under checkpointing),
 end of the backward pass (all gradients + one layer), the optimizer step. ZeRO / FSDP divide what
 they shard by the world size. bench/RESULTS.md compares it with measured peaks.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 from dataclasses import dataclass, field
 

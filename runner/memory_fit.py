@@ -177,6 +177,8 @@ def changes(s: Settings) -> list[tuple[str, Settings]]:
         found.append((f"per_device_train_batch_size: {batch} with gradient_accumulation_steps x{s.batch // batch} "
                       "(same global batch)", replace(s, batch=batch)))
         batch //= 2
+    if not s.liger and s.kind in ("sft", "dpo"):
+        found.append(("training.use_liger_kernel: true (liger-kernel installed, a GPU)", replace(s, liger=True)))
     if s.peft.get("method") in ("none", "partial") and s.optim in ("adamw_torch", "adamw_torch_fused"):
         found.append(("training.optim: adamw_bnb_8bit", replace(s, optim="adamw_bnb_8bit")))
     if s.peft.get("method") in ("none", "partial"):

@@ -329,3 +329,18 @@ def test_layer_count_matches_saved_tensors_of_a_real_model():
         estimated = bench.estimate(case, config=config, length=160)
         for key in ("per_layer_per_token", "head_per_token"):
             assert estimated[key] == pytest.approx(measured[key], rel=0.01), (case, key, measured, estimated)
+
+
+def test_fit_lines_suggest_liger_where_it_alone_fits():
+    doc = {"model": {"dtype": "bfloat16", "init": "random", "quantization": {"method": "none"}},
+           "peft": {"method": "none"},
+           "training": {"bf16": True, "optim": None, "per_device_train_batch_size": 8, "max_length": 2048,
+                        "activation_checkpointing": None, "use_liger_kernel": None}}
+    line40 = memory_section(doc, TINYLLAMA, "sft", None)["fit"][1]
+    assert line40.startswith("does not fit on 40 GiB")
+    liger = float(line40.split("use_liger_kernel: true (liger-kernel installed, a GPU) (~")[1].split(" GiB")[0])
+    assert liger <= 40
+    with_liger = memory_section({**doc, "training": {**doc["training"], "use_liger_kernel": True}}, TINYLLAMA,
+                                "sft", None)
+    assert with_liger["per_device_gib"]["activation_checkpointing_off"] == liger
+    assert "use_liger_kernel" not in with_liger["fit"][1]

@@ -178,6 +178,8 @@ def estimate(case: str, config: dict = SMALL, batch: int = 2, length: int = 512)
 def main(argv=None) -> None:
     top = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     top.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    top.add_argument("--model-type", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"],
+                     help="the same shape as another architecture (qwen3: per-head q/k norms, head_dim 32)")
     top.add_argument("--json", action="store_true")
     top.add_argument("--peak", action="store_true", help="also forward + backward under the CPU allocator timeline "
                                                          "(about 5-10 s a case)")
@@ -185,18 +187,19 @@ def main(argv=None) -> None:
     import torch
     import transformers
 
+    config = {**SMALL, "model_type": args.model_type, **({"head_dim": 32} if args.model_type == "qwen3" else {})}
     rows = []
     for case in args.cases:
-        row = measure(case)
-        row["estimate"] = estimate(case)
+        row = measure(case, config)
+        row["estimate"] = estimate(case, config)
         if args.peak:
-            row["cpu_peak"] = cpu_peak(case)
+            row["cpu_peak"] = cpu_peak(case, config)
         rows.append(row)
     if args.json:
         print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "rows": rows},
                          indent=2))
         return
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, config {SMALL}, batch 2 x 512\n")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, config {config}, batch 2 x 512\n")
     print("| case | measured B/token/layer | estimate | ratio | head measured B/token | head estimate |")
     print("|---|---|---|---|---|---|")
     for r in rows:

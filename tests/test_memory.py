@@ -313,7 +313,7 @@ def test_classification_drops_the_lm_head_and_tolerates_a_head_target():
 
 def test_layer_count_matches_saved_tensors_of_a_real_model():
     """runner.activations' per-layer and LM-head counts against what autograd really keeps: a transformers Llama
-    (h 128, i 344, 4 heads, 2 KV heads, 3 layers; rows of 2 x 160 tokens) under bf16 autocast, one forward pass through TRL's fused head,
+    (h 128, i 344, 4 heads, 2 KV heads, 3 layers; rows of 2 x 160 tokens; and a Qwen3) under bf16 autocast, one forward pass through TRL's fused head,
     every saved tensor recorded by saved_tensors_hooks (bench/saved_activations.py). The HF layers only: Liger
     and the varlen kernel need a GPU. Tolerance 1% (the count is exact on these cases; the head's int64 indices
     of the selected positions are left out of the count)."""
@@ -324,9 +324,12 @@ def test_layer_count_matches_saved_tensors_of_a_real_model():
     spec.loader.exec_module(bench)
     config = {**bench.SMALL, "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 3,
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}
-    for case in bench.CASES:  # weights bf16 / fp32, LoRA, padded / packed / one row, eager, checkpointing
-        measured = bench.measure(case, config=config, length=160)
-        estimated = bench.estimate(case, config=config, length=160)
+    qwen3 = {**config, "model_type": "qwen3", "head_dim": 32}  # per-head q/k norms
+    cases = [(config, case) for case in bench.CASES]  # weights bf16 / fp32, LoRA, padded / packed / one row, eager,
+    cases += [(qwen3, case) for case in ("bf16", "fp32_weights", "bf16_lora")]  # checkpointing
+    for model_config, case in cases:
+        measured = bench.measure(case, config=model_config, length=160)
+        estimated = bench.estimate(case, config=model_config, length=160)
         for key in ("per_layer_per_token", "head_per_token"):
             assert estimated[key] == pytest.approx(measured[key], rel=0.01), (case, key, measured, estimated)
 

@@ -150,6 +150,43 @@ def cpu_peak(case: str, config: dict = SMALL, batch: int = 2, length: int = 512)
     return {"forward_end": forward_end, "peak": peak}
 
 
+def layer_backward(attention: str = "sdpa", config: dict = SMALL, tokens: int = 2048) -> dict:
+    """One bf16 decoder layer, forward + backward under the CPU allocator timeline: per token, what is allocated
+    at the end of the forward pass (saved tensors + output + its incoming gradient) and how far the backward pass
+    rises above that (its workspace, plus the layer's weight gradients)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    model_config = AutoConfig.for_model(**{**config, "num_hidden_layers": 1})
+    model_config._attn_implementation = attention
+    torch.manual_seed(0)
+    layer = LlamaDecoderLayer(model_config, 0).to(torch.bfloat16)
+    x = torch.randn(1, tokens, config["hidden_size"], dtype=torch.bfloat16, requires_grad=True)
+    positions = torch.arange(tokens)[None]
+    rope = LlamaRotaryEmbedding(model_config)(x, positions)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x, position_embeddings=rope, attention_mask=None, position_ids=positions)
+        out = out[0] if isinstance(out, tuple) else out
+        grad = torch.randn_like(out)
+        with torch.profiler.record_function("backward"):
+            out.backward(grad)
+        del out, grad
+    events = prof.profiler.kineto_results.events()
+    backward = min(e.start_ns() for e in events if e.name() == "backward")
+    now = peak = forward_end = 0
+    for start, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
+        if start >= backward and not forward_end:
+            forward_end = now
+        now += nbytes
+        peak = max(peak, now)
+    weight_grads = sum(p.numel() * 2 for p in layer.parameters())
+    return {"attention": attention, "forward_end_per_token": forward_end / tokens,
+            "backward_rise_per_token": (peak - forward_end - weight_grads) / tokens}
+
+
 def rows_of(rows: str, batch: int, length: int) -> tuple[int, int]:
     return (1, batch * length) if rows == "full" else (batch, length)
 
@@ -180,6 +217,7 @@ def main(argv=None) -> None:
     top.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     top.add_argument("--model-type", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"],
                      help="the same shape as another architecture (qwen3: per-head q/k norms, head_dim 32)")
+    top.add_argument("--layer-backward", action="store_true", help="also one layer's backward workspace (CPU)")
     top.add_argument("--json", action="store_true")
     top.add_argument("--peak", action="store_true", help="also forward + backward under the CPU allocator timeline "
                                                          "(about 5-10 s a case)")
@@ -195,9 +233,10 @@ def main(argv=None) -> None:
         if args.peak:
             row["cpu_peak"] = cpu_peak(case, config)
         rows.append(row)
+    layer_rows = [layer_backward(a, config) for a in ("sdpa", "eager")] if args.layer_backward else []
     if args.json:
-        print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "rows": rows},
-                         indent=2))
+        print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "rows": rows,
+                          "layer_backward": layer_rows}, indent=2))
         return
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, config {config}, batch 2 x 512\n")
     print("| case | measured B/token/layer | estimate | ratio | head measured B/token | head estimate |")
@@ -207,6 +246,17 @@ def main(argv=None) -> None:
         print(f"| {r['case']} | {r['per_layer_per_token']:.1f} | {est['per_layer_per_token']:.1f} | "
               f"{est['per_layer_per_token'] / r['per_layer_per_token']:.3f} | {r['head_per_token']:.1f} | "
               f"{est['head_per_token']:.1f} |")
+    if layer_rows:
+        from runner import activations, memory
+
+        print("\nOne bf16 layer, 1 x 2048 tokens, B/token: how far backward rises above the end of forward (weight "
+              "grads excluded), + the incoming gradient (r h, allocated before backward, counted in the workspace), "
+              "vs runner.activations' workspace:\n")
+        for r in layer_rows:
+            s = memory.Settings(batch=1, length=2048, attention=r["attention"])
+            print(f"- {r['attention']}: measured {r['backward_rise_per_token']:.0f} + r h = "
+                  f"{r['backward_rise_per_token'] + 2 * config['hidden_size']:.0f}, estimate "
+                  f"{activations.layer_backward_bytes(config, s)}")
     if args.peak:
         mib = 2**20
         print("\nAllocated above the weights, MiB (CPU allocator timeline vs runner.memory's moments, no optimizer):\n")

@@ -51,6 +51,11 @@ def compute_bytes(s) -> int:
     return 4 if s.mixed_precision == "no" and s.weights_dtype == "float32" else 2
 
 
+def mlp_bytes(s) -> int:
+    """bnb's 4-bit linear casts its output back to its input's dtype: behind fp32 norms the MLP runs in fp32."""
+    return residual_bytes(s) if s.quantization.get("method", "none") != "none" else compute_bytes(s)
+
+
 def row_length(s) -> int:
     """Key positions an attention row spans: a padded row, or one padding-free row of the whole micro-batch."""
     return s.length * s.batch if s.padding_free else s.length
@@ -63,8 +68,7 @@ def layer_bytes(config: dict, shapes: dict, s, lora_targets: list[str]) -> int:
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     r, c = residual_bytes(s), compute_bytes(s)
     full = s.peft.get("method", "none") in ("none", "partial")  # frozen linears keep nothing of their input
-    # bnb's 4-bit linear casts its output back to its input's dtype: behind fp32 norms the MLP runs in fp32
-    m = r if s.quantization.get("method", "none") != "none" else c
+    m = mlp_bytes(s)
 
     total = 2 * norm_bytes(h, r, full, s.liger)
     if config.get("model_type") == "qwen3":  # per-head q/k norms: a reciprocal RMS per head, not per token
@@ -94,10 +98,17 @@ def norm_bytes(width: int, dtype_bytes: int, weight_trains: bool, liger: bool) -
     return 4 * width + 4 + (dtype_bytes * width if weight_trains else 0)
 
 
-# Transient, per token, inside one layer's backward: the incoming and outgoing residual gradients (r h each)
-# and the MLP's three intermediate gradients (c i each) at once. Estimated from the autograd graph, not measured.
+# Transient, per token, inside one layer's backward, net of what autograd frees on the way: the incoming and
+# outgoing residual gradients (r h each); in the MLP the product's, SiLU output's and up output's gradients
+# (3 c i) are alive at once while the product itself (c i) was freed with down_proj's node: net 2 c i
+# (fp32 behind a 4-bit base: see mlp_bytes).
+# Eager attention adds the gradients of its probabilities and fp32 softmax ((c + 4) per head and key).
+# From the autograd graph; on the CPU (bench/saved_activations.py's allocator timeline on one layer) the net
+# was about r h + 2 c i for sdpa, so this is an upper bound there.
 def layer_backward_bytes(config: dict, s) -> int:
-    return 2 * residual_bytes(s) * config["hidden_size"] + 3 * compute_bytes(s) * config["intermediate_size"]
+    c = compute_bytes(s)
+    scores = (c + 4) * config["num_attention_heads"] * row_length(s) if s.attention == "eager" else 0
+    return 2 * residual_bytes(s) * config["hidden_size"] + 2 * mlp_bytes(s) * config["intermediate_size"] + scores
 
 
 def checkpointed_layer_bytes(config: dict, s) -> int:

@@ -73,8 +73,8 @@ def test_fused_optimizer_has_no_step_temporary_and_checkpointing_keeps_layer_inp
     assert result["parts"]["optimizer_step_temporary"] == 0
     assert result["parts"]["activations_saved"] == 2 * 4 * 64 * 16  # layers x fp32 residual x hidden x tokens
     # end of backward: 16 bytes per parameter (weights, grads, states), the rebuilt layer with its bf16 weight
-    # copies, and the layer's backward workspace (residual grads in and out 2 x 4h, MLP grads 3 x 2i per token)
-    layer = PER_TOKEN_LAYER * 16 + 2 * LINEAR // 2 + (2 * 4 * 64 + 3 * 2 * 128) * 16
+    # copies, and the layer's backward workspace (residual grads in and out 2 x 4h, MLP grads net 2 x 2i per token)
+    layer = PER_TOKEN_LAYER * 16 + 2 * LINEAR // 2 + (2 * 4 * 64 + 2 * 2 * 128) * 16
     assert result["moments"]["backward_end"] == TOTAL * 16 + layer
 
 

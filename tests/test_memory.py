@@ -313,9 +313,9 @@ def test_classification_drops_the_lm_head_and_tolerates_a_head_target():
 
 def test_layer_count_matches_saved_tensors_of_a_real_model():
     """runner.activations' per-layer and LM-head counts against what autograd really keeps: a transformers Llama
-    (h 128, i 344, 4 heads, 2 KV heads, 3 layers; rows of 2 x 160 tokens; and a Qwen3) under bf16 autocast, one forward pass through TRL's fused head,
-    every saved tensor recorded by saved_tensors_hooks (bench/saved_activations.py). The HF layers only: Liger
-    and the varlen kernel need a GPU. Tolerance 1% (the count is exact on these cases; the head's int64 indices
+    (h 128, i 344, 4 heads, 2 KV heads, 3 layers; rows of 2 x 160 tokens; and a Qwen3) under bf16 autocast,
+    one forward pass through TRL's fused head, every saved tensor recorded by saved_tensors_hooks
+    (bench/saved_activations.py). The HF layers only: Liger and the varlen kernel need a GPU. Tolerance 1% (the count is exact on these cases; the head's int64 indices
     of the selected positions are left out of the count)."""
     import importlib.util
 

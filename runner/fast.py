@@ -179,12 +179,15 @@ def memory_as_decided(plan: dict, decided: dict, bf16: bool, padding_free: bool)
     changes = {"mixed_precision": precision, "padding_free": padding_free,
                "liger": bool(value("/training/use_liger_kernel", config.get("use_liger_kernel"))),
                "attention": value("/model/attn_implementation", plan["model"]["attn_implementation"]) or "sdpa"}
-    if dtype in ("float32", "bfloat16", "float16"):  # auto: the dtype the plan already resolved from the config
+    inputs = memory["estimate_inputs"]
+    if dtype == "auto":  # what the plan resolved `auto` to from the config (fp32 for a random init)
+        dtype = inputs.get("auto_dtype", inputs["settings"]["weights_dtype"])
+    if dtype in ("float32", "bfloat16", "float16"):
         changes["weights_dtype"] = dtype
     optim = value("/training/optim", config.get("optim"))
     if optim:
         changes["optim"] = optim
-    need = memory_fit.need_for(memory["estimate_inputs"], changes)
+    need = memory_fit.need_for(inputs, changes)
     shown = ", ".join(f"{k} {v}" for k, v in changes.items())
     return {**memory, "per_device_gib": need, "decided_for": shown}
 

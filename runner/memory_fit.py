@@ -45,7 +45,7 @@ def memory_section(doc: dict, config: dict | None, kind: str, reference: str | N
     return {
         # what launch-time code needs to recompute the estimate for the settings it decides (need_for)
         "estimate_inputs": {"config": {k: config[k] for k in CONFIG_KEYS if k in config},
-                            "settings": settings_to_dict(settings)},
+                            "settings": settings_to_dict(settings), "auto_dtype": auto_dtype(doc["model"], config)},
         "topology": topology.to_dict(),
         "per_device_gib": {"activation_checkpointing_on": need_gib(on), "activation_checkpointing_off": need_gib(off)},
         "peak_allocated_gib": round(chosen["peak_bytes"] / GIB, 2),
@@ -72,6 +72,8 @@ def activation_line(recipe_value: bool | None) -> str:
 def need_for(inputs: dict, changes: dict) -> dict:
     """Pure: per_device_gib (checkpointing on / off) for the plan's estimate inputs with some settings changed,
     e.g. the ones fast.decide settles at launch (dtype, optimizer, Liger, padding-free rows, attention)."""
+    if changes.get("weights_dtype") == "auto":  # decided `auto` (no bf16 here): what the plan resolved it to
+        changes = {**changes, "weights_dtype": inputs.get("auto_dtype", inputs["settings"]["weights_dtype"])}
     settings = replace(settings_from_dict(inputs["settings"]), **changes)
     return {f"activation_checkpointing_{name}": need_gib(memory.peak(inputs["config"],
                                                                     replace(settings, activation_checkpointing=flag)))
@@ -105,8 +107,7 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
         dtype = "bfloat16" if precision == "bf16" else "auto"
         assumptions.append(f"model.dtype null: weights load as {dtype} (the launch-time fast default on a GPU)")
     if dtype == "auto":
-        own = config.get("torch_dtype") or config.get("dtype")
-        dtype = "float32" if model["init"] == "random" or own not in memory.DTYPE_BYTES else own
+        dtype = auto_dtype(model, config)
         assumptions.append(f"weights load as {dtype} (model.dtype auto)")
     optim = training["optim"]
     if optim is None:  # a fast default
@@ -130,6 +131,12 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
         length=length, activation_checkpointing=bool(training.get("activation_checkpointing")), kind=kind,
         reference=reference, attention=attention, liger=liger, padding_free=padding_free, topology=topology)
     return settings, assumptions
+
+
+def auto_dtype(model: dict, config: dict) -> str:
+    """What `dtype: auto` loads: the checkpoint's own dtype; fp32 for a random init or an unknown one."""
+    own = config.get("torch_dtype") or config.get("dtype")
+    return "float32" if model["init"] == "random" or own not in memory.DTYPE_BYTES else own
 
 
 def kernels(doc: dict, assumptions: list[str]) -> tuple[bool, bool, str]:

@@ -171,6 +171,16 @@ def test_checkpointing_is_decided_on_the_estimate_for_the_decided_kernels(tmp_pa
     assert plain["value"] is True and "liger False" in plain["reason"]
 
 
+def test_a_gpu_without_bf16_recomputes_with_the_weights_auto_loads(tmp_path, recipe_file):
+    # V100-like: no bf16, so dtype is decided `auto` (fp32 for a random init) and training runs without autocast
+    plan = tinyllama_plan(tmp_path, recipe_file)
+    decided = fast.decide(plan, {**A100_40, "bf16": False, "varlen": False, "liger": False})
+    assert decided["/model/dtype"]["value"] == "auto"
+    reason = decided["/training/activation_checkpointing"]["reason"]
+    assert "weights_dtype float32" in reason and "mixed_precision no" in reason
+    assert decided["/training/activation_checkpointing"]["value"] is True  # fp32 everything: far over 35 GiB
+
+
 def test_recipe_settings_enter_the_recomputed_estimate(tmp_path, recipe_file):
     # the recipe fixes Liger off and padded rows: the launch has nothing to change, so the plan's figure decides
     plan = tinyllama_plan(tmp_path, recipe_file, use_liger_kernel=False, packing=False)

@@ -6,11 +6,14 @@ Two parts, so the GPU time is spent only on measuring:
     python bench/memory_calibration.py compare results.json         # anywhere: estimate vs measured, a Markdown table
 
 `measure` builds each model from its config with random weights (nothing is downloaded), trains a few
-SFTTrainer steps on pre-tokenized rows of exactly `--length` tokens (every batch is the longest possible),
-and records the peak of memory allocated by PyTorch after resetting it for each case. Cases: full
-fine-tuning (fp32 weights with bf16 autocast, and bf16 weights), LoRA r=16 on every linear layer over
-bf16 weights, and QLoRA (NF4, double quantization, bf16 compute), with activation checkpointing on
-and off. Each case is written to the JSON as soon as it finishes, so a run cut short keeps what it measured.
+SFTTrainer steps on pre-tokenized rows, half of them `--length` tokens long and half shorter (so nearly
+every padded batch is the longest possible and carries an attention mask, as real padded batches do),
+and records the peak of memory allocated by PyTorch after resetting it for each case. Plain TRL cases:
+full fine-tuning (fp32 weights with bf16 autocast, and bf16 weights), LoRA r=16 on every linear layer
+over bf16 weights, and QLoRA (NF4, double quantization, bf16 compute), with activation checkpointing on
+and off. Runner-path cases (`runner_*`, GPU only): bf16 weights, packing bfd (padding-free rows of
+batch x length tokens), the runner's varlen attention and Liger's kernels, as the fast defaults decide.
+Each case is written to the JSON as soon as it finishes, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
 
@@ -34,15 +37,18 @@ SHAPES = {
         "max_position_embeddings": 2048, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
     },
 }
-# name -> (weights dtype, peft, quantized, activation checkpointing)
+# name -> (weights dtype, peft, quantized, activation checkpointing, runner path: packed + varlen + Liger)
 CASES = {  # in the order they run: the most telling first, so a run cut short keeps them
-    "full_fp32_ckpt": ("float32", "none", False, True),
-    "lora_bf16_ckpt": ("bfloat16", "lora", False, True),
-    "qlora_nf4_ckpt": ("bfloat16", "lora", True, True),
-    "full_bf16_nockpt": ("bfloat16", "none", False, False),
-    "lora_bf16_nockpt": ("bfloat16", "lora", False, False),
-    "full_bf16_ckpt": ("bfloat16", "none", False, True),
-    "full_fp32_nockpt": ("float32", "none", False, False),
+    "runner_full_nockpt": ("bfloat16", "none", False, False, True),
+    "full_fp32_nockpt": ("float32", "none", False, False, False),
+    "full_bf16_nockpt": ("bfloat16", "none", False, False, False),
+    "runner_full_ckpt": ("bfloat16", "none", False, True, True),
+    "runner_lora_ckpt": ("bfloat16", "lora", False, True, True),
+    "full_fp32_ckpt": ("float32", "none", False, True, False),
+    "lora_bf16_ckpt": ("bfloat16", "lora", False, True, False),
+    "qlora_nf4_ckpt": ("bfloat16", "lora", True, True, False),
+    "lora_bf16_nockpt": ("bfloat16", "lora", False, False, False),
+    "full_bf16_ckpt": ("bfloat16", "none", False, True, False),
 }
 CKPT_KEY = "activation_checkpointing"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -62,7 +68,7 @@ def measure(args) -> None:
             SHAPES[name] = {**SHAPES[name], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}
     results = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
-               "batch": args.batch, "length": args.length, "steps": args.steps, "cases": []}
+               "batch": args.batch, "length": args.length, "steps": args.steps, "optim": args.optim, "cases": []}
     import transformers, trl, peft  # noqa: E401 (versions for the record)
     global CKPT_KEY  # transformers 5.23 renamed gradient_checkpointing; the GPU machine may have an older one
     CKPT_KEY = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
@@ -72,26 +78,35 @@ def measure(args) -> None:
     for case, shape_name in [(c, s) for c in args.cases for s in args.shapes]:
             shape = SHAPES[shape_name]
             config = AutoConfig.for_model(**shape)
-            rows = Dataset.from_dict({"input_ids": torch.randint(0, shape["vocab_size"] - 1,
-                                                                 (args.batch * args.steps, args.length)).tolist()})
-            dtype_name, peft_method, quantized, ckpt = CASES[case]
+            rows = Dataset.from_dict({"input_ids": token_rows(torch, shape["vocab_size"], args)})
+            dtype_name, peft_method, quantized, ckpt, runner_path = CASES[case]
             dtype = getattr(torch, dtype_name)
             record = {"shape": shape_name, "case": case, "dtype": dtype_name, "peft": peft_method,
-                      "quantized": quantized, "activation_checkpointing": ckpt}
+                      "quantized": quantized, "activation_checkpointing": ckpt, "runner_path": runner_path}
+            fast = {}
+            if runner_path:  # what the runner's fast defaults decide on a GPU with varlen and Liger
+                from runner import attention
+
+                attention.register()
+                config._attn_implementation = attention.NAME  # on the CPU: its per-document fallback
+                fast = {"packing": True, "packing_strategy": "bfd", "use_liger_kernel": gpu}  # Liger needs Triton
             started = time.monotonic()
             try:
                 torch.manual_seed(0)
                 with torch.device(args.device):
                     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-                if quantized:
+                if quantized:  # and the runner's k-bit preparation: what is not 4-bit goes to fp32
+                    from peft import prepare_model_for_kbit_training
+
                     quantize_4bit(model, args.device)
+                    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
                 if gpu:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     record["after_load_gib"] = torch.cuda.memory_allocated() / 2**30
                 sft = SFTConfig(output_dir="/tmp/calib-out", per_device_train_batch_size=args.batch,
-                                max_steps=args.steps, max_length=args.length, bf16=True, optim="adamw_torch",
-                                **{CKPT_KEY: ckpt}, logging_steps=1, save_strategy="no",
+                                max_steps=args.steps, max_length=args.length, bf16=True, optim=args.optim,
+                                **{CKPT_KEY: ckpt}, **fast, logging_steps=1, save_strategy="no",
                                 report_to="none", dataloader_num_workers=0, use_cpu=not gpu)
                 trainer = SFTTrainer(model=model, args=sft, train_dataset=rows, processing_class=tiny_tokenizer(),
                                      peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA) if peft_method == "lora"
@@ -114,6 +129,15 @@ def measure(args) -> None:
             gc.collect()
             if gpu:
                 torch.cuda.empty_cache()
+
+
+def token_rows(torch, vocab: int, args) -> list[list[int]]:
+    """Half the rows `length` tokens long, half shorter: padded batches nearly always hold a full-length row
+    and a mask; packed rows fill up to batch x length tokens."""
+    count = args.batch * args.steps * 4
+    lengths = [args.length if i % 2 == 0 else int(torch.randint(args.length // 16, args.length, ()))
+               for i in range(count)]
+    return [torch.randint(2, vocab - 1, (n,)).tolist() for n in lengths]
 
 
 def quantize_4bit(model, device: str) -> None:
@@ -150,17 +174,19 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
 
 
-def estimate_for(record: dict, batch: int, length: int) -> float:
+def estimate_for(record: dict, batch: int, length: int, optim: str = "adamw_torch") -> float:
     """runner.memory's estimate of the peak allocated GiB for one measured case."""
     from runner import memory
 
+    runner_path = record.get("runner_path", False)
     settings = memory.Settings(
         weights_dtype=record["dtype"],
         quantization={"method": "bnb_4bit", "bnb_4bit_use_double_quant": True} if record["quantized"]
         else {"method": "none"},
         peft={"method": "lora", **LORA} if record["peft"] == "lora" else {"method": "none"},
-        optim="adamw_torch", mixed_precision="bf16", batch=batch, length=length,
-        activation_checkpointing=record["activation_checkpointing"], kind="sft")
+        optim=optim, mixed_precision="bf16", batch=batch, length=length,
+        activation_checkpointing=record["activation_checkpointing"], kind="sft",
+        attention="runner_varlen" if runner_path else "sdpa", liger=runner_path, padding_free=runner_path)
     return memory.peak(SHAPES[record["shape"]], settings)["peak_bytes"] / memory.GIB
 
 
@@ -172,7 +198,7 @@ def compare(args) -> None:
         if "peak_allocated_gib" not in record:
             lines.append(f"| {record['shape']} | {record['case']} | {record.get('error', '?')} | | |")
             continue
-        est = estimate_for(record, results["batch"], results["length"])
+        est = estimate_for(record, results["batch"], results["length"], results.get("optim", "adamw_torch"))
         ratio = est / record["peak_allocated_gib"]
         worst = max(worst, abs(ratio - 1))
         lines.append(f"| {record['shape']} | {record['case']} | {record['peak_allocated_gib']:.2f} | {est:.2f} | "
@@ -190,7 +216,8 @@ def main(argv=None) -> None:
     m.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     m.add_argument("--batch", type=int, default=8)
     m.add_argument("--length", type=int, default=2048)
-    m.add_argument("--steps", type=int, default=2)
+    m.add_argument("--steps", type=int, default=4)
+    m.add_argument("--optim", default="adamw_torch_fused", help="TRL's default (the runner's on a GPU)")
     m.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     c = sub.add_parser("compare")
     c.add_argument("results")

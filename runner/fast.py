@@ -33,8 +33,9 @@ RULES = {
                          "PyTorch's varlen flash kernel is visible and the model is one it supports; else off",
     "/training/pad_to_multiple_of": "on a GPU without padding-free packing: max_length/8 rounded down to a power of "
                                     "two, 8..256 (few distinct shapes, at most ~1/8 padding); else none",
-    "/training/activation_checkpointing": "on a GPU: off when the plan's memory estimate without it fits in 90% of "
-                                          "the GPU's memory, on when it does not or no estimate exists; off on CPU",
+    "/training/activation_checkpointing": "on a GPU: off when the memory estimate without it (recomputed for the "
+                                          "settings decided at launch) fits in 90% of the GPU's memory, on when it "
+                                          "does not or no estimate exists; off on CPU",
     "/training/use_liger_kernel": "on when liger-kernel is installed, a GPU is visible, the task is sft/pretrain "
                                   "and the architecture is one Liger patches",
     "/training/optim": "adamw_torch_fused on a GPU, adamw_torch on CPU",
@@ -111,7 +112,6 @@ def decide(plan: dict, machine: dict) -> dict:
         out["/model/attn_implementation"] = {"value": "runner_varlen",
                                              "reason": "padding-free batches: each document attends only to itself"}
     set_("/training/pad_to_multiple_of", *pad_multiple(facts["max_length"], gpu, padding_free))
-    set_("/training/activation_checkpointing", *checkpointing(plan.get("memory"), machine, facts["peft_method"]))
     liger = (gpu and machine["liger"] and facts["task"] in ("sft", "pretrain")
              and facts["model_type"] in LIGER_MODEL_TYPES)
     set_("/training/use_liger_kernel", liger,
@@ -119,10 +119,20 @@ def decide(plan: dict, machine: dict) -> dict:
          "needs liger-kernel installed, a GPU, task sft/pretrain and a supported architecture")
     set_("/training/optim", "adamw_torch_fused" if gpu else "adamw_torch",
          "fused AdamW: one kernel for all parameters on the GPU" if gpu else "CPU")
+    memory = memory_as_decided(plan, out, bf16, padding_free)
+    set_("/training/activation_checkpointing", *checkpointing(memory, machine, facts["peft_method"]))
     workers = min(4, max(0, machine["cpus"] // max(1, machine["gpus"]) - 2)) if gpu else 0
     set_("/training/dataloader_num_workers", workers,
          f"{machine['cpus']} CPUs for {machine['gpus']} GPU(s)" if gpu else "CPU: batches collated in the main process")
     return out
+
+
+def packing_may_be_decided(doc: dict, task_name: str, model_config: dict | None) -> bool:
+    """Pure, for the plan: packing is left null and a machine with the varlen kernel would switch it on."""
+    if "packing" not in doc["training"] or doc["training"]["packing"] is not None:
+        return False
+    facts = plan_section(doc, task_name, model_config)["facts"]
+    return padding_free_ok(facts, {"varlen": True}, doc["model"].get("attn_implementation"))[0]
 
 
 def padding_free_ok(facts: dict, machine: dict, attn: str | None) -> tuple[bool, str]:
@@ -151,6 +161,37 @@ def pad_multiple(max_length: int | None, gpu: bool, padding_free: bool) -> tuple
     return multiple, f"GPU: bucketed shapes (max_length {max_length} / 8, power of two, 8..256)"
 
 
+def memory_as_decided(plan: dict, decided: dict, bf16: bool, padding_free: bool) -> dict | None:
+    """The plan's memory section with per_device_gib recomputed for the settings decided here (weights dtype,
+    optimizer, precision, Liger, padding-free rows, attention), which the plan could only assume. Pure."""
+    from . import memory_fit
+
+    memory = plan.get("memory")
+    if not memory or "estimate_inputs" not in memory:
+        return memory  # no estimate, or a plan.json written before launch-time recomputation existed
+    config = plan["trainer"]["config"]
+
+    def value(path, current):
+        return decided[path]["value"] if path in decided else current
+
+    dtype = value("/model/dtype", plan["model"]["dtype"])
+    precision = "bf16" if bf16 else "fp16" if config.get("fp16") else "no"
+    changes = {"mixed_precision": precision, "padding_free": padding_free,
+               "liger": bool(value("/training/use_liger_kernel", config.get("use_liger_kernel"))),
+               "attention": value("/model/attn_implementation", plan["model"]["attn_implementation"]) or "sdpa"}
+    inputs = memory["estimate_inputs"]
+    if dtype == "auto":  # what the plan resolved `auto` to from the config (fp32 for a random init)
+        dtype = inputs.get("auto_dtype", inputs["settings"]["weights_dtype"])
+    if dtype in ("float32", "bfloat16", "float16"):
+        changes["weights_dtype"] = dtype
+    optim = value("/training/optim", config.get("optim"))
+    if optim:
+        changes["optim"] = optim
+    need = memory_fit.need_for(inputs, changes)
+    shown = ", ".join(f"{k} {v}" for k, v in changes.items())
+    return {**memory, "per_device_gib": need, "decided_for": shown}
+
+
 def checkpointing(memory: dict | None, machine: dict, peft_method: str = "none") -> tuple[bool, str]:
     if not machine["gpus"]:
         return False, "CPU: no GPU memory to save"
@@ -160,9 +201,11 @@ def checkpointing(memory: dict | None, machine: dict, peft_method: str = "none")
     if needed is None:
         return True, "no memory estimate in the plan: kept on to be safe"
     budget = HEADROOM * machine["gpu_memory_gib"]
+    basis = f" (estimate for {memory['decided_for']})" if memory.get("decided_for") else ""
     if needed <= budget:
-        return False, f"estimated {needed:.1f} GiB without it fits in {budget:.1f} GiB ({HEADROOM:.0%} of the GPU)"
-    return True, f"estimated {needed:.1f} GiB without it exceeds {budget:.1f} GiB ({HEADROOM:.0%} of the GPU)"
+        return False, (f"estimated {needed:.1f} GiB without it fits in {budget:.1f} GiB ({HEADROOM:.0%} of the GPU)"
+                       + basis)
+    return True, f"estimated {needed:.1f} GiB without it exceeds {budget:.1f} GiB ({HEADROOM:.0%} of the GPU)" + basis
 
 
 def apply(plan: dict, decisions: dict) -> dict:

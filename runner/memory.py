@@ -6,19 +6,23 @@ The arithmetic, per device (bytes), for decoder models whose shapes runner.estim
     gradients   trainable params x their dtype bytes
     optimizer   states per trainable param (AdamW: two in the param's dtype; 8-bit: 2 B; SGD: none)
     step temp   torch's foreach AdamW allocates one param-sized temporary in `step` (fused: none)
-    autocast    bf16 copies of trainable fp32 linear weights, cached during the forward pass
-    activations per token per layer: 40 h + 8 i + 4 (q + 2 kv) bytes under bf16 (calibrated, see
-                bench/RESULTS.md), plus LoRA's own saved inputs; with checkpointing only each layer's
-                input (residual dtype x h) is kept, and one layer's activations are rebuilt in backward
+    autocast    bf16 copies of fp32 linear weights: trainable ones cached for the forward pass, frozen
+                ones kept per linear for backward (without checkpointing)
+    activations counted tensor by tensor (runner.activations): HF or Liger layers, LoRA, sdpa (with
+                its mask over padded or packed rows), eager or varlen/flash attention, TRL's fused LM
+                head; with checkpointing only each layer's input is kept and one layer is rebuilt
+    workspaces  transient: TRL's logits tile and gradient accumulators, one layer's backward gradients
 
-The peak is the largest of four moments: end of the forward pass, start of the backward pass
-(all saved activations), end of the backward pass (all gradients plus the last layer's
-activations), the optimizer step. ZeRO / FSDP divide what they shard by the world size.
+The peak is the largest of five moments: end of the forward pass, the LM head's backward (all saved
+activations + its workspace), the top layer's backward (+ the rebuilt layer under checkpointing),
+end of the backward pass (all gradients + one layer), the optimizer step. ZeRO / FSDP divide what
+they shard by the world size. bench/RESULTS.md compares it with measured peaks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import activations as act
 from . import estimate as counts
 from .topology import Topology
 
@@ -34,9 +38,6 @@ OPTIMIZERS = {
     "paged_adamw_32bit": (8, False), "lion_8bit": (1, False), "paged_lion_8bit": (1, False),
     "rmsprop": ("one", True), "adagrad": ("one", True), "sgd": (0, False), "adafactor": (0, False),
 }
-# Activation bytes per token per layer under 16-bit compute: a*h + b*i + c*(q + 2 kv). Fitted to the measured
-# peaks of a 1.1B Llama (bench/RESULTS.md); the MLP term (gate, up, act, product: 4 tensors of i, 2 bytes) is exact.
-ACT_H, ACT_I, ACT_QKV = 40, 8, 4
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class Settings:
     activation_checkpointing: bool = False
     kind: str = "sft"                     # "sft" | "dpo" (chosen + rejected rows) | "classification"
     reference: str | None = None          # dpo: "copy" keeps a second set of weights
-    attention: str = "sdpa"               # "eager" materialises the attention scores
+    attention: str = "sdpa"               # "eager" materialises the attention scores; runner_varlen / flash: no mask
+    liger: bool = False                   # Liger's RMSNorm, SwiGLU and RoPE kernels (use_liger_kernel)
+    padding_free: bool = False            # packed rows without padding: one row of batch x length tokens
     topology: Topology = Topology()
 
 
@@ -74,33 +77,61 @@ def peak(config: dict, s: Settings) -> dict | None:
     per_param, temp_too = OPTIMIZERS.get(s.optim, (None, True))
     state_bytes = 2 * t_bytes if per_param is None else t_bytes if per_param == "one" else per_param
     full = s.peft.get("method", "none") in ("none", "partial")
+    ckpt = s.activation_checkpointing
+    # fp32 weights under bf16 autocast: trainable ones are cast once and cached for the whole forward pass;
+    # frozen ones are cast per call, and each linear keeps its copy for backward unless checkpointing drops it
+    casts = s.mixed_precision != "no" and w_bytes == 4 and quant == "none" and not sharded_bf16(s.topology)
     parts = {
         "weights": weights, "gradients": trainable * t_bytes, "optimizer_states": trainable * state_bytes,
         "optimizer_step_temporary": trainable * t_bytes if temp_too else 0,
-        # bf16 copies of fp32 weights that require grad, cached by autocast for the whole forward pass
-        "autocast_weight_copies": 2 * (linear + head) if full and s.mixed_precision != "no" and w_bytes == 4 else 0,
+        "autocast_weight_copies": 2 * linear if casts and (full or not ckpt) else 0,
         "reference_model": weights if s.kind == "dpo" and s.reference == "copy" else 0,
         "ddp_gradient_buckets": 0,
     }
     if s.topology.engine != "single":
         fp32_states = 8 if per_param is None else 4 if per_param == "one" else per_param
         parts = shard(s.topology, parts, total, trainable, layers, quant, fp32_states, temp_too)
-    tokens = s.batch * s.length * (2 if s.kind == "dpo" else 1)
-    layer = layer_activation_bytes(config, shapes, s, quant) * tokens
-    residual = 4 if w_bytes == 4 and s.topology.engine != "deepspeed" else 2
-    saved = (layers * residual * h * tokens) if s.activation_checkpointing else layers * layer
+    parts.update(activation_parts(config, s, shapes))
+    tokens = parts.pop("tokens")
+    parts.pop("saved_per_layer")
+    head_trains = full and s.kind != "classification"
+    ws_forward, ws_backward = act.head_workspace(config, s, tokens, head_trains, w_bytes)
+    parts.update(lm_head_workspace_forward=ws_forward, lm_head_workspace_backward=ws_backward)
+    copies_backward = 0 if ckpt else parts["autocast_weight_copies"]
+    one_layer = parts["activations_one_layer"] + (2 * linear // layers if casts else 0)
     fixed = parts["weights"] + parts["reference_model"] + parts["optimizer_states"]
     grads = parts["gradients"] + parts["ddp_gradient_buckets"]
+    saved = parts["activations_saved"] + parts["lm_head_saved"]
     moments = {
-        "forward_end": fixed + parts["autocast_weight_copies"] + saved,
-        "backward_start": fixed + saved + (layer if s.activation_checkpointing else 0),
-        "backward_end": fixed + grads + layer,
+        "forward_end": fixed + parts["autocast_weight_copies"] + saved + ws_forward,
+        "backward_start": fixed + copies_backward + saved + ws_backward,
+        # the top layer's backward: every layer's saved tensors (+ the one rebuilt when checkpointing)
+        "top_layer_backward": fixed + copies_backward + parts["activations_saved"]
+        + (one_layer if ckpt else 0) + parts["layer_backward_workspace"] + (vocab * h * t_bytes if head_trains else 0),
+        "backward_end": fixed + grads + one_layer + parts["layer_backward_workspace"],
         "optimizer_step": fixed + grads + parts["optimizer_step_temporary"],
     }
     when = max(moments, key=moments.get)
-    parts.update(activations_saved=saved, activations_one_layer=layer)
-    return {"peak_bytes": moments[when], "peak_at": when, "parts": parts, "trainable": trainable,
+    return {"peak_bytes": moments[when], "peak_at": when, "moments": moments, "parts": parts, "trainable": trainable,
             "tokens_per_micro_batch": tokens}
+
+
+def sharded_bf16(t: Topology) -> bool:
+    """DeepSpeed computes with bf16 copies of the parameters, FSDP gathers them in bf16: no autocast copies."""
+    return t.engine == "deepspeed" or (t.engine == "fsdp" and t.world_size > 1)
+
+
+def activation_parts(config: dict, s: Settings, shapes: dict | None = None) -> dict:
+    """Saved-for-backward bytes of one micro-batch: all layers, one layer, the LM head; and the layer workspace."""
+    shapes = shapes or counts.linear_shapes(config)
+    tokens = s.batch * s.length * (2 if s.kind == "dpo" else 1)  # padding-free: batch x length real tokens
+    full = s.peft.get("method", "none") in ("none", "partial")
+    layer = act.layer_bytes(config, shapes, s, lora_targets(shapes, s.peft))
+    kept = act.checkpointed_layer_bytes(config, s) if s.activation_checkpointing else layer
+    return {"tokens": tokens, "activations_saved": config["num_hidden_layers"] * kept * tokens,
+            "activations_one_layer": layer * tokens, "saved_per_layer": kept * tokens,
+            "lm_head_saved": act.head_bytes(config, s, full) * tokens,
+            "layer_backward_workspace": act.layer_backward_bytes(config, s) * tokens}
 
 
 def weights_bytes(linear: int, other: int, w_bytes: int, quantization: dict) -> int:
@@ -143,22 +174,6 @@ def lora_targets(shapes: dict, peft: dict) -> list[str]:
     if not isinstance(targets, list):  # "all-linear", or a regular expression: every linear layer, an upper bound
         return list(shapes)
     return [t.split(".")[-1] for t in targets if t.split(".")[-1] in shapes]
-
-
-def layer_activation_bytes(config: dict, shapes: dict, s: Settings, quant: str) -> int:
-    """Bytes one decoder layer keeps for its backward pass, per token."""
-    h, i = config["hidden_size"], config["intermediate_size"]
-    q, kv = shapes["q_proj"][1], shapes["k_proj"][1]
-    per_token = ACT_H * h + ACT_I * i + ACT_QKV * (q + 2 * kv)
-    dropout = (s.peft.get("lora_dropout", 0.0) or 0.0) > 0
-    for name in lora_targets(shapes, s.peft):
-        # lora_A keeps its own 16-bit copy of the input (autocast casts it per call); dropout keeps a 1-byte mask
-        per_token += shapes[name][0] * (2 + (1 if dropout else 0))
-    if quant in ("bnb_4bit", "bnb_8bit"):
-        per_token += 2 * sum(shape[0] for shape in shapes.values())  # bnb's matmul keeps its 16-bit input
-    if s.attention == "eager":  # scores and probabilities, per head, for every key position
-        per_token += 6 * config["num_attention_heads"] * s.length
-    return per_token * (2 if s.mixed_precision == "no" else 1)  # fp32 compute doubles every saved tensor
 
 
 def shard(t: Topology, parts: dict, total: int, trainable: int, layers: int, quant: str,

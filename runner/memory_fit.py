@@ -5,12 +5,15 @@
                       "parts_gib": {...}, "peak_at": "...", "assumptions": [...], "fit": [...]}
 
 `per_device_gib` is what must be free on each GPU: the estimated peak of PyTorch's allocator plus its
-slack and the CUDA context. Launch-time code (activation checkpointing left to the runner) compares it
-with the GPU it lands on. None where the model's shapes are unknown.
+slack and the CUDA context. None where the model's shapes are unknown. Settings the recipe leaves to the
+launch (Liger, packing, attention, dtype, optimizer) are assumed here and listed in `assumptions`; the
+section keeps its inputs (`estimate_inputs`: the config's shape keys and the settings), so launch-time
+code recomputes the figure for the values it decides (`need_for`, via fast.memory_as_decided) before
+comparing it with the GPU it lands on.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from . import memory
 from .memory import GIB, Settings
@@ -19,6 +22,9 @@ from .topology import Topology
 LORA = {"method": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 QLORA = {"method": "bnb_4bit", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
 ZERO3_GPUS = 8  # the usual machine: ZeRO-3 is suggested across this many GPUs when the run has fewer
+# the config.json keys the estimate reads (runner.estimate, runner.memory, runner.activations)
+CONFIG_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings", "attention_bias", "mlp_bias")
 
 
 def memory_section(doc: dict, config: dict | None, kind: str, reference: str | None,
@@ -37,6 +43,9 @@ def memory_section(doc: dict, config: dict | None, kind: str, reference: str | N
                                   "(llama, mistral, qwen2, qwen3)"}
     chosen = on if settings.activation_checkpointing else off
     return {
+        # what launch-time code needs to recompute the estimate for the settings it decides (need_for)
+        "estimate_inputs": {"config": {k: config[k] for k in CONFIG_KEYS if k in config},
+                            "settings": settings_to_dict(settings), "auto_dtype": auto_dtype(doc["model"], config)},
         "topology": topology.to_dict(),
         "per_device_gib": {"activation_checkpointing_on": need_gib(on), "activation_checkpointing_off": need_gib(off)},
         "peak_allocated_gib": round(chosen["peak_bytes"] / GIB, 2),
@@ -46,10 +55,37 @@ def memory_section(doc: dict, config: dict | None, kind: str, reference: str | N
         "assumptions": assumptions + [
             f"needed = peak allocated x {1 + memory.ALLOCATOR_SLACK:g} (allocator slack) + {memory.CONTEXT_GIB} GiB "
             "(CUDA context)",
-            f"activation checkpointing {'on' if settings.activation_checkpointing else 'off'} as the recipe sets; "
-            "both figures are in per_device_gib"],
+            activation_line(doc["training"].get("activation_checkpointing")),
+            "settings left null are decided at launch, where the estimate is recomputed for the values decided "
+            "(fast defaults) before activation checkpointing is chosen"],
         "fit": fit_lines(config, settings),
     }
+
+
+def activation_line(recipe_value: bool | None) -> str:
+    if recipe_value is None:
+        return ("training.activation_checkpointing null: decided at launch from the GPU's memory and "
+                "per_device_gib.activation_checkpointing_off (both figures are given)")
+    return f"activation checkpointing {'on' if recipe_value else 'off'} as the recipe sets; both figures are given"
+
+
+def need_for(inputs: dict, changes: dict) -> dict:
+    """Pure: per_device_gib (checkpointing on / off) for the plan's estimate inputs with some settings changed,
+    e.g. the ones fast.decide settles at launch (dtype, optimizer, Liger, padding-free rows, attention)."""
+    if changes.get("weights_dtype") == "auto":  # decided `auto` (no bf16 here): what the plan resolved it to
+        changes = {**changes, "weights_dtype": inputs.get("auto_dtype", inputs["settings"]["weights_dtype"])}
+    settings = replace(settings_from_dict(inputs["settings"]), **changes)
+    return {f"activation_checkpointing_{name}": need_gib(memory.peak(inputs["config"],
+                                                                    replace(settings, activation_checkpointing=flag)))
+            for name, flag in (("on", True), ("off", False))}
+
+
+def settings_to_dict(s: Settings) -> dict:
+    return {**{f.name: getattr(s, f.name) for f in fields(s)}, "topology": s.topology.to_dict()}
+
+
+def settings_from_dict(d: dict) -> Settings:
+    return Settings(**{**d, "topology": Topology(**d["topology"])})
 
 
 def need_gib(result: dict) -> float:
@@ -71,8 +107,7 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
         dtype = "bfloat16" if precision == "bf16" else "auto"
         assumptions.append(f"model.dtype null: weights load as {dtype} (the launch-time fast default on a GPU)")
     if dtype == "auto":
-        own = config.get("torch_dtype") or config.get("dtype")
-        dtype = "float32" if model["init"] == "random" or own not in memory.DTYPE_BYTES else own
+        dtype = auto_dtype(model, config)
         assumptions.append(f"weights load as {dtype} (model.dtype auto)")
     optim = training["optim"]
     if optim is None:  # a fast default
@@ -89,12 +124,37 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
                        f"({'packing fills every row' if training.get('packing') else 'padding reaches this on the longest batch'})")
     if doc["peft"]["method"] == "partial":
         assumptions.append("peft partial: every weight counted as trainable (an upper bound)")
+    liger, padding_free, attention = kernels(doc, assumptions)
     settings = Settings(
         weights_dtype=dtype, quantization=model["quantization"], peft=doc["peft"],
         optim=optim, mixed_precision=precision, batch=training["per_device_train_batch_size"],
         length=length, activation_checkpointing=bool(training.get("activation_checkpointing")), kind=kind,
-        reference=reference, attention=model.get("attn_implementation") or "sdpa", topology=topology)
+        reference=reference, attention=attention, liger=liger, padding_free=padding_free, topology=topology)
     return settings, assumptions
+
+
+def auto_dtype(model: dict, config: dict) -> str:
+    """What `dtype: auto` loads: the checkpoint's own dtype; fp32 for a random init or an unknown one."""
+    own = config.get("torch_dtype") or config.get("dtype")
+    return "float32" if model["init"] == "random" or own not in memory.DTYPE_BYTES else own
+
+
+def kernels(doc: dict, assumptions: list[str]) -> tuple[bool, bool, str]:
+    """(Liger kernels, padding-free rows, attention) as the recipe sets them; null ones counted as off (the larger
+    estimate) until the launch decides them."""
+    training = doc["training"]
+    liger = training.get("use_liger_kernel")
+    if liger is None:
+        assumptions.append("training.use_liger_kernel null: counted without Liger's kernels (decided at launch)")
+    packing = training.get("packing")
+    if packing is None and "packing" in training:
+        assumptions.append("training.packing null: counted as padded rows (decided at launch)")
+    padding_free = bool(packing) and training.get("packing_strategy", "bfd") in ("bfd", "bfd_split")
+    attention = doc["model"].get("attn_implementation") or "sdpa"
+    if doc["model"].get("attn_implementation") is None:
+        assumptions.append("model.attn_implementation null: counted as sdpa (the runner's varlen attention is "
+                           "decided at launch for padding-free rows)")
+    return bool(liger), padding_free, attention
 
 
 def fit_lines(config: dict, settings: Settings) -> list[str]:
@@ -124,6 +184,8 @@ def changes(s: Settings) -> list[tuple[str, Settings]]:
         found.append((f"per_device_train_batch_size: {batch} with gradient_accumulation_steps x{s.batch // batch} "
                       "(same global batch)", replace(s, batch=batch)))
         batch //= 2
+    if not s.liger and s.kind in ("sft", "dpo"):
+        found.append(("training.use_liger_kernel: true (liger-kernel installed, a GPU)", replace(s, liger=True)))
     if s.peft.get("method") in ("none", "partial") and s.optim in ("adamw_torch", "adamw_torch_fused"):
         found.append(("training.optim: adamw_bnb_8bit", replace(s, optim="adamw_bnb_8bit")))
     if s.peft.get("method") in ("none", "partial"):

@@ -56,7 +56,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         "evaluation": evaluation_spec(doc, task, fmt),
         "predict": task.predict,
         "topology": topology.to_dict(),
-        "batch": scale.batch_arithmetic(doc, topology),
+        "batch": scale.batch_arithmetic(doc, topology, fast.packing_may_be_decided(doc, task.name, model_config)),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
                                             topology, config_source),

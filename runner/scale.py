@@ -86,8 +86,15 @@ def _check_zero3_save(doc: dict, topology: Topology) -> list[Problem]:
                     "YAML that has no deepspeed_config_file)")]
 
 
-def batch_arithmetic(doc: dict, topology: Topology) -> dict:
-    """Per-device and global batch for this topology, and optimizer steps per epoch when the row count is cheap."""
+PACKING_AT_LAUNCH = ("training.packing is null and may be decided on at launch (a GPU with PyTorch's varlen kernel): "
+                     "packed rows then depend on the token lengths; set packing to false or true to know beforehand")
+
+
+def batch_arithmetic(doc: dict, topology: Topology, packing_at_launch: bool = False) -> dict:
+    """Per-device and global batch for this topology, and optimizer steps per epoch when the row count is cheap.
+
+    packing_at_launch: packing is left to the launch and may be switched on there; the count for unpacked rows
+    is then only conditional (steps_per_epoch_if_not_packed)."""
     training = doc["training"]
     per_device, accum, world = (training["per_device_train_batch_size"], training["gradient_accumulation_steps"],
                                 topology.world_size)
@@ -110,10 +117,16 @@ def batch_arithmetic(doc: dict, topology: Topology) -> dict:
         # `accum` of them, a last partial group counts as a step
         batches = math.ceil(rows / world / per_device)
         batch["steps_per_epoch"] = max(math.ceil(batches / accum), 1)
+        if packing_at_launch:
+            batch.update(steps_per_epoch=None, steps_per_epoch_unknown=PACKING_AT_LAUNCH,
+                         steps_per_epoch_if_not_packed=max(math.ceil(batches / accum), 1))
     if training["max_steps"] > 0:
         batch["total_steps"] = training["max_steps"]
     elif batch["steps_per_epoch"] is not None:
         batch["total_steps"] = math.ceil(batch["steps_per_epoch"] * training["num_train_epochs"])
+    elif "steps_per_epoch_if_not_packed" in batch:
+        batch["total_steps_if_not_packed"] = math.ceil(batch["steps_per_epoch_if_not_packed"]
+                                                       * training["num_train_epochs"])
     return batch
 
 

@@ -8,7 +8,7 @@ import torch
 from runner import attention, fast, plan as plan_module
 from runner.recipe import load_recipe
 
-from conftest import base_recipe, write_jsonl
+from conftest import TINY_MODEL, base_recipe, write_jsonl
 
 H100 = {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True, "liger": True}
 CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False}
@@ -131,6 +131,73 @@ def test_a_cpu_run_records_its_decisions(tmp_path, recipe_file):
     settings = saved["fast_defaults"]["settings"]
     assert settings["/training/optim"]["value"] == "adamw_torch" and settings["/training/packing"]["value"] is False
     assert saved["trainer"]["config"]["activation_checkpointing"] is False and saved["model"]["dtype"] == "auto"
+
+
+# --- activation checkpointing from the estimate of the settings decided ---------------------------
+
+A100_40 = {**H100, "gpu_memory_gib": 39.4}  # 90%: 35.5 GiB
+
+
+def tinyllama_plan(tmp_path, recipe_file, **training):
+    """The 1.1B TinyLlama shape (bench/throughput.py's rows), batch 8 x 2048, everything fast left null."""
+    import shutil
+
+    model_dir = tmp_path / "tinyllama"
+    shutil.copytree(TINY_MODEL, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                  num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=2048)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    return planned(tmp_path, recipe_file, model={"name_or_path": str(model_dir), "init": "random"},
+                   training={"per_device_train_batch_size": 8, "max_length": 2048, **training})
+
+
+def test_checkpointing_is_decided_on_the_estimate_for_the_decided_kernels(tmp_path, recipe_file):
+    plan = tinyllama_plan(tmp_path, recipe_file)
+    # the plan cannot know the machine: it counts padded sdpa rows without Liger, and says so
+    assumptions = " ".join(plan["memory"]["assumptions"])
+    assert "use_liger_kernel null" in assumptions and "packing null" in assumptions
+    planned_off = plan["memory"]["per_device_gib"]["activation_checkpointing_off"]
+    assert planned_off > 0.9 * A100_40["gpu_memory_gib"]  # padded, no Liger: would not fit a 40 GB GPU
+    # with varlen and Liger, the launch recomputes: padding-free rows, Liger layers (measured on an H100: 27.1 GiB
+    # peak allocated with checkpointing off), which fit in 90% of 40 GB: checkpointing off
+    decision = fast.decide(plan, A100_40)["/training/activation_checkpointing"]
+    assert decision["value"] is False, decision
+    assert "liger True" in decision["reason"] and "padding_free True" in decision["reason"]
+    needed = float(decision["reason"].split("estimated ")[1].split(" GiB")[0])
+    assert 27.1 * 1.1 <= needed < planned_off  # at least the measured peak plus allocator slack
+    # the same GPU without the kernels: the decided settings are the plan's, which do not fit
+    plain = fast.decide(plan, {**A100_40, "varlen": False, "liger": False})["/training/activation_checkpointing"]
+    assert plain["value"] is True and "liger False" in plain["reason"]
+
+
+def test_a_gpu_without_bf16_recomputes_with_the_weights_auto_loads(tmp_path, recipe_file):
+    # V100-like: no bf16, so dtype is decided `auto` (fp32 for a random init) and training runs without autocast
+    plan = tinyllama_plan(tmp_path, recipe_file)
+    decided = fast.decide(plan, {**A100_40, "bf16": False, "varlen": False, "liger": False})
+    assert decided["/model/dtype"]["value"] == "auto"
+    reason = decided["/training/activation_checkpointing"]["reason"]
+    assert "weights_dtype float32" in reason and "mixed_precision no" in reason
+    assert decided["/training/activation_checkpointing"]["value"] is True  # fp32 everything: far over 35 GiB
+
+
+def test_recipe_settings_enter_the_recomputed_estimate(tmp_path, recipe_file):
+    # the recipe fixes Liger off and padded rows: the launch has nothing to change, so the plan's figure decides
+    plan = tinyllama_plan(tmp_path, recipe_file, use_liger_kernel=False, packing=False)
+    decided = fast.memory_as_decided(plan, fast.decide(plan, A100_40), True, False)
+    assert decided["per_device_gib"] == plan["memory"]["per_device_gib"]
+    assert not any("use_liger_kernel null" in a for a in plan["memory"]["assumptions"])
+
+
+def test_steps_per_epoch_are_conditional_while_packing_is_left_to_the_launch(tmp_path, recipe_file):
+    batch = planned(tmp_path, recipe_file, training={"max_steps": -1, "num_train_epochs": 2})["batch"]
+    assert batch["steps_per_epoch"] is None and "packing is null" in batch["steps_per_epoch_unknown"]
+    assert batch["steps_per_epoch_if_not_packed"] == 4 and batch["total_steps_if_not_packed"] == 8  # 16 rows / 4
+    fixed = planned(tmp_path, recipe_file, training={"max_steps": -1, "num_train_epochs": 2, "packing": False})
+    assert fixed["batch"]["steps_per_epoch"] == 4 and fixed["batch"]["total_steps"] == 8
+    # packing that can never be switched on (documents would mix): the count stands
+    wrapped = planned(tmp_path, recipe_file, training={"max_steps": -1, "packing_strategy": "wrapped"})
+    assert wrapped["batch"]["steps_per_epoch"] == 4
 
 
 # --- the varlen attention ------------------------------------------------------------------------

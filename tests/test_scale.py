@@ -86,7 +86,7 @@ def test_plan_for_a_world_size_shows_the_global_batch_and_steps_per_epoch(tmp_pa
     write_jsonl(tmp_path / "train.jsonl", [{"text": f"row {i}"} for i in range(100)])
     path = recipe_file(base_recipe(tmp_path, training={"per_device_train_batch_size": 4,
                                                        "gradient_accumulation_steps": 2, "max_steps": -1,
-                                                       "num_train_epochs": 3}))
+                                                       "num_train_epochs": 3, "packing": False}))
     result = cli("plan", str(path), "--world-size", "4", "--accelerate-config",
                  str(CONFIGS / "deepspeed_zero3.yaml"))
     assert result.returncode == 0, result.stderr

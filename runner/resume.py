@@ -114,15 +114,22 @@ def checkpoint_callbacks(recipe: dict):
                                            "data_files": data_files(recipe), "world_size": args.world_size})
 
     class StopOnSignal(TrainerCallback):
-        """SIGINT/SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once."""
+        """SIGINT/SIGTERM: finish the current step, save a checkpoint, stop. A second signal stops at once.
+
+        With several processes every rank must stop at the same step, so the flag is combined across ranks:
+        a non-blocking all_reduce on a CPU (gloo) group, started at the end of each step and read at the end
+        of the next. A blocking all_reduce and `.item()` every step would stall each GPU step on the host;
+        this costs one step of delay instead."""
 
         def __init__(self):
             self.received: str | None = None
             self.previous = {}
+            self.agreement = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._note)
+            self.agreement = RankAgreement.start()  # every rank calls it here: creating a group is collective
 
         def _note(self, signum, frame):
             self.received = signal.Signals(signum).name
@@ -130,10 +137,16 @@ def checkpoint_callbacks(recipe: dict):
                 signal.signal(sig, handler)  # a second signal is not caught again
 
         def on_step_end(self, args, state, control, **kwargs):
-            if _anywhere(self.received is not None):
+            anywhere = self.received is not None if self.agreement is None else \
+                self.agreement.any_so_far(self.received is not None)
+            if anywhere:
                 self.received = self.received or "SIGTERM"  # another process got it
                 control.should_save = True
                 control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.agreement is not None:
+                self.agreement.finish()
 
         def restore(self):
             for sig, handler in self.previous.items():
@@ -149,16 +162,43 @@ def all_finite(model) -> bool:
     return model is None or all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _anywhere(flag: bool) -> bool:
-    """True on every process when it is true on any: all must checkpoint and stop at the same step."""
-    import torch
-    import torch.distributed as dist
+class RankAgreement:
+    """Whether a flag was raised on any rank, learnt one step late without blocking on the GPU.
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1 if flag else 0], device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    Each call combines the flag with a MAX all_reduce on a gloo (CPU) group, asynchronously, and returns the
+    result of the previous call's all_reduce: every rank gets the same answer at the same call.
+    """
+
+    def __init__(self, group):
+        self.group, self.pending = group, None
+
+    @classmethod
+    def start(cls) -> RankAgreement | None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        return cls(dist.new_group(backend="gloo"))
+
+    def any_so_far(self, flag: bool) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        earlier = self._wait()
+        value = torch.tensor([1 if flag else 0])
+        self.pending = (dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group, async_op=True), value)
+        return earlier
+
+    def _wait(self) -> bool:
+        if self.pending is None:
+            return False
+        work, value = self.pending
+        work.wait()
+        self.pending = None
+        return bool(value.item())
+
+    def finish(self) -> None:
+        self._wait()  # no collective left in flight when training ends
 
 
 class RunInterrupted(Exception):

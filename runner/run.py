@@ -165,6 +165,9 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     except resume.RunInterrupted:
         manifest["status"] = "interrupted"
         finish(manifest, results, trainer, plan, started, state.is_main_process)
+        # every rank stopped at the same step; none exits (non-zero) before rank 0 has written the records, or the
+        # launcher would kill rank 0 on the first rank's exit
+        state.wait_for_everyone()
         if moved is not None:
             print(f"the earlier run in {run_dir} is kept in {moved} until this one finishes", file=sys.stderr)
         raise

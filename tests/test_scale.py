@@ -23,7 +23,7 @@ import pytest
 
 from assets import reverse_rows
 from conftest import ROOT, base_recipe, write_json, write_jsonl
-from runner import distributed, launch, scale
+from runner import distributed, launch, resume, scale
 from runner.schema import _fill
 from runner.errors import RecipeError
 from runner.plan import build_plan
@@ -661,6 +661,29 @@ def test_fsdp_launched_on_a_machine_without_gpus_is_refused_not_run_as_ddp(tmp_p
     assert result.stderr.count("exitcode  : 2") == 2  # each rank exits 2; the traceback printed is torchrun's own
     assert str(ROOT / "runner") not in result.stderr, "no traceback through the runner"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
+    """SIGTERM reaches only rank 1 (one preempted node): the ranks agree without a blocking collective per step,
+    every rank saves its part of one checkpoint at the same step, and the run says how to resume."""
+    _engine_recipe(tmp_path, PER_DEVICE)
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    recipe["training"].update(max_steps=40, num_train_epochs=10, save_strategy="no")
+    recipe["evaluation"] = {"metrics": ["loss"], "baseline": False}
+    write_json(tmp_path / "recipe.json", recipe)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                             *launch.launcher_args(CONFIGS / "multi_gpu.yaml", 2, 1), "--main_process_port", str(free_port()),
+                             str(ROOT / "tests" / "signal_probe.py"), str(tmp_path / "recipe.json")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "exitcode  : 143" in result.stderr, result.stderr[-3000:]  # 128 + SIGTERM
+    checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-4"], checkpoints  # signalled at 3, agreed one step later
+    assert {p.name for p in checkpoints[0].glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert (checkpoints[0] / resume.COMPLETE).is_file()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+    assert "--resume" in result.stderr
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ A user mistake (RecipeError) prints one report and exits with code 2, never a tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import launch
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:  # a checkpoint was saved; the message says how to resume
-        print(exc, file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stopped at the same step: one message is enough
+            print(exc, file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -139,6 +139,12 @@ def cpu_peak(case: str, config: dict = SMALL, batch: int = 2, length: int = 512)
         with torch.profiler.record_function("backward"):
             out.loss.backward()
         del out
+    forward_end, peak = timeline(prof)
+    return {"forward_end": forward_end, "peak": peak}
+
+
+def timeline(prof) -> tuple[int, int]:
+    """(bytes allocated when the "backward" range starts, highest bytes allocated) from the allocator events."""
     events = prof.profiler.kineto_results.events()
     backward = min(e.start_ns() for e in events if e.name() == "backward")
     now = peak = forward_end = 0
@@ -147,7 +153,7 @@ def cpu_peak(case: str, config: dict = SMALL, batch: int = 2, length: int = 512)
             forward_end = now
         now += nbytes
         peak = max(peak, now)
-    return {"forward_end": forward_end, "peak": peak}
+    return forward_end, peak
 
 
 def layer_backward(attention: str = "sdpa", config: dict = SMALL, tokens: int = 2048) -> dict:
@@ -174,14 +180,7 @@ def layer_backward(attention: str = "sdpa", config: dict = SMALL, tokens: int = 
         with torch.profiler.record_function("backward"):
             out.backward(grad)
         del out, grad
-    events = prof.profiler.kineto_results.events()
-    backward = min(e.start_ns() for e in events if e.name() == "backward")
-    now = peak = forward_end = 0
-    for start, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
-        if start >= backward and not forward_end:
-            forward_end = now
-        now += nbytes
-        peak = max(peak, now)
+    forward_end, peak = timeline(prof)
     weight_grads = sum(p.numel() * 2 for p in layer.parameters())
     return {"attention": attention, "forward_end_per_token": forward_end / tokens,
             "backward_rise_per_token": (peak - forward_end - weight_grads) / tokens}

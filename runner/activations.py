@@ -23,7 +23,9 @@ c the compute dtype's bytes (2 under bf16/fp16 autocast; without it, the weights
     MLP                HF: gate out, silu out, up out (3 c i) + product (c i, if down_proj trains);
                        Liger SiLUMul: gate out and up out (2 c i) + product (c i, if down_proj trains);
                        behind a bnb 4-bit base (fp32 norms), r instead of c: bnb returns its input's dtype
-    bnb 4-bit linear   nothing (bitsandbytes 0.50's MatMul4Bit keeps only the packed weight); 8-bit assumed alike
+    bnb 4-bit linear   nothing (bitsandbytes 0.50's MatMul4Bit keeps only the packed weight)
+    bnb 8-bit linear   its input A (MatMul8bitLt's ctx.tensors, outside save_for_backward; the int8 CAt only when the
+                       weight trains): the norm outputs and down_proj's input, as a trained linear keeps them
     LoRA, per module   lora_A's c-byte copy of its input + 1-byte dropout mask (CUDA) + lora_A's output (c r)
     checkpointing      each layer keeps only its input (r h); one layer is rebuilt at a time in backward
     TRL fused LM head  the final norm + the selected hidden states (r h), targets (8), log_z and entropy (4 + 4)
@@ -56,9 +58,14 @@ def mlp_bytes(s) -> int:
     return residual_bytes(s) if s.quantization.get("method", "none") != "none" else compute_bytes(s)
 
 
+def rows(s) -> int:
+    """Sequences in a micro-batch: DPO stacks each pair's chosen and rejected rows."""
+    return s.batch * (2 if s.kind == "dpo" else 1)
+
+
 def row_length(s) -> int:
     """Key positions an attention row spans: a padded row, or one padding-free row of the whole micro-batch."""
-    return s.length * s.batch if s.padding_free else s.length
+    return s.length * rows(s) if s.padding_free else s.length
 
 
 def layer_bytes(config: dict, shapes: dict, s, lora_targets: list[str]) -> int:
@@ -73,14 +80,17 @@ def layer_bytes(config: dict, shapes: dict, s, lora_targets: list[str]) -> int:
     total = 2 * norm_bytes(h, r, full, s.liger)
     if config.get("model_type") == "qwen3":  # per-head q/k norms: a reciprocal RMS per head, not per token
         total += norm_bytes(q, c, full, s.liger) + norm_bytes(kv, c, full, s.liger) + 4 * (heads + kv_heads - 2)
+    eight_bit = s.quantization.get("method", "none") == "bnb_8bit"
     if full:  # the norms' outputs (dtype r) as inputs of q/k/v and gate/up: shared, or a c-byte copy per linear
         total += 2 * r * h if r == c else 5 * c * h
+    elif eight_bit:  # bnb's 8-bit matmul keeps its (shared) input as it arrives: no autocast copy
+        total += 2 * r * h
     if s.attention == "eager":
         total += 4 * c * q + (4 + c) * heads * row_length(s)
     else:
         kv_kept = q if masked(s) else kv  # transformers repeats k/v for sdpa whenever a mask is passed
         total += 2 * c * q + 2 * c * kv_kept + 4 * heads + (c * row_length(s) if masked(s) else 0)
-    total += (2 if s.liger else 3) * m * i + (m * i if full else 0)  # + the product kept by down_proj
+    total += (2 if s.liger else 3) * m * i + (m * i if full or eight_bit else 0)  # + the product kept by down_proj
     dropout = (s.peft.get("lora_dropout", 0.0) or 0.0) > 0
     for name in lora_targets:
         total += shapes[name][0] * (c + (1 if dropout else 0)) + c * s.peft.get("r", 16)
@@ -89,7 +99,7 @@ def layer_bytes(config: dict, shapes: dict, s, lora_targets: list[str]) -> int:
 
 def masked(s) -> bool:
     """sdpa gets a mask: padded rows (a batch of more than one), or a padding-free row of several documents."""
-    return s.attention == "sdpa" and (s.padding_free or s.batch > 1)
+    return s.attention == "sdpa" and (s.padding_free or rows(s) > 1)
 
 
 def norm_bytes(width: int, dtype_bytes: int, weight_trains: bool, liger: bool) -> int:

@@ -22,6 +22,9 @@ VARLEN_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_m
 LIGER_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "phi3"})
 # PEFT methods that leave the token sequence alone (prompt/prefix tuning add virtual tokens per row).
 PACKABLE_PEFT = frozenset({"none", "lora", "partial"})
+# Decided per machine without changing what is computed: a resumed run may take another value (another GPU's
+# memory may call for checkpointing, another machine has other CPUs for workers).
+SAME_TRAINING = frozenset({"/training/activation_checkpointing", "/training/dataloader_num_workers"})
 HEADROOM = 0.9  # share of the GPU's memory a run may plan to use (allocator fragmentation, CUDA context)
 
 RULES = {
@@ -249,7 +252,8 @@ def check_same_decisions(resolved: dict, earlier: dict) -> None:
     from .errors import Problem, RecipeError
 
     before, now = decided_values(earlier), decided_values(resolved)
-    changed = sorted(path for path in before if path in now and before[path] != now[path])
+    changed = sorted(path for path in before if path in now and before[path] != now[path]
+                     and path not in SAME_TRAINING)
     if changed:
         raise RecipeError([Problem(path, f"decided {now[path]!r} on this machine, but the run being resumed trained "
                                          f"with {before[path]!r} (plan.json)",

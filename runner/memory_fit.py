@@ -103,8 +103,12 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
     else:
         precision = "bf16" if training["bf16"] else "fp16" if training.get("fp16") else "no"
     dtype = model["dtype"]
-    if dtype is None:  # a fast default: the training dtype when training runs in bf16
-        dtype = "bfloat16" if precision == "bf16" else "auto"
+    if dtype is None:  # a fast default, as fast.decide makes it: a 4-bit base's compute dtype, else the training's
+        quant = model["quantization"]
+        if quant["method"] == "bnb_4bit":
+            dtype = quant["bnb_4bit_compute_dtype"]
+        else:
+            dtype = "bfloat16" if precision == "bf16" else "auto"
         assumptions.append(f"model.dtype null: weights load as {dtype} (the launch-time fast default on a GPU)")
     if dtype == "auto":
         dtype = auto_dtype(model, config)

@@ -145,13 +145,18 @@ def checkpoint_callbacks(recipe: dict):
                 control.should_training_stop = True
 
         def on_train_end(self, args, state, control, **kwargs):
-            if self.agreement is not None:
-                self.agreement.finish()
+            # One last, blocking agreement: a signal in the final step(s) (or while another rule stopped training)
+            # is then known to every rank alike, so all ranks leave train() by the same path.
+            if self.agreement is not None and self.agreement.finish(self.received is not None):
+                self.received = self.received or "SIGTERM"
 
         def restore(self):
             for sig, handler in self.previous.items():
                 signal.signal(sig, handler)
             self.previous = {}
+            if self.agreement is not None:  # also when training raised and on_train_end never ran
+                self.agreement.close()
+                self.agreement = None
 
     return MarkComplete(), StopOnSignal()
 
@@ -197,8 +202,25 @@ class RankAgreement:
         self.pending = None
         return bool(value.item())
 
-    def finish(self) -> None:
-        self._wait()  # no collective left in flight when training ends
+    def finish(self, flag: bool) -> bool:
+        """The flag on any rank, up to now: the pending result and one blocking all_reduce (once, at the end)."""
+        import torch
+        import torch.distributed as dist
+
+        earlier = self._wait()
+        value = torch.tensor([1 if flag else 0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return earlier or bool(value.item())
+
+    def close(self) -> None:
+        """Release the group; an all_reduce still in flight (training raised) is abandoned, not waited for."""
+        import torch.distributed as dist
+
+        self.pending = None
+        try:
+            dist.destroy_process_group(self.group)
+        except (RuntimeError, ValueError):  # the default group may already be gone
+            pass
 
 
 class RunInterrupted(Exception):

@@ -292,6 +292,15 @@ def test_resuming_where_the_rules_decide_otherwise_is_refused(tmp_path, recipe_f
         fast.check_same_decisions(on_cpu, on_h100)
     paths = [p.path for p in found.value.problems]
     assert "/training/packing" in paths and "/model/dtype" in paths
+    # another GPU's memory or CPU count changes checkpointing or workers, not what is computed: resumable
+    small = fast.apply(plan, fast.decide(plan, {**H100, "gpu_memory_gib": 0.5, "cpus": 3}))
+    assert decided(small, "/training/activation_checkpointing") != decided(on_h100, "/training/activation_checkpointing")
+    assert decided(small, "/training/dataloader_num_workers") != decided(on_h100, "/training/dataloader_num_workers")
+    fast.check_same_decisions(small, on_h100)
+
+
+def decided(plan: dict, path: str):
+    return fast.decided_values(plan)[path]
 
 
 def test_only_documents_kept_apart_get_packing(tmp_path, recipe_file):

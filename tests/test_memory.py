@@ -347,3 +347,38 @@ def test_fit_lines_suggest_liger_where_it_alone_fits():
                                 "sft", None)
     assert with_liger["per_device_gib"]["activation_checkpointing_off"] == liger
     assert "use_liger_kernel" not in with_liger["fit"][1]
+
+
+def test_an_8bit_base_keeps_its_linear_inputs_and_a_4bit_base_does_not():
+    """bitsandbytes 0.50: MatMul8bitLt keeps its input A in ctx.tensors (so saved_tensors_hooks cannot see it);
+    MatMul4Bit keeps only the packed weight. Per token per layer the 8-bit base keeps the two norm outputs (fp32
+    behind k-bit preparation) and down_proj's input (fp32 MLP) more."""
+    from runner import activations
+
+    shapes = memory.counts.linear_shapes(SMALL)
+    base = Settings("float32", peft={"method": "lora", "r": 8, "lora_dropout": 0.0}, batch=2, length=8)
+    four = activations.layer_bytes(SMALL, shapes, replace(base, quantization={"method": "bnb_4bit"}), [])
+    eight = activations.layer_bytes(SMALL, shapes, replace(base, quantization={"method": "bnb_8bit"}), [])
+    assert eight - four == 2 * 4 * 64 + 4 * 128
+
+
+def test_dpo_pairs_make_two_padded_rows_even_at_batch_one():
+    """Chosen and rejected are stacked: sdpa gets a padding mask (k/v repeated to every head, a bias over the row)."""
+    from runner import activations
+
+    shapes = memory.counts.linear_shapes(SMALL)
+    sft = Settings("bfloat16", batch=1, length=64)
+    dpo = replace(sft, kind="dpo")
+    assert not activations.masked(sft) and activations.masked(dpo)
+    assert activations.layer_bytes(SMALL, shapes, dpo, []) > activations.layer_bytes(SMALL, shapes, sft, [])
+
+
+def test_the_plan_estimates_a_4bit_base_in_the_dtype_the_launch_decides():
+    """model.dtype null under 4-bit: fast.decide loads the unquantized parts in bnb_4bit_compute_dtype; so does
+    the plan's estimate (it assumed bf16 before)."""
+    from runner import fast
+
+    plan = build_plan(load_recipe(str(ROOT / "recipes" / "tiny_qlora.json")))
+    decided = fast.decide(plan, {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True,
+                                 "liger": False})["/model/dtype"]["value"]
+    assert decided == "float32" == plan["memory"]["estimate_inputs"]["settings"]["weights_dtype"]

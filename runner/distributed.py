@@ -44,22 +44,28 @@ def _sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def preflight(plan: dict, state, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
-    """On every rank, before the model loads; a single process has nothing to compare."""
+def preflight(plan: dict, state, timeout_s: float = PREFLIGHT_TIMEOUT_S):
+    """On every rank, before the model loads; a single process has nothing to compare (returns None).
+
+    Returns the CPU (gloo) group the ranks agree on signals with (runner.resume.RankAgreement), made and tested
+    here, where a blocked transport stops the job within the timeout instead of after the model has loaded.
+    """
     if state.num_processes == 1:
-        return
+        return None
     mine = {**fingerprint(plan), "doc": plan["recipe"], "decided": agreed_decisions(plan)}
-    found = within(timeout_s, lambda: _smoke_test_and_gather(mine, state),
-                   f"the collective smoke test (all_reduce across {state.num_processes} processes) did not complete "
-                   f"in {timeout_s:.0f} s: a rank stopped before reaching it (see every rank's log for its error), "
-                   "is stuck, or the network between the nodes is blocked "
-                   "(check MASTER_ADDR/--main_process_ip, the port, firewalls, NCCL_SOCKET_IFNAME)")
+    found, cpu_group = within(timeout_s, lambda: _smoke_test_and_gather(mine, state),
+                              f"the collective smoke test (all_reduce across {state.num_processes} processes, on the "
+                              f"training backend and on gloo) did not complete in {timeout_s:.0f} s: a rank stopped "
+                              "before reaching it (see every rank's log for its error), is stuck, or the network "
+                              "between the nodes is blocked (check MASTER_ADDR/--main_process_ip, the port, "
+                              "firewalls, NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME)")
     problems = mismatches(found)
     if problems:
         raise RecipeError(problems)
+    return cpu_group
 
 
-def _smoke_test_and_gather(mine: dict, state) -> list[dict]:
+def _smoke_test_and_gather(mine: dict, state) -> tuple[list[dict], object]:
     import torch
     import torch.distributed as dist
 
@@ -67,12 +73,16 @@ def _smoke_test_and_gather(mine: dict, state) -> list[dict]:
         torch.cuda.set_device(state.device)
     ones = torch.ones(1, device=state.device)
     dist.all_reduce(ones)
-    if int(ones.item()) != state.num_processes:
-        raise RuntimeError(f"all_reduce of ones gave {ones.item()}, expected {state.num_processes}: the process "
-                           "group is broken")
+    cpu_group = dist.new_group(backend="gloo")
+    cpu_ones = torch.ones(1)
+    dist.all_reduce(cpu_ones, group=cpu_group)
+    for backend, value in (("the training backend", ones.item()), ("gloo", cpu_ones.item())):
+        if int(value) != state.num_processes:
+            raise RuntimeError(f"all_reduce of ones on {backend} gave {value}, expected {state.num_processes}: "
+                               "the process group is broken")
     gathered: list = [None] * state.num_processes
     dist.all_gather_object(gathered, mine)
-    return gathered
+    return gathered, cpu_group
 
 
 def within(timeout_s: float, work, message: str):

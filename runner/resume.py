@@ -96,8 +96,10 @@ def differing_fields(old, new, path: str = "") -> list[str]:
     return [] if old == new else [path]
 
 
-def checkpoint_callbacks(recipe: dict):
-    """The callbacks that make checkpoints resumable and interruptions clean."""
+def checkpoint_callbacks(recipe: dict, cpu_group=None):
+    """The callbacks that make checkpoints resumable and interruptions clean.
+
+    `cpu_group`: the gloo group the rank preflight made (None for one process), for agreeing on signals."""
     from transformers import TrainerCallback
 
     class MarkComplete(TrainerCallback):
@@ -129,7 +131,7 @@ def checkpoint_callbacks(recipe: dict):
         def on_train_begin(self, args, state, control, **kwargs):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._note)
-            self.agreement = RankAgreement.start()  # every rank calls it here: creating a group is collective
+            self.agreement = None if cpu_group is None else RankAgreement(cpu_group)
 
         def _note(self, signum, frame):
             self.received = signal.Signals(signum).name
@@ -176,14 +178,6 @@ class RankAgreement:
 
     def __init__(self, group):
         self.group, self.pending = group, None
-
-    @classmethod
-    def start(cls) -> RankAgreement | None:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return None
-        return cls(dist.new_group(backend="gloo"))
 
     def any_so_far(self, flag: bool) -> bool:
         import torch

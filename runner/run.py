@@ -58,7 +58,7 @@ def prepare(plan: dict) -> Prepared:
     launched = launch_config(plan, hw)  # bf16 left null is decided here too: the user's DeepSpeed JSON must agree
     deepspeed_json.check_precision(plan["recipe"], Topology(**plan["topology"]), launched["bf16"], launched.get("fp16"))
     # every rank resolved the same recipe and decided the same settings, and collectives work
-    distributed.preflight(plan, state)
+    cpu_group = distributed.preflight(plan, state)
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
     outputs.check_run_dir(plan["output_dir"], if_exists)
     resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
@@ -80,7 +80,7 @@ def prepare(plan: dict) -> Prepared:
         model = models.quantize_random(model, plan["model"])
     trainer = build_trainer(plan, model, tokenizer, splits, hw)
     distributed.check_engine(plan["topology"], len(hw["gpus"]), trainer.accelerator.distributed_type)
-    marker, watcher = resume.checkpoint_callbacks(plan["recipe"])
+    marker, watcher = resume.checkpoint_callbacks(plan["recipe"], cpu_group)
     trainer.add_callback(marker)
     trainer.add_callback(watcher)
     return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, derived["config"],

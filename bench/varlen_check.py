@@ -19,7 +19,7 @@ sys.path.insert(0, ".")
 from runner import attention  # noqa: E402
 
 
-def packed_models(dtype, device):
+def packed_models(dtype=torch.float32, device="cpu"):
     """The same small random Llama twice: with the runner's varlen attention, and with sdpa."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -36,7 +36,7 @@ def packed_models(dtype, device):
     return varlen, reference
 
 
-def packed_batch(lengths, device):
+def packed_batch(lengths, device="cpu"):
     """A padding-free row as TRL's collator makes it: documents back to back, positions restarting, cu_seq_lens."""
     docs = [torch.randint(0, 200, (n,), device=device) for n in lengths]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
@@ -45,30 +45,23 @@ def packed_batch(lengths, device):
              "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
     return docs, batch
 
-varlen, reference = packed_models(torch.bfloat16, "cuda")
-docs, batch = packed_batch([300, 1200, 57, 700], "cuda")
-packed = varlen(**batch, use_cache=False).logits[0].float()
-with torch.no_grad():
-    alone = torch.cat([reference(input_ids=d[None], use_cache=False).logits[0] for d in docs]).float()
-    leaky = reference(input_ids=batch["input_ids"], use_cache=False).logits[0].float()
-packed.sum().backward()
-result = {"max_abs_diff_vs_per_document": (packed - alone).abs().max().item(),
-          "max_abs_diff_one_long_sequence": (leaky - alone).abs().max().item(),
-          "grad_nonzero": bool(varlen.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0)}
 
-torch.manual_seed(0)
-lengths = torch.randint(128, 2049, (15,)).tolist()
-total, cu = sum(lengths), torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-q = torch.randn(total, 32, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-k = torch.randn(total, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-v = torch.randn(total, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-kernel = attention.varlen_kernel()
-options = attention._kernel_options(kernel, q, k, 64 ** -0.5)
-doc = torch.repeat_interleave(torch.arange(15, device="cuda"), torch.tensor(lengths, device="cuda"))
-mask = (doc[:, None] == doc[None, :]) & torch.ones(total, total, dtype=torch.bool, device="cuda").tril()
+def model_check() -> dict:
+    """A padding-free row of four documents through the varlen model vs each document alone (sdpa), bf16."""
+    varlen, reference = packed_models(torch.bfloat16, "cuda")
+    docs, batch = packed_batch([300, 1200, 57, 700], "cuda")
+    packed = varlen(**batch, use_cache=False).logits[0].float()
+    with torch.no_grad():
+        alone = torch.cat([reference(input_ids=d[None], use_cache=False).logits[0] for d in docs]).float()
+        leaky = reference(input_ids=batch["input_ids"], use_cache=False).logits[0].float()
+    packed.sum().backward()
+    return {"max_abs_diff_vs_per_document": (packed - alone).abs().max().item(),
+            "max_abs_diff_one_long_sequence": (leaky - alone).abs().max().item(),
+            "grad_nonzero": bool(varlen.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0)}
 
 
-def timed(fn, repeat=10):
+def timed(fn, repeat=10) -> float:
+    """Milliseconds per call after one warm-up call."""
     fn()
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -78,19 +71,37 @@ def timed(fn, repeat=10):
     return (time.perf_counter() - start) / repeat * 1000
 
 
-def run_varlen():
-    kernel(q, k, v, cu, cu, max(lengths), max(lengths), **options).sum().backward()
+def kernel_check() -> dict:
+    """Attention alone, forward + backward, ~16k tokens in 15 documents: varlen_attn vs sdpa with the block mask."""
+    torch.manual_seed(0)
+    lengths = torch.randint(128, 2049, (15,)).tolist()
+    total = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(total, heads, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for heads in (32, 4, 4))
+    kernel = attention.varlen_kernel()
+    options = attention._kernel_options(kernel, q, k, 64 ** -0.5)
+    doc = torch.repeat_interleave(torch.arange(15, device="cuda"), torch.tensor(lengths, device="cuda"))
+    mask = (doc[:, None] == doc[None, :]) & torch.ones(total, total, dtype=torch.bool, device="cuda").tril()
+
+    def run_varlen():
+        kernel(q, k, v, cu, cu, max(lengths), max(lengths), **options).sum().backward()
+
+    def run_sdpa():
+        F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                       attn_mask=mask, enable_gqa=True).sum().backward()
+
+    out_v = kernel(q, k, v, cu, cu, max(lengths), max(lengths), **options)
+    out_s = attention.per_document_sdpa(q, k, v, cu, 64 ** -0.5)
+    return {"tokens": total, "documents": 15, "kernel_vs_per_document_sdpa": (out_v - out_s).abs().max().item(),
+            "varlen_fwd_bwd_ms": timed(run_varlen), "sdpa_block_mask_fwd_bwd_ms": timed(run_sdpa)}
 
 
-def run_sdpa():
-    F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                   attn_mask=mask, enable_gqa=True).sum().backward()
+def main() -> None:
+    result = {**model_check(), **kernel_check(), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    print("VARLEN " + json.dumps(result), flush=True)
+    assert result["max_abs_diff_vs_per_document"] < 0.05 and result["grad_nonzero"]
 
 
-out_v = kernel(q, k, v, cu, cu, max(lengths), max(lengths), **options)
-out_s = attention.per_document_sdpa(q, k, v, cu, 64 ** -0.5)
-result.update(tokens=total, documents=15, kernel_vs_per_document_sdpa=(out_v - out_s).abs().max().item(),
-              varlen_fwd_bwd_ms=timed(run_varlen), sdpa_block_mask_fwd_bwd_ms=timed(run_sdpa),
-              gpu=torch.cuda.get_device_name(0), torch=torch.__version__)
-print("VARLEN " + json.dumps(result), flush=True)
-assert result["max_abs_diff_vs_per_document"] < 0.05 and result["grad_nonzero"]
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ import torch
 from runner import attention, fast, plan as plan_module
 from runner.recipe import load_recipe
 
-from conftest import TINY_MODEL, base_recipe, write_jsonl
+from conftest import ROOT, TINY_MODEL, base_recipe, write_jsonl
 
 H100 = {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True, "liger": True}
 CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False}
@@ -203,29 +203,18 @@ def test_steps_per_epoch_are_conditional_while_packing_is_left_to_the_launch(tmp
 # --- the varlen attention ------------------------------------------------------------------------
 
 
-def packed_models(dtype=torch.float32, device="cpu"):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def _varlen_bench():
+    """bench/varlen_check.py: the same models and packed rows the GPU check uses (its GPU work runs only as a script)."""
+    import importlib.util
 
-    attention.register()
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
-                         num_key_value_heads=2, vocab_size=200)
-    torch.manual_seed(0)
-    varlen = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME, dtype=dtype).to(device)
-    # a copy of the config: from_config records the attention choice on the config object it is given
-    reference = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa",
-                                                 dtype=dtype).to(device)
-    assert varlen.config._attn_implementation == attention.NAME
-    reference.load_state_dict(varlen.state_dict())
-    return varlen, reference
+    spec = importlib.util.spec_from_file_location("varlen_check", ROOT / "bench" / "varlen_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
-def packed_batch(lengths, device="cpu"):
-    docs = [torch.randint(0, 200, (n,), device=device) for n in lengths]
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    batch = {"input_ids": torch.cat(docs)[None],
-             "position_ids": torch.cat([torch.arange(n, device=device) for n in lengths])[None],
-             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
-    return docs, batch
+VARLEN_BENCH = _varlen_bench()
+packed_models, packed_batch = VARLEN_BENCH.packed_models, VARLEN_BENCH.packed_batch
 
 
 def test_packed_documents_do_not_see_each_other_on_cpu():

@@ -296,6 +296,18 @@ def test_hand_set_deepspeed_values_are_flagged_exactly_when_transformers_flags_t
     assert len(ours) == len(theirs.mismatches)
 
 
+def test_a_bf16_decided_at_launch_is_checked_against_the_deepspeed_json_before_the_model_loads(tmp_path):
+    from runner import deepspeed_json
+
+    doc = _doc(bf16=None)
+    topology = _user_deepspeed(tmp_path, bf16={"enabled": True})
+    assert scale.check_topology(doc, topology) == []  # null: nothing to compare in the plan
+    deepspeed_json.check_precision(doc, topology, bf16=True, fp16=False)  # a bf16 GPU decides the same
+    with pytest.raises(RecipeError) as err:  # a GPU without bf16 decides otherwise
+        deepspeed_json.check_precision(doc, topology, bf16=False, fp16=False)
+    assert "ds.json sets bf16.enabled = true, the value decided for this machine false" in err.value.render()
+
+
 def test_deepspeed_sections_that_would_silently_replace_the_recipes_schedule_or_optimizer_are_refused(tmp_path):
     doc = _doc(optim="paged_adamw_8bit")
     topology = _user_deepspeed(tmp_path, scheduler={"type": "WarmupDecayLR", "params": {"warmup_num_steps": "auto"}},

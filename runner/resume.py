@@ -197,14 +197,9 @@ class RankAgreement:
         return bool(value.item())
 
     def finish(self, flag: bool) -> bool:
-        """The flag on any rank, up to now: the pending result and one blocking all_reduce (once, at the end)."""
-        import torch
-        import torch.distributed as dist
-
-        earlier = self._wait()
-        value = torch.tensor([1 if flag else 0])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
-        return earlier or bool(value.item())
+        """The flag on any rank, up to now: the pending result, then this last all_reduce waited for."""
+        earlier = self.any_so_far(flag)
+        return self._wait() or earlier
 
     def close(self) -> None:
         """Release the group; an all_reduce still in flight (training raised) is abandoned, not waited for."""

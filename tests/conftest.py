@@ -63,3 +63,13 @@ def recipe_file(tmp_path):
     def write(recipe: dict, name: str = "recipe.json") -> Path:
         return write_json(tmp_path / name, recipe)
     return write
+
+
+def load_bench(name: str):
+    """A script in bench/ as a module, for the helpers tests share with it (scripts run their work only as main)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -48,9 +48,11 @@ def engine(trainer) -> dict:
     from torch.distributed.tensor import DTensor
 
     params = list(trainer.model.parameters())
-    return {"distributed_type": str(trainer.accelerator.distributed_type),
-            "sharded_params": sum(isinstance(p, DTensor) or hasattr(p, "ds_id") and p.numel() == 0 for p in params),
-            "params": len(params)}
+    sharded = [isinstance(p, DTensor) or hasattr(p, "ds_id") and p.numel() == 0 for p in params]
+    four_bit = [type(p).__name__ == "Params4bit" for p in params]
+    return {"distributed_type": str(trainer.accelerator.distributed_type), "sharded_params": sum(sharded),
+            "params": len(params), "params_4bit": sum(four_bit),
+            "sharded_4bit": sum(s and f for s, f in zip(sharded, four_bit))}
 
 
 def probe(recipe: str, out: Path) -> int:

@@ -8,8 +8,7 @@ from runner.plan import build_plan
 from runner.recipe import load_recipe
 from conftest import ROOT
 
-CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False}
-H100 = {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True, "liger": True}
+from test_fast import CPU, H100
 
 
 def plain_script_settings() -> dict:

@@ -8,7 +8,7 @@ import torch
 from runner import attention, fast, plan as plan_module
 from runner.recipe import load_recipe
 
-from conftest import ROOT, TINY_MODEL, base_recipe, write_jsonl
+from conftest import TINY_MODEL, base_recipe, load_bench, write_jsonl
 
 H100 = {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True, "liger": True}
 CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False}
@@ -203,17 +203,7 @@ def test_steps_per_epoch_are_conditional_while_packing_is_left_to_the_launch(tmp
 # --- the varlen attention ------------------------------------------------------------------------
 
 
-def _varlen_bench():
-    """bench/varlen_check.py: the same models and packed rows the GPU check uses (its GPU work runs only as a script)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("varlen_check", ROOT / "bench" / "varlen_check.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-VARLEN_BENCH = _varlen_bench()
+VARLEN_BENCH = load_bench("varlen_check")  # the same models and packed rows the GPU check uses
 packed_models, packed_batch = VARLEN_BENCH.packed_models, VARLEN_BENCH.packed_batch
 
 
@@ -241,17 +231,11 @@ def test_padded_batches_take_the_sdpa_path():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen flash kernel needs a CUDA GPU")
 def test_varlen_kernel_matches_per_document_sdpa_on_gpu():
     assert attention.kernel_available()
-    varlen, reference = packed_models(torch.bfloat16, "cuda")
-    docs, batch = packed_batch([300, 1200, 57, 700], "cuda")
-    packed = varlen(**batch, use_cache=False).logits[0].float()
-    with torch.no_grad():
-        alone = torch.cat([reference(input_ids=d[None], use_cache=False).logits[0] for d in docs]).float()
-    assert (packed - alone).abs().max() < 0.05  # bf16
-    packed.sum().backward()  # and it trains
-    assert varlen.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    found = VARLEN_BENCH.model_check()  # 4 documents in one padding-free row vs each alone, bf16
+    assert found["max_abs_diff_vs_per_document"] < 0.05 and found["grad_nonzero"]
 
 
-def test_fp32_inputs_reach_the_flash_kernel_in_half_precision():
+def test_flash_dtype_turns_fp32_inputs_into_the_autocast_half_dtype():
     # A QLoRA base after k-bit preparation keeps its norms in fp32, so q/k/v arrive in fp32; the kernel
     # takes only fp16/bf16 (seen on the H100: "FlashAttention only support fp16 and bf16 data type").
     fp32 = torch.zeros(2, 2)
@@ -268,7 +252,7 @@ def test_a_resolved_plan_decides_the_same_again(tmp_path, recipe_file):
     twice = fast.apply(once, fast.decide(once, H100))
     assert twice["model"] == once["model"] and twice["trainer"]["config"] == once["trainer"]["config"]
     assert once["trainer"]["config"]["packing"] is True and once["model"]["attn_implementation"] == "runner_varlen"
-    fast.check_same_decisions(once, once)
+    fast.check_same_decisions(twice, once)
 
 
 def test_resuming_where_the_rules_decide_otherwise_is_refused(tmp_path, recipe_file):
@@ -304,5 +288,11 @@ def test_a_4bit_base_keeps_its_compute_dtype_and_no_worker_persists(tmp_path, re
     decisions = fast.decide(plan, H100)
     assert decisions["/model/dtype"]["value"] == "float16"
     # persistent workers would make transformers reuse one cached eval dataloader for every eval dataset
-    assert "dataloader_persistent_workers" not in fast.apply(plan, decisions)["trainer"]["config"]
+    from trl import SFTConfig
+
+    from runner.trainer import launch_config
+
+    config = launch_config(fast.apply(plan, decisions), {"gpus": [], "bf16": False})
+    assert config["dataloader_num_workers"] == 4
+    assert SFTConfig(**{**config, "output_dir": str(tmp_path / "out")}).dataloader_persistent_workers is False
 

@@ -49,7 +49,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
             "config_class": task.config_class,
             "builder": task.builder,
             "config": trainer_config(doc, task, fmt, output_dir),
-            "runner_settings": {k: doc["training"][k] for k in task.runner_keys},
+            "runner_settings": runner_settings(doc, task, fmt),
             "reference_model": reference_model(doc, task),
             "decided_at_launch": launch_decisions(doc["training"]),
         },
@@ -217,15 +217,24 @@ def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
     Keys the runner consumes itself are left out; format-only loss options left null resolve to
     "on for their own format" (the task table's rule).
     """
-    training = doc["training"]
+    training = {**doc["training"], **format_only_settings(doc, task, fmt)}
     config = {k: v for k, v in training.items()
               if k not in task.runner_keys and (k != "bf16" or v is not None)}
-    for key, only in task.format_only_options.items():
-        if training[key] is None:
-            config[key] = trained_format(task, fmt) == only
     # transformers would average a NaN away in the logged loss; the runner must see it to stop the run
     config["logging_nan_inf_filter"] = False
     return {"output_dir": output_dir, **config}
+
+
+def runner_settings(doc: dict, task: Task, fmt: str) -> dict:
+    """The training keys the runner consumes itself (e.g. assistant_only_loss: the runner masks chat turns)."""
+    training = {**doc["training"], **format_only_settings(doc, task, fmt)}
+    return {k: training[k] for k in task.runner_keys}
+
+
+def format_only_settings(doc: dict, task: Task, fmt: str) -> dict:
+    """Format-only loss options, null resolved to "on for their own format" (the task table's rule)."""
+    return {key: trained_format(task, fmt) == only if doc["training"][key] is None else doc["training"][key]
+            for key, only in task.format_only_options.items()}
 
 
 def reference_model(doc: dict, task: Task) -> str | None:

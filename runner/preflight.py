@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import statistics
 
-from . import data, models
+from . import chat_masks, data, models
 from .errors import Problem, RecipeError
+from .tasks import TASKS
 
 SHOW = 5  # duplicate rows named in a warning
 
@@ -19,51 +20,122 @@ SHOW = 5  # duplicate rows named in a warning
 def check_data(plan: dict) -> dict:
     splits, _ = data.load_all(plan)
     tokenizer = models.load_tokenizer(plan["model"])
-    require_chat_template(splits, tokenizer)
+    check_chat_template(plan, splits, tokenizer)
     return inspect(plan, splits, tokenizer)
 
 
-def require_chat_template(splits, tokenizer) -> None:
-    """Conversations need a chat template to become text; without one, say so before anything else fails."""
+def check_chat_template(plan: dict, splits, tokenizer) -> None:
+    """Conversations need a chat template, and one whose assistant turns the runner can mask when the loss is
+    on them: said before any weights load, with the fix."""
     from trl.data_utils import is_conversational
 
-    if tokenizer.chat_template is None and is_conversational(splits.train[0]):
+    row = splits.train[0]
+    if tokenizer.chat_template is None and is_conversational(row):
         raise RecipeError([Problem("/model/chat_template", "the data are conversations but the tokenizer has no "
                                    "chat template", "name a Jinja template file in model.chat_template")])
+    if chat_masks.masked_by_runner(row, chat_masks.loss_options(plan)):
+        problems = chat_masks.template_problems(tokenizer)
+        if problems:
+            raise RecipeError(problems)
 
 
 def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
-    """The preflight report; token lengths from the first `sample` training rows (all when None)."""
-    max_length = plan["trainer"]["config"].get("max_length") or plan["trainer"]["runner_settings"].get("max_length")
+    """The preflight report; token lengths and loss tokens from the first `sample` training rows (all when None).
+
+    Raises when training would train on nothing: no measured token carries loss, or truncation would cut the
+    whole answer out of more than DROPPED_SHARE of the examples (TRL drops such examples).
+    """
+    config = chat_masks.loss_options(plan)
+    token_loss = TASKS[plan["task"]].causal_lm
+    max_length = config.get("max_length")
     rows = splits.train if sample is None else splits.train.select(range(min(sample, len(splits.train))))
-    config = plan["trainer"]["config"]
-    lengths = token_lengths(rows, tokenizer, config)
+    encoder = Encoder(tokenizer, config)
+    masks = encoder.token_masks(rows)
+    lengths = [len(mask) for mask in masks]
     packing = bool(config.get("packing"))  # packed rows are cut to max_length as a whole, not per example
+    cut = max_length if max_length and not packing else None
     report = {
         "examples": {name: len(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
                      if getattr(splits, name) is not None},
         "token_lengths": length_stats(lengths),
         "max_length": max_length,
         "measured_rows": len(lengths),
-        "truncated": sum(n > max_length for n in lengths) if max_length and not packing else 0,
+        "truncated": sum(n > cut for n in lengths) if cut else 0,
+        "loss_tokens": loss_tokens(masks, cut) if token_loss else None,
         "leakage": leakage(splits.train, splits.eval),
-        "preview": preview(splits.train[0], tokenizer, config),
+        "preview": preview(splits.train[0], encoder),
     }
+    if token_loss:
+        refuse_training_on_nothing(report)
     report["warnings"] = warnings(report)
     return report
 
 
-def encode(row: dict, tokenizer, config: dict) -> tuple[list[int], list[int]]:
-    """(token ids, 1 where the token is trained on) for one canonical row, built the way TRL builds it.
+DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run
 
-    `config` is the trainer config of the plan: its loss flags decide the mask.
+
+def refuse_training_on_nothing(report: dict) -> None:
+    loss, measured = report["loss_tokens"], report["measured_rows"]
+    fix = "raise training.max_length, or shorten or remove those examples (TRL keeps the start of each example)"
+    if loss["kept"] == 0:
+        cause = f" once truncated to max_length {report['max_length']}" if loss["all"] else ""
+        raise RecipeError([Problem("/data/train", f"no token of the {measured} examples measured carries loss{cause}: "
+                                   "training would learn nothing", fix if loss["all"] else
+                                   "check data.format and the loss options (assistant_only_loss, completion_only_loss)")])
+    if loss["dropped"] > DROPPED_SHARE * measured:
+        raise RecipeError([Problem("/training/max_length", f"{loss['dropped']} of {measured} examples measured "
+                                   f"({loss['dropped'] / measured:.0%}) would lose every token that carries loss to "
+                                   f"truncation at max_length {report['max_length']} and be dropped (rows "
+                                   f"{_shown(loss['dropped_rows'], loss['dropped'])})", fix)])
+
+
+class Encoder:
+    """Rows as the trainer tokenizes them, with the tokens that carry loss: for chat rows the runner masks,
+    exactly runner.chat_masks' result (the one the trainer receives)."""
+
+    def __init__(self, tokenizer, config: dict):
+        self.tokenizer, self.config = tokenizer, config
+        self._masks = None
+
+    @property
+    def masks(self):
+        if self._masks is None:
+            self._masks = chat_masks.ChatMasks(self.tokenizer)
+        return self._masks
+
+    def encode(self, row: dict) -> tuple[list[int], list[int]]:
+        return encode(row, self.tokenizer, self.config, self)
+
+    def token_masks(self, rows) -> list[list[int]]:
+        return token_masks(rows, self.tokenizer, self.config, self)
+
+
+def loss_tokens(masks: list[list[int]], cut: int | None) -> dict:
+    """Tokens with loss in the measured rows and in what truncation to `cut` keeps (TRL keeps the start of each
+    example); the rows left with none."""
+    total = kept = 0
+    dropped = []
+    for number, mask in enumerate(masks, start=1):
+        window = mask if cut is None else mask[:cut]
+        total, kept = total + sum(mask), kept + sum(window)
+        if sum(mask) and not sum(window):
+            dropped.append(number)
+    return {"all": total, "kept": kept, "tokens": sum(len(m) for m in masks), "dropped": len(dropped),
+            "dropped_rows": dropped[:SHOW]}
+
+
+def encode(row: dict, tokenizer, config: dict, encoder: Encoder | None = None) -> tuple[list[int], list[int]]:
+    """(token ids, 1 where the token is trained on) for one canonical row, built the way the trainer builds it.
+
+    `config` holds the resolved loss options (chat_masks.loss_options): they decide the mask.
     """
-    if "messages" in row:
-        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        ids = out["input_ids"]
-        trained = out.get("assistant_masks") if config.get("assistant_only_loss") else None
-        return ids, trained or [1] * len(ids)
+    if chat_masks.masked_by_runner(row, config):
+        masks = encoder.masks if encoder is not None else chat_masks.ChatMasks(tokenizer)
+        out = chat_masks.row_tokens(masks, row, config)
+        return out["input_ids"], out["assistant_masks"]
+    if "messages" in row:  # loss on every token
+        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+        return ids, [1] * len(ids)
     if "completion" in row or "chosen" in row:
         answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
         ids, prompt_length = max((_with_prompt(row.get("prompt"), a, tokenizer) for a in answers),
@@ -76,23 +148,28 @@ def encode(row: dict, tokenizer, config: dict) -> tuple[list[int], list[int]]:
     return ids, [1] * len(ids)
 
 
-def token_lengths(rows, tokenizer, config: dict) -> list[int]:
-    """len(encode(row)[0]) for every row; rows of plain strings are tokenized as one batch (the fast tokenizer
-    splits a batch across threads: ~10x faster for the 2,000 rows measured before every run)."""
+def token_masks(rows, tokenizer, config: dict, encoder: Encoder | None = None) -> list[list[int]]:
+    """encode(row)[1] for every row (its length is the row's token count); rows of plain strings are tokenized as
+    one batch (the fast tokenizer splits a batch across threads: ~10x faster for the 2,000 rows measured before
+    every run)."""
     rows = list(rows)
     first = rows[0] if rows else {}
     plain = all(isinstance(first.get(k), str) for k in first if k in ("prompt", "completion", "chosen", "rejected", "text"))
     if not rows or "messages" in first or not plain or "text_pair" in first:
-        return [len(encode(row, tokenizer, config)[0]) for row in rows]
+        return [encode(row, tokenizer, config, encoder)[1] for row in rows]
     if "text" in first:
         texts, lm = [row["text"] for row in rows], "label" not in first
-        return [_with_eos(ids, tokenizer) if lm else len(ids) for ids in tokenizer(texts)["input_ids"]]
+        return [[1] * (_with_eos(ids, tokenizer) if lm else len(ids)) for ids in tokenizer(texts)["input_ids"]]
     answers = ("completion",) if "completion" in first else ("chosen", "rejected")
+    prompts = [row.get("prompt") or "" for row in rows]
+    heads = [len(ids) if prompt else 0 for prompt, ids in zip(prompts, tokenizer(prompts)["input_ids"])]
     longest = [0] * len(rows)
     for answer in answers:  # DPO: the longer of chosen and rejected, as encode() takes
-        full = tokenizer([(row.get("prompt") or "") + row[answer] for row in rows])["input_ids"]
+        full = tokenizer([prompt + row[answer] for prompt, row in zip(prompts, rows)])["input_ids"]
         longest = [max(n, _with_eos(ids, tokenizer)) for n, ids in zip(longest, full)]
-    return longest
+    only_answer = config.get("completion_only_loss", True) is not False
+    return [[0] * (head if only_answer else 0) + [1] * (n - (head if only_answer else 0))
+            for head, n in zip(heads, longest)]
 
 
 def _with_eos(ids: list[int], tokenizer) -> int:
@@ -134,9 +211,10 @@ def _key(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False)
 
 
-def preview(row: dict, tokenizer, config: dict) -> str:
+def preview(row: dict, encoder: Encoder) -> str:
     """The first example as the model sees it; text in ⟦ ⟧ carries no loss."""
-    ids, mask = encode(row, tokenizer, config)
+    tokenizer = encoder.tokenizer
+    ids, mask = encoder.encode(row)
     parts, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or mask[i] != mask[start]:
@@ -146,12 +224,21 @@ def preview(row: dict, tokenizer, config: dict) -> str:
     return "".join(parts)
 
 
+def _shown(rows: list[int], count: int) -> str:
+    return ", ".join(map(str, rows)) + (", ..." if count > len(rows) else "")
+
+
 def warnings(report: dict) -> list[str]:
     found = []
     if report["truncated"]:
         share = report["truncated"] / report["measured_rows"]
         found.append(f"{report['truncated']} of {report['measured_rows']} training examples measured ({share:.1%}) "
                      f"are longer than max_length {report['max_length']} and will be truncated")
+    loss = report["loss_tokens"]
+    if loss and loss["dropped"]:
+        found.append(f"{loss['dropped']} of {report['measured_rows']} training examples measured lose every token "
+                     f"that carries loss to truncation and will be dropped by the trainer (rows "
+                     f"{_shown(loss['dropped_rows'], loss['dropped'])})")
     if report["leakage"] and report["leakage"]["count"]:
         leak = report["leakage"]
         found.append(f"{leak['count']} evaluation rows also appear in the training data (eval rows "
@@ -159,11 +246,21 @@ def warnings(report: dict) -> list[str]:
     return found
 
 
+def loss_line(report: dict) -> list[str]:
+    loss = report["loss_tokens"]
+    if loss is None:
+        return []
+    share = loss["kept"] / loss["tokens"] if loss["tokens"] else 0.0
+    return [f"tokens that carry loss: {loss['kept']} of {loss['tokens']} ({share:.1%}) after truncation; "
+            f"examples whose answer is cut away: {loss['dropped']}"]
+
+
 def render(report: dict) -> str:
     stats = report["token_lengths"]
     lines = [f"examples: {', '.join(f'{k} {v}' for k, v in report['examples'].items())}",
              f"training tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, "
              f"max {stats['max']} (max_length {report['max_length']})",
+             *loss_line(report),
              "first training example (text in ⟦ ⟧ carries no loss):", "  " + report["preview"].replace("\n", "\n  ")]
     lines += [f"warning: {w}" for w in report["warnings"]] or ["no warnings"]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import data, deepspeed_json, distributed, evaluation, fast, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
-from .preflight import require_chat_template
+from .preflight import check_chat_template
 from .trainer import build_trainer, launch_config, non_finite_loss, out_of_memory_as_advice
 from .topology import Topology
 
@@ -70,7 +70,7 @@ def prepare(plan: dict) -> Prepared:
     splits, derived = data.load_all(plan)
     plan = with_runner_settings(plan, derived["settings"])
     tokenizer = models.load_tokenizer(plan["model"])
-    require_chat_template(splits, tokenizer)
+    check_chat_template(plan, splits, tokenizer)
     warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
     keep_base = plan["peft"] is not None and plan["model"]["init"] == "random"
     # a random base to be quantized is kept unquantized: the adapter's true base, and what `merge` merges into

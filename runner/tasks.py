@@ -39,7 +39,9 @@ class Task:
     # training key -> the only data format where setting it to true makes sense; null resolves to
     # "true for that format, false otherwise"
     format_only_options: Mapping[str, str] = field(default_factory=dict)
-    causal_lm: bool = True  # has a language-model loss (perplexity, retention)
+    # a language-model loss over the tokens a mask marks (perplexity, retention; conversations masked by
+    # runner.chat_masks; examples truncated to no loss token dropped by TRL, so the preflight counts them)
+    causal_lm: bool = True
     # function(plan, splits) -> (splits, model config updates), run after loading the data; None: nothing
     prepare_data: str | None = None
     # function(trainer, plan, dataset) -> what trainer.evaluate takes for canonical rows; None: the rows
@@ -79,6 +81,8 @@ _SFT = Task(
         "completion_only_loss": "prompt_completion",
         "assistant_only_loss": "messages",
     }),
+    # the runner masks assistant turns itself (runner.chat_masks): TRL's masking needs {% generation %} markers
+    runner_keys=("assistant_only_loss",),
 )
 
 TASKS: Mapping[str, Task] = MappingProxyType({

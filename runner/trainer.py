@@ -4,24 +4,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
-from . import adapters, tokencache
+from . import adapters, chat_masks, tokencache
 from .callbacks import StopOnNonFiniteLoss
 from .errors import Problem, RecipeError
-from .tasks import import_dotted
+from .tasks import TASKS, import_dotted
 
 # Optimizers that need a package beyond the base install (transformers imports it when it builds the optimizer).
 OPTIMIZER_PACKAGES = {
     "adamw_bnb_8bit": "bitsandbytes", "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes",
     "paged_adamw_32bit": "bitsandbytes", "lion_8bit": "bitsandbytes", "paged_lion_8bit": "bitsandbytes",
-}
-
-# Library messages that do not name the setting they are about: fragment -> (recipe path, hint).
-KNOWN_REJECTIONS = {
-    "not training-compatible": (
-        "/training/assistant_only_loss",
-        "the chat template does not mark assistant turns with {% generation %} and TRL cannot patch it; set "
-        "training.assistant_only_loss to false to train on every token, or use a tokenizer whose template marks them",
-    ),
 }
 
 
@@ -39,13 +30,52 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     config = launch_config(plan, hardware)
     check_optimizer_installed(config["optim"])
     config_class = import_dotted(plan["trainer"]["config_class"])
-    trainer_class = tokencache.with_cache(import_dotted(plan["trainer"]["class"]), plan, splits, tokenizer, config)
+    trainer_class = with_chat_masks(import_dotted(plan["trainer"]["class"]), plan)
+    trainer_class = tokencache.with_cache(trainer_class, plan, splits, tokenizer,
+                                          {**config, **plan["trainer"]["runner_settings"]})
     builder = import_dotted(plan["trainer"]["builder"])
     args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
     kwargs = rejected_as_user_error(plan["trainer"]["builder"], config, lambda: builder(plan, model, tokenizer, splits))
     trainer = rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
     trainer.add_callback(StopOnNonFiniteLoss())
     return trainer
+
+
+def with_chat_masks(trainer_class, plan: dict):
+    """SFTTrainer, preparing conversations as runner.chat_masks renders and masks them (any chat template); TRL
+    then takes the token ids and masks as they are (truncation, dropping examples left without loss, packing)."""
+    if not TASKS[plan["task"]].causal_lm:
+        return trainer_class
+    loss = chat_masks.loss_options(plan)
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        dataset = masked_conversations(dataset, processing_class, loss, args.dataset_num_proc, dataset_name)
+        return super(cls, self)._prepare_dataset(dataset, processing_class, args, packing, formatting_func,
+                                                 dataset_name)
+
+    cls = type(trainer_class.__name__, (trainer_class,), {"_prepare_dataset": _prepare_dataset,
+                                                           "__module__": trainer_class.__module__})
+    return cls
+
+
+def masked_conversations(dataset, tokenizer, loss: dict, num_proc: int | None, name: str):
+    """Conversational rows as {"input_ids", "assistant_masks"}; other datasets (and prepared ones) unchanged."""
+    import datasets
+
+    if (not isinstance(dataset, datasets.Dataset) or len(dataset) == 0 or "input_ids" in dataset.column_names
+            or not chat_masks.masked_by_runner(dataset[0], loss)):
+        return dataset
+    masks = chat_masks.ChatMasks(tokenizer)
+
+    def tokenize(row, index):
+        try:
+            return chat_masks.row_tokens(masks, row, loss)
+        except Exception as exc:  # noqa: BLE001 - the template refuses this conversation (jinja raise_exception)
+            raise RecipeError([Problem("/model/chat_template", f"the chat template cannot render example {index + 1} "
+                                       f"of the {name} data: {type(exc).__name__}: {exc}", chat_masks.FIX)]) from None
+
+    return dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
+                       desc=f"Rendering {name} conversations, masking assistant turns")
 
 
 def non_finite_loss(trainer) -> StopOnNonFiniteLoss | None:
@@ -96,10 +126,8 @@ def rejected_as_user_error(who: str, config: dict, build):
         return build()
     except ValueError as exc:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-        known = [(path, hint) for fragment, (path, hint) in KNOWN_REJECTIONS.items() if fragment in message]
         named = [f"/training/{key}" for key in sorted(config, key=len, reverse=True) if key in message]
-        path, hint = known[0] if known else (named[0] if named else "/training", None)
-        raise RecipeError([Problem(path, f"{who} rejected the settings: {message}", hint)]) from None
+        raise RecipeError([Problem(named[0] if named else "/training", f"{who} rejected the settings: {message}")]) from None
 
 
 MEMORY_HINT = ("lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the global batch), "

@@ -39,7 +39,8 @@ def test_quickstart_plan_names_trainer_config_and_arguments():
     assert plan["trainer"]["config_class"] == "trl.SFTConfig"
     config = plan["trainer"]["config"]
     assert config["learning_rate"] == 2e-3 and config["max_length"] == 64
-    assert config["completion_only_loss"] is True and config["assistant_only_loss"] is False
+    assert config["completion_only_loss"] is True and "assistant_only_loss" not in config
+    assert plan["trainer"]["runner_settings"] == {"assistant_only_loss": False}  # the runner masks chat turns
     assert "bf16" not in config and "bf16" in plan["trainer"]["decided_at_launch"]
     assert plan["model"]["class"] == "transformers.AutoModelForCausalLM"
     assert plan["data"]["columns"] == {"prompt": "prompt", "completion": "completion"}
@@ -218,8 +219,9 @@ def test_one_column_for_two_fields(recipe_file, tmp_path):
     ("text", False, False), ("prompt_completion", True, False), ("messages", False, True)])
 def test_loss_masking_defaults_follow_the_format(recipe_file, tmp_path, fmt, completion_only, assistant_only):
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
-    config = plan_of(recipe_file, base_recipe(tmp_path, data={"format": fmt}))["trainer"]["config"]
-    assert (config["completion_only_loss"], config["assistant_only_loss"]) == (completion_only, assistant_only)
+    trainer = plan_of(recipe_file, base_recipe(tmp_path, data={"format": fmt}))["trainer"]
+    assert trainer["config"]["completion_only_loss"] is completion_only
+    assert trainer["runner_settings"]["assistant_only_loss"] is assistant_only
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "bench" / "recipes").glob("*.json")), ids=lambda p: p.name)

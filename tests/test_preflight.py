@@ -15,12 +15,15 @@ def test_leakage_truncation_and_preview(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", train)
     write_jsonl(tmp_path / "eval.jsonl", [train[1], {"prompt": "reverse new =", "completion": " wen"}, train[3]])
     recipe = base_recipe(tmp_path, data={"format": "prompt_completion", "eval": {"path": "eval.jsonl"}},
-                         training={"max_length": 15})
+                         training={"max_length": 17})
     report = check_data(build_plan(load_recipe(recipe_file(recipe))))
     # one token per byte, plus the end token: "reverse zz =" 12 + " zz" 3 + 1 = 16; abc 13+4+1 = 18;
     # hello 15+6+1 = 22; qwerty 16+7+1 = 24
     assert report["token_lengths"] == {"min": 16, "median": 20, "p95": 24, "max": 24}
-    assert report["truncated"] == 4
+    assert report["truncated"] == 3
+    # completions keep 4+1, 4 (of " cba" + end), 2 (of " olleh"), 1 (of " ytrewq") tokens within 17
+    assert report["loss_tokens"] == {"all": 4 + 5 + 7 + 8, "kept": 4 + 4 + 2 + 1, "tokens": 80, "dropped": 0,
+                                     "dropped_rows": []}
     assert report["leakage"] == {"count": 2, "eval_rows": [1, 3], "train_rows": [2, 4]}
     assert report["preview"] == "⟦reverse abc =⟧ cba<|end|>"
     assert any("2 evaluation rows also appear in the training data" in w for w in report["warnings"])
@@ -92,9 +95,9 @@ def test_no_truncation_warning_when_packing(tmp_path, recipe_file):
 
 
 def test_batched_token_lengths_equal_the_row_by_row_encoding(tmp_path):
-    """The batch path (plain strings) gives exactly encode()'s lengths: text, prompt/completion, preference pairs,
-    labelled text; conversations keep the row-by-row path."""
-    from runner.preflight import encode, token_lengths
+    """The batch path (plain strings) gives exactly encode()'s tokens and loss masks: text, prompt/completion,
+    preference pairs, labelled text; conversations keep the row-by-row path."""
+    from runner.preflight import encode, token_masks
     from conftest import TINY_MODEL
 
     from transformers import AutoTokenizer
@@ -111,4 +114,4 @@ def test_batched_token_lengths_equal_the_row_by_row_encoding(tmp_path):
     ]
     for config in ({"completion_only_loss": None}, {"completion_only_loss": False}):
         for rows in cases:
-            assert token_lengths(rows, tokenizer, config) == [len(encode(r, tokenizer, config)[0]) for r in rows], rows[0]
+            assert token_masks(rows, tokenizer, config) == [encode(r, tokenizer, config)[1] for r in rows], rows[0]

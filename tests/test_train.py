@@ -211,7 +211,8 @@ def test_loss_is_on_the_completion_or_the_assistant_turn_only(tmp_path, recipe_f
     assert not list((tmp_path / "run").glob("*")), "prepare writes nothing (transformers makes the empty directory)"
 
 
-def test_chat_template_without_assistant_markers_is_reported(tmp_path, recipe_file):
+def test_chat_template_without_assistant_markers_trains_on_assistant_turns_only(tmp_path, recipe_file):
+    """TRL refuses a template without {% generation %} markers it cannot patch; the runner masks it itself."""
     import shutil
 
     from conftest import TINY_MODEL
@@ -220,16 +221,18 @@ def test_chat_template_without_assistant_markers_is_reported(tmp_path, recipe_fi
     shutil.copytree(TINY_MODEL, model_dir)
     template = (model_dir / "chat_template.jinja").read_text()
     plain = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    assert plain != template
     (model_dir / "chat_template.jinja").write_text(plain)
-    write_jsonl(tmp_path / "train.jsonl", FORMATS["messages"])
+    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "reverse ab"},
+                          {"role": "assistant", "content": "ba"}, {"role": "user", "content": "reverse xyz"},
+                          {"role": "assistant", "content": "zyx"}]}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
     recipe = base_recipe(tmp_path, data={"format": "messages"}, model={"name_or_path": str(model_dir)})
-    with pytest.raises(RecipeError) as info:
-        prepare(build_plan(load_recipe(recipe_file(recipe))))
-    (problem,) = info.value.problems
-    assert problem.path == "/training/assistant_only_loss"
-    assert "set training.assistant_only_loss to false" in problem.hint
-    trainer = prepare(build_plan(load_recipe(recipe_file(recipe), ["training.assistant_only_loss=false"]))).trainer
-    assert trainer.args.assistant_only_loss is False
+    trainer = prepare(build_plan(load_recipe(recipe_file(recipe)))).trainer
+    labels = trainer.data_collator([trainer.train_dataset[0]])["labels"][0]
+    trained = trainer.processing_class.decode(labels[labels != -100])
+    assert trained == "ba<|end|>zyx<|end|>"
+    assert trainer.args.assistant_only_loss is False  # TRL gets token ids and labels; its own masking stays off
 
 
 def test_a_diverging_loss_stops_the_run_with_a_clear_message(tmp_path, recipe_file):

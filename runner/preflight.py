@@ -52,8 +52,7 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     encoder = Encoder(tokenizer, config)
     masks = encoder.token_masks(rows)
     lengths = [len(mask) for mask in masks]
-    packing = bool(config.get("packing"))  # packed rows are cut to max_length as a whole, not per example
-    cut = max_length if max_length and not packing else None
+    cut = max_length if max_length and truncates_each_example(config) else None
     report = {
         "examples": {name: len(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
                      if getattr(splits, name) is not None},
@@ -71,6 +70,11 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     return report
 
 
+def truncates_each_example(config: dict) -> bool:
+    """TRL cuts each example to max_length unless packing splits or wraps it (bfd packing truncates too)."""
+    return not config.get("packing") or config.get("packing_strategy", "bfd") == "bfd"
+
+
 DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run
 
 
@@ -85,7 +89,7 @@ def refuse_training_on_nothing(report: dict) -> None:
     if loss["dropped"] > DROPPED_SHARE * measured:
         raise RecipeError([Problem("/training/max_length", f"{loss['dropped']} of {measured} examples measured "
                                    f"({loss['dropped'] / measured:.0%}) would lose every token that carries loss to "
-                                   f"truncation at max_length {report['max_length']} and be dropped (rows "
+                                   f"truncation at max_length {report['max_length']} (rows "
                                    f"{_shown(loss['dropped_rows'], loss['dropped'])})", fix)])
 
 
@@ -237,7 +241,7 @@ def warnings(report: dict) -> list[str]:
     loss = report["loss_tokens"]
     if loss and loss["dropped"]:
         found.append(f"{loss['dropped']} of {report['measured_rows']} training examples measured lose every token "
-                     f"that carries loss to truncation and will be dropped by the trainer (rows "
+                     f"that carries loss to truncation: they train on nothing (rows "
                      f"{_shown(loss['dropped_rows'], loss['dropped'])})")
     if report["leakage"] and report["leakage"]["count"]:
         leak = report["leakage"]

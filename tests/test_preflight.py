@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from runner.plan import build_plan
 from runner.preflight import check_data, length_stats
 from runner.recipe import load_recipe
@@ -88,10 +90,12 @@ def test_preflight_lengths_match_what_trl_builds(tmp_path, recipe_file):
     assert report["preview"].endswith("⟧" + trained)
 
 
-def test_no_truncation_warning_when_packing(tmp_path, recipe_file):
+@pytest.mark.parametrize("strategy, truncated", [("bfd", 1), ("bfd_split", 0), ("wrapped", 0)])
+def test_packing_truncates_each_example_only_with_bfd(tmp_path, recipe_file, strategy, truncated):
+    """TRL's bfd keeps documents whole and truncates each to max_length; bfd_split and wrapped cut none off."""
     write_jsonl(tmp_path / "train.jsonl", [{"text": "x" * 100}])
-    recipe = base_recipe(tmp_path, training={"packing": True, "max_length": 16})
-    assert check_data(build_plan(load_recipe(recipe_file(recipe))))["truncated"] == 0
+    recipe = base_recipe(tmp_path, training={"packing": True, "max_length": 16, "packing_strategy": strategy})
+    assert check_data(build_plan(load_recipe(recipe_file(recipe))))["truncated"] == truncated
 
 
 def test_batched_token_lengths_equal_the_row_by_row_encoding(tmp_path):

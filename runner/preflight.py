@@ -254,9 +254,10 @@ def loss_line(report: dict) -> list[str]:
     loss = report["loss_tokens"]
     if loss is None:
         return []
-    share = loss["kept"] / loss["tokens"] if loss["tokens"] else 0.0
-    return [f"tokens that carry loss: {loss['kept']} of {loss['tokens']} ({share:.1%}) after truncation; "
-            f"examples whose answer is cut away: {loss['dropped']}"]
+    share = loss["all"] / loss["tokens"] if loss["tokens"] else 0.0
+    kept = f", {loss['kept']} of them within max_length" if loss["kept"] != loss["all"] else ""
+    return [f"tokens that carry loss: {loss['all']} of {loss['tokens']} ({share:.1%}){kept}; examples whose every "
+            f"loss token is cut off: {loss['dropped']}"]
 
 
 def render(report: dict) -> str:

@@ -119,3 +119,56 @@ def test_batched_token_lengths_equal_the_row_by_row_encoding(tmp_path):
     for config in ({"completion_only_loss": None}, {"completion_only_loss": False}):
         for rows in cases:
             assert token_masks(rows, tokenizer, config) == [encode(r, tokenizer, config)[1] for r in rows], rows[0]
+
+
+def prompt_completion_rows(tmp_path, long_prompts: int, short: int = 20):
+    """Rows whose prompts fill 40 tokens (the tiny tokenizer: one per byte) and rows of 12 + 3."""
+    rows = [{"prompt": "p" * 40, "completion": " ab"}] * long_prompts + [{"prompt": "reverse ba =", "completion": " ab"}] * short
+    write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+def test_truncation_that_cuts_away_many_answers_stops_before_the_model_loads(tmp_path, recipe_file):
+    from runner.errors import RecipeError
+
+    prompt_completion_rows(tmp_path, long_prompts=5)
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion"}, training={"max_length": 32})
+    with pytest.raises(RecipeError) as info:
+        check_data(build_plan(load_recipe(recipe_file(recipe))))
+    (problem,) = info.value.problems
+    assert problem.path == "/training/max_length"
+    assert problem.message == ("5 of 25 examples measured (20%) would lose every token that carries loss to "
+                               "truncation at max_length 32 (rows 1, 2, 3, 4, 5)")
+    assert "raise training.max_length" in problem.hint
+
+
+def test_a_few_answers_cut_away_are_named_in_a_warning(tmp_path, recipe_file):
+    prompt_completion_rows(tmp_path, long_prompts=1)
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion"}, training={"max_length": 32})
+    report = check_data(build_plan(load_recipe(recipe_file(recipe))))
+    assert report["loss_tokens"]["dropped"] == 1
+    assert ("1 of 21 training examples measured lose every token that carries loss to truncation: they train on "
+            "nothing (rows 1)") in report["warnings"]
+
+
+def test_data_where_no_token_carries_loss_is_refused(tmp_path, recipe_file):
+    from runner.errors import RecipeError
+
+    prompt_completion_rows(tmp_path, long_prompts=3, short=0)
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion"}, training={"max_length": 32})
+    with pytest.raises(RecipeError) as info:
+        check_data(build_plan(load_recipe(recipe_file(recipe))))
+    (problem,) = info.value.problems
+    assert (problem.path, problem.message) == (
+        "/data/train", "no token of the 3 examples measured carries loss once truncated to max_length 32: training "
+                       "would learn nothing")
+
+
+def test_check_data_shows_the_share_of_tokens_that_carry_loss(tmp_path, recipe_file):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    recipe = recipe_file(base_recipe(tmp_path, data={"format": "messages"}))
+    out = subprocess.run([sys.executable, "-m", "runner", "check-data", str(recipe)], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    # <|user|>hi<|end|><|assistant|>yo<|end|>: 8 tokens, of which "yo<|end|>" (3) carry loss
+    assert "tokens that carry loss: 3 of 8 (37.5%); examples whose every loss token is cut off: 0" in out.stdout

@@ -88,7 +88,8 @@ def test_training_keys_are_real_config_fields(task):
     ref, = [p["then"]["properties"]["training"] for p in root["allOf"]
             if p["if"]["properties"]["task"]["const"] == task]
     keys = set(schema.known_keys(schema.resolve(ref)))
-    assert keys - fields == set(spec.runner_keys)
+    # runner keys may share a config field's name (assistant_only_loss: the runner masks chat turns itself)
+    assert keys - fields <= set(spec.runner_keys) <= keys
 
 
 def test_enums_are_values_the_libraries_accept():

@@ -21,9 +21,12 @@ VERSIONS = (2, 3)  # v1 counted in 32 bits; transformers reads only v2 and v3
 # metadata value types of fixed width (8 is a string, 9 an array)
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
-# ggml tensor types that hold plain floats, and what `dtype: auto` loads them as (transformers 5.23:
-# a file of half-precision tensors loads in that type; one with quantized blocks dequantizes to float32)
+# ggml tensor types that hold plain floats
 FLOATS = {0: "float32", 1: "float16", 30: "bfloat16"}
+# transformers 5.23 reads these architectures with its newer GGUF loader, where `dtype: auto` is the file's own
+# half type when no tensor is quantized; every other one (llama, qwen2, qwen3, ...) goes through its legacy
+# loader, which dequantizes to float32 and resolves `auto` to float32 (integrations/gguf GGUF_ARCHS).
+HALF_AUTO_ARCHITECTURES = ("qwen35", "qwen35moe", "lfm2")
 TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
               11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32",
               27: "I64", 28: "F64", 30: "BF16"}
@@ -118,8 +121,8 @@ def _skip_items(blob, pos: int, kind: int, count: int) -> int:
 def auto_dtype(header: dict) -> str:
     """What transformers loads this file's weights as under `dtype: auto`."""
     types = set(header["tensor_types"].values())
-    if not types <= set(FLOATS):
-        return "float32"  # quantized blocks are dequantized to float32
+    if header["architecture"] not in HALF_AUTO_ARCHITECTURES or not types <= set(FLOATS):
+        return "float32"  # dequantized blocks, or the legacy loader: float32
     for half in (30, 1):  # the norms stay F32 beside half-precision weights: the half type is the model's
         if half in types:
             return FLOATS[half]
@@ -154,8 +157,11 @@ def summary(header: dict) -> dict:
 def weights_dtype(model: dict, header: dict | None) -> dict:
     """The dtype the dequantized weights are loaded and trained in, and why (`model.dtype` still applies)."""
     auto = auto_dtype(header) if header else None
-    auto_why = ("quantized GGUF blocks dequantize to float32" if header and summary(header)["quantized"]
-                else "the file's own float type") if header else "read from the file at load time"
+    auto_why = "read from the file at load time"
+    if header:
+        auto_why = ("quantized GGUF blocks dequantize to float32" if summary(header)["quantized"] else
+                    "the file's own float type" if header["architecture"] in HALF_AUTO_ARCHITECTURES else
+                    f"transformers loads '{header['architecture']}' GGUF files in float32")
     dtype = model["dtype"]
     if dtype not in (None, "auto"):
         return {"dtype": dtype, "why": "model.dtype (the dequantized weights are cast to it)"}

@@ -20,8 +20,9 @@ def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
     if not adapter.is_file() and not (run_dir / "config.json").is_file():
         raise RecipeError([Problem("--model", f"{run_dir} holds no saved model (no config.json or adapter_config.json)",
                                    "point at the run directory of a finished run")])
-    if not adapter.is_file():
-        spec = {**plan["model"], "name_or_path": str(run_dir), "init": "pretrained", "config_overrides": {}}
+    if not adapter.is_file():  # saved as safetensors, also when trained from a GGUF file
+        spec = {**plan["model"], "name_or_path": str(run_dir), "init": "pretrained", "config_overrides": {},
+                "gguf_file": None}
         return models.load_model(spec, plan["recipe"]["training"]["seed"])
     from peft import PeftModel
 
@@ -30,8 +31,11 @@ def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
         config_updates = json.loads((run_dir / outputs.MANIFEST).read_text()).get("config_updates")
     if config_updates and "id2label" in config_updates:  # JSON made the ids strings
         config_updates = {**config_updates, "id2label": {int(k): v for k, v in config_updates["id2label"].items()}}
+    recipe_base = base == plan["model"]["name_or_path"]  # not a random base kept in the run directory
+    # peft records only the base's directory or Hub id: a GGUF file in it is named by the plan (plan.json)
     spec = {**plan["model"], "name_or_path": base, "init": "pretrained",
-            "config_overrides": plan["model"]["config_overrides"] if base == plan["model"]["name_or_path"] else {}}
+            "config_overrides": plan["model"]["config_overrides"] if recipe_base else {},
+            "gguf_file": plan["model"].get("gguf_file") if recipe_base else None}
     model = models.load_model(spec, plan["recipe"]["training"]["seed"], config_updates)
     return PeftModel.from_pretrained(model, run_dir)
 
@@ -39,7 +43,7 @@ def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
 def saved_tokenizer(plan: dict, run_dir: Path, where: str):
     """The tokenizer saved with the run (its chat template included), not the recipe's source."""
     return models.load_tokenizer({**plan["model"], "tokenizer": str(run_dir), "tokenizer_revision": "main",
-                                  "tokenizer_key": where, "chat_template": None})
+                                  "tokenizer_key": where, "chat_template": None, "tokenizer_gguf_file": None})
 
 
 def for_trained_model(plan: dict, run_dir: Path) -> dict:

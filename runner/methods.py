@@ -147,6 +147,8 @@ def peft_spec(peft: dict, task: Task, model: dict) -> dict | None:
     kwargs = {k: v for k, v in peft.items() if k != "method"}
     if method == "prompt_tuning" and peft["prompt_tuning_init"] == "TEXT":
         kwargs["tokenizer_name_or_path"] = model["tokenizer"] or model["name_or_path"]  # peft tokenizes the text
+        if model["gguf_file"] and not model["tokenizer"]:  # the tokenizer is inside the GGUF file
+            kwargs["tokenizer_kwargs"] = {"gguf_file": model["gguf_file"]}
     if method == "prompt_tuning" and not kwargs["prompt_tuning_init_text"]:
         kwargs.pop("prompt_tuning_init_text")
     if method in ("lora", "ia3"):

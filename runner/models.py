@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
+from . import compat
 from .errors import Problem, RecipeError
 from .tasks import import_dotted
 
@@ -11,8 +12,10 @@ from .tasks import import_dotted
 def load_tokenizer(spec: dict):
     from transformers import AutoTokenizer
 
+    # a GGUF file carries its tokenizer (vocabulary, merges, chat template) in its metadata
+    gguf = {"gguf_file": spec["tokenizer_gguf_file"]} if spec.get("tokenizer_gguf_file") else {}
     tokenizer = _hub_call(spec["tokenizer_key"], spec["tokenizer"], AutoTokenizer.from_pretrained, spec["tokenizer"],
-                          revision=spec["tokenizer_revision"], trust_remote_code=spec["trust_remote_code"])
+                          revision=spec["tokenizer_revision"], trust_remote_code=spec["trust_remote_code"], **gguf)
     if tokenizer.pad_token is None:
         # Batches need a pad token; padded positions are masked out of the loss, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -28,8 +31,10 @@ def load_config(spec: dict, updates: dict | None = None):
     if spec["trust_remote_code"]:
         print(f"warning: trust_remote_code is on: Python code from {spec['name_or_path']} will run in this process",
               file=sys.stderr)
-    config = _hub_call("/model/name_or_path", spec["name_or_path"], AutoConfig.from_pretrained,
-                       spec["name_or_path"], revision=spec["revision"], trust_remote_code=spec["trust_remote_code"])
+    gguf = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}  # the config is the file's metadata
+    config = _hub_call("/model/gguf_file" if gguf else "/model/name_or_path", spec["name_or_path"],
+                       AutoConfig.from_pretrained, spec["name_or_path"], revision=spec["revision"],
+                       trust_remote_code=spec["trust_remote_code"], **gguf)
     unknown = [key for key in spec["config_overrides"] if not hasattr(config, key)]
     if unknown:
         raise RecipeError([Problem(f"/model/config_overrides/{key}", f"not an attribute of {type(config).__name__}")
@@ -72,8 +77,13 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
         kwargs["use_safetensors"] = True  # a pickled checkpoint can run code when loaded
     if spec.get("ignore_mismatched_sizes"):
         kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's head for other labels is replaced, not an error
-    return _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
-                     spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"] or "auto", **kwargs)
+    if spec.get("gguf_file"):
+        kwargs.update(compat.gguf_load_kwargs(spec["gguf_file"]))
+        where = "/model/gguf_file" if where == "/model/name_or_path" else where
+    model = _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
+                      spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"] or "auto",
+                      **kwargs)
+    return compat.plain_gguf_model(model) if spec.get("gguf_file") else model
 
 
 def _quantization_device():

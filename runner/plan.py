@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__, fast, memory_fit, scale, tokencache
+from . import __version__, fast, gguf_file, memory_fit, scale, tokencache
 from .errors import Problem, RecipeError, did_you_mean, pointer
 from .recipe import Recipe, thaw
 from .methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
@@ -69,7 +69,13 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
 
 
 def read_model_config(model: dict) -> tuple[dict | None, str]:
-    """The model's own config.json (before overrides) and where it was read, when it can be read offline."""
+    """The model's own config.json (before overrides) and where it was read, when it can be read offline.
+
+    A GGUF file carries its config as metadata: the keys the estimators read are taken from there.
+    """
+    if model["gguf_file"]:
+        config, source, _ = gguf_file.read_config(model)
+        return config, source
     location = model["name_or_path"]
     path = Path(location) / "config.json"
     if not Path(location).is_absolute():
@@ -103,7 +109,11 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
     if location.is_absolute() and not location.is_dir():
         return [Problem("/model/name_or_path", f"no such directory: {location}",
                         "a relative path is resolved against the recipe's directory")]
-    if location.is_absolute() and config is None:
+    if model["gguf_file"]:
+        found = gguf_file.check(model)
+        if found:
+            return found
+    elif location.is_absolute() and config is None:
         return [Problem("/model/name_or_path", f"{location} has no readable config.json")]
     tokenizer = Path(model["tokenizer"] or "")
     if tokenizer.is_absolute() and not tokenizer.is_dir():
@@ -114,7 +124,7 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
     if model["chat_template"] and not Path(model["chat_template"]).is_file():
         return [Problem("/model/chat_template", f"file not found: {model['chat_template']}",
                         "a relative path is resolved against the recipe's directory")]
-    if config is None:
+    if config is None or model["gguf_file"]:  # a GGUF's full config exists only once transformers builds it
         return []
     return [
         Problem(pointer(["model", "config_overrides", key]), "not a key of the model's config.json",
@@ -127,6 +137,8 @@ def model_spec(model: dict, task: Task) -> dict:
     return {
         "class": task.model_class,
         "name_or_path": model["name_or_path"],
+        "gguf_file": model["gguf_file"],
+        "gguf": gguf_spec(model),
         "revision": model["revision"],
         "init": model["init"],
         "config_overrides": model["config_overrides"],
@@ -136,12 +148,23 @@ def model_spec(model: dict, task: Task) -> dict:
         "trust_remote_code": model["trust_remote_code"],
         "allow_pickle_weights": model["allow_pickle_weights"],
         "tokenizer": model["tokenizer"] or model["name_or_path"],
+        # the tokenizer is read from the same GGUF file unless the recipe names another
+        "tokenizer_gguf_file": None if model["tokenizer"] else model["gguf_file"],
         "tokenizer_revision": model["tokenizer_revision"] if model["tokenizer"] else model["revision"],
         # the recipe key a tokenizer loading problem is reported at
         "tokenizer_key": "/model/tokenizer" if model["tokenizer"] else "/model/name_or_path",
         "chat_template": model["chat_template"],
         "ignore_mismatched_sizes": task.fresh_head,
     }
+
+
+def gguf_spec(model: dict) -> dict | None:
+    """What `plan` says about a GGUF file: its architecture, its tensors' storage, and the dtype they train in."""
+    if not model["gguf_file"]:
+        return None
+    _, _, header = gguf_file.read_config(model)
+    facts = gguf_file.summary(header) if header else {"architecture": None, "tensor_types": None, "quantized": None}
+    return {**facts, "dequantized_on_load": True, "weights_dtype": gguf_file.weights_dtype(model, header)}
 
 
 # --- data -----------------------------------------------------------------------------------

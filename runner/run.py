@@ -144,6 +144,7 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     run_dir = Path(plan["output_dir"])
     manifest = outputs.new_manifest(plan, prepared.hardware, argv)
     manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
+                    weights_dtype=str(trainer.model.dtype).removeprefix("torch."),  # as loaded (GGUF: dequantized)
                     trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
                     config_updates=prepared.config_updates, data_shape=prepared.data_shape,
                     data_warnings=prepared.data_warnings)

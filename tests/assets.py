@@ -6,7 +6,9 @@ Everything here is built offline and deterministically; `python tests/assets.py`
 - tokenizer: byte-level (every byte one token, no merges) plus chat special tokens, with a
   chat template that marks assistant turns with {% generation %} for assistant-only loss;
 - model: a 3-layer Llama config small enough to train in seconds on a CPU;
-- data: reverse a short lowercase string, as prompt/completion pairs.
+- data: reverse a short lowercase string, as prompt/completion pairs;
+- data for the real-model quickstart (recipes/quickstart_chat.json): conversations asking for a person's
+  name, age and city from a sentence, answered with one JSON object.
 """
 from __future__ import annotations
 
@@ -80,6 +82,37 @@ def reverse_rows(count: int, seed: int, min_len: int = 3, max_len: int = 8) -> l
     return rows
 
 
+NAMES = ["Alice", "Bruno", "Chen", "Dalia", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Julia", "Kofi", "Lena",
+         "Mateo", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Victor", "Wen", "Ximena",
+         "Yusuf", "Zoe", "Amara", "Bjorn", "Carmen", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas"]
+CITIES = ["Paris", "Lagos", "Osaka", "Lima", "Oslo", "Cairo", "Quito", "Hanoi", "Dublin", "Austin", "Porto", "Kyiv",
+          "Accra", "Seoul", "Perth", "Bogota", "Munich", "Tunis", "Dakar", "Riga", "Denver", "Lyon", "Pune", "Cusco"]
+SENTENCES = [
+    "{name} is {age} years old and lives in {city}.",
+    "Meet {name}: {age}, based in {city}.",
+    "{city} has been home to {name} since turning {age}.",
+    "At {age}, {name} moved to {city} for work.",
+    "{name}, aged {age}, was born and raised in {city}.",
+    "The new librarian in {city} is {name}, who is {age}.",
+    "Our guide in {city} was {name}, a {age}-year-old local.",
+    "{name} celebrated a {age}th birthday last week in {city}.",
+]
+ASK = "Extract the person's name, age and city as a JSON object: "
+
+
+def record_rows(count: int, seed: int) -> list[dict]:
+    """Sentences about a person, each asked for as JSON: a format a small instruct model learns in minutes."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        name, city, age = rng.choice(NAMES), rng.choice(CITIES), rng.randint(19, 88)
+        sentence = rng.choice(SENTENCES).format(name=name, age=age, city=city)
+        answer = json.dumps({"name": name, "age": age, "city": city})
+        rows.append({"messages": [{"role": "user", "content": ASK + sentence},
+                                  {"role": "assistant", "content": answer}]})
+    return rows
+
+
 def write_model_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(model_config(), indent=2) + "\n")
@@ -100,6 +133,11 @@ def write_all(root: Path = ASSETS) -> None:
     held_out = [row for row in reverse_rows(220, seed=2) if row["prompt"] not in seen][:200]  # no leakage
     write_jsonl(root / "reverse" / "train.jsonl", train)
     write_jsonl(root / "reverse" / "eval.jsonl", held_out)
+    records = record_rows(400, seed=3)
+    seen = {row["messages"][0]["content"] for row in records}
+    held_out = [row for row in record_rows(60, seed=4) if row["messages"][0]["content"] not in seen][:40]
+    write_jsonl(root / "json_records" / "train.jsonl", records)
+    write_jsonl(root / "json_records" / "eval.jsonl", held_out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ TRL's SFTTrainer and DPOTrainer tokenize (and truncate, build labels, pack, shuf
 no tokenization); a miss runs the library's own preparation and stores what it returned. So the cache
 holds exactly what the trainer would have built, and a cached run trains on the same rows in the same order.
 
-The key hashes: the runner's version and the versions of trl, transformers, tokenizers and datasets;
+The key hashes: the runner's version (and the source of runner/chat_masks.py, which renders and masks
+conversations) and the versions of trl, transformers, tokenizers and datasets;
 the task and data format; the recipe's data section (and evaluation/retention sources); the contents
 of every local data file (sha256, never the modification time); the tokenizer as saved (its files,
 special tokens and chat template, including the recipe's template); every trainer setting that can
@@ -182,6 +183,8 @@ def key_inputs(plan: dict, splits, tokenizer, settings: dict) -> dict:
         "hub_fingerprints": hub,
         "settings": settings,
         "tokenizer": tokenizer_hash(tokenizer),
+        # the runner renders and masks conversations itself: a change to that code must miss
+        "chat_masks": file_hash(Path(__file__).with_name("chat_masks.py")),
         "chat_template": file_hash(Path(recipe["model"]["chat_template"])) if recipe["model"]["chat_template"] else None,
     }
 

@@ -26,7 +26,7 @@ TRAINING = {"max_steps": 8, "learning_rate": 1e-3, "per_device_train_batch_size"
 def smollm2_recipe(tmp_path, fmt: str) -> dict:
     return base_recipe(
         tmp_path,
-        model={"name_or_path": str(smollm2_dir()), "gguf_file": SMOLLM2_GGUF},
+        model={"name_or_path": str(smollm2_dir()), "gguf_file": SMOLLM2_GGUF, "init": "pretrained"},
         data={"format": fmt, "train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"}},
         peft={"method": "lora", "r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
         training=TRAINING,
@@ -72,10 +72,12 @@ def test_messages_lora_trains_the_assistant_turns_and_keeps_the_model_fluent(tmp
 
     manifest = train(plan, prepared, ["test"])
     losses = manifest["metrics"]
+    print(f"messages: held-out loss {losses['before']['loss']:.4f} -> {losses['after']['loss']:.4f}")
     assert losses["after"]["loss"] < 0.97 * losses["before"]["loss"], losses
     run_dir = tmp_path / "run"
     assert json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(smollm2_dir())
     after = predict(run_dir, [QUESTION], max_new_tokens=16)[0]["output"]
+    print(f"messages: {QUESTION!r} before {before!r}, after {after!r}")
     assert "Paris" in before and "Paris" in after, (before, after)
 
 
@@ -89,6 +91,9 @@ def test_alpaca_records_train_on_the_responses_of_smollm2s_template(tmp_path, re
     prepared = prepare(build_plan(load_recipe(recipe_file(recipe))))
     trainer = prepared.trainer
     responses = {row["output"] + "<|im_end|>" for row in alpaca_rows(32, skip=64)}
-    assert all(trained_runs(trainer, example) in ([r] for r in responses) for example in trainer.train_dataset)
+    for example in trainer.train_dataset:  # shuffled: each trains on exactly one response and its end token
+        (run,) = trained_runs(trainer, example)
+        assert run in responses, run
     losses = train(prepared.plan, prepared, ["test"])["metrics"]
+    print(f"alpaca: held-out loss {losses['before']['loss']:.4f} -> {losses['after']['loss']:.4f}")
     assert losses["after"]["loss"] < 0.97 * losses["before"]["loss"], losses

@@ -49,8 +49,7 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     token_loss = TASKS[plan["task"]].causal_lm
     max_length = config.get("max_length")
     rows = splits.train if sample is None else splits.train.select(range(min(sample, len(splits.train))))
-    encoder = Encoder(tokenizer, config)
-    masks = encoder.token_masks(rows)
+    masks = token_masks(rows, tokenizer, config)
     lengths = [len(mask) for mask in masks]
     cut = max_length if max_length and truncates_each_example(config) else None
     report = {
@@ -62,7 +61,7 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
         "truncated": sum(n > cut for n in lengths) if cut else 0,
         "loss_tokens": loss_tokens(masks, cut) if token_loss else None,
         "leakage": leakage(splits.train, splits.eval),
-        "preview": preview(splits.train[0], encoder),
+        "preview": preview(splits.train[0], tokenizer, config),
     }
     if token_loss:
         refuse_training_on_nothing(report)
@@ -93,27 +92,6 @@ def refuse_training_on_nothing(report: dict) -> None:
                                    f"{_shown(loss['dropped_rows'], loss['dropped'])})", fix)])
 
 
-class Encoder:
-    """Rows as the trainer tokenizes them, with the tokens that carry loss: for chat rows the runner masks,
-    exactly runner.chat_masks' result (the one the trainer receives)."""
-
-    def __init__(self, tokenizer, config: dict):
-        self.tokenizer, self.config = tokenizer, config
-        self._masks = None
-
-    @property
-    def masks(self):
-        if self._masks is None:
-            self._masks = chat_masks.ChatMasks(self.tokenizer)
-        return self._masks
-
-    def encode(self, row: dict) -> tuple[list[int], list[int]]:
-        return encode(row, self.tokenizer, self.config, self)
-
-    def token_masks(self, rows) -> list[list[int]]:
-        return token_masks(rows, self.tokenizer, self.config, self)
-
-
 def loss_tokens(masks: list[list[int]], cut: int | None) -> dict:
     """Tokens with loss in the measured rows and in what truncation to `cut` keeps (TRL keeps the start of each
     example); the rows left with none."""
@@ -128,14 +106,14 @@ def loss_tokens(masks: list[list[int]], cut: int | None) -> dict:
             "dropped_rows": dropped[:SHOW]}
 
 
-def encode(row: dict, tokenizer, config: dict, encoder: Encoder | None = None) -> tuple[list[int], list[int]]:
-    """(token ids, 1 where the token is trained on) for one canonical row, built the way the trainer builds it.
+def encode(row: dict, tokenizer, config: dict, masks: chat_masks.ChatMasks | None = None) -> tuple[list[int], list[int]]:
+    """(token ids, 1 where the token is trained on) for one canonical row, built the way the trainer builds it:
+    chat rows the runner masks exactly as runner.chat_masks gives them to the trainer.
 
     `config` holds the resolved loss options (chat_masks.loss_options): they decide the mask.
     """
     if chat_masks.masked_by_runner(row, config):
-        masks = encoder.masks if encoder is not None else chat_masks.ChatMasks(tokenizer)
-        out = chat_masks.row_tokens(masks, row, config)
+        out = chat_masks.row_tokens(masks or chat_masks.ChatMasks(tokenizer), row, config)
         return out["input_ids"], out["assistant_masks"]
     if "messages" in row:  # loss on every token
         ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
@@ -152,7 +130,7 @@ def encode(row: dict, tokenizer, config: dict, encoder: Encoder | None = None) -
     return ids, [1] * len(ids)
 
 
-def token_masks(rows, tokenizer, config: dict, encoder: Encoder | None = None) -> list[list[int]]:
+def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
     """encode(row)[1] for every row (its length is the row's token count); rows of plain strings are tokenized as
     one batch (the fast tokenizer splits a batch across threads: ~10x faster for the 2,000 rows measured before
     every run)."""
@@ -160,7 +138,8 @@ def token_masks(rows, tokenizer, config: dict, encoder: Encoder | None = None) -
     first = rows[0] if rows else {}
     plain = all(isinstance(first.get(k), str) for k in first if k in ("prompt", "completion", "chosen", "rejected", "text"))
     if not rows or "messages" in first or not plain or "text_pair" in first:
-        return [encode(row, tokenizer, config, encoder)[1] for row in rows]
+        masks = chat_masks.ChatMasks(tokenizer)
+        return [encode(row, tokenizer, config, masks)[1] for row in rows]
     if "text" in first:
         texts, lm = [row["text"] for row in rows], "label" not in first
         return [[1] * (_with_eos(ids, tokenizer) if lm else len(ids)) for ids in tokenizer(texts)["input_ids"]]
@@ -215,10 +194,9 @@ def _key(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False)
 
 
-def preview(row: dict, encoder: Encoder) -> str:
+def preview(row: dict, tokenizer, config: dict) -> str:
     """The first example as the model sees it; text in ⟦ ⟧ carries no loss."""
-    tokenizer = encoder.tokenizer
-    ids, mask = encoder.encode(row)
+    ids, mask = encode(row, tokenizer, config)
     parts, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or mask[i] != mask[start]:

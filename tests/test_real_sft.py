@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import base_recipe, write_jsonl
-from real_models import SMOLLM2_GGUF, alpaca_rows, as_messages, smollm2_dir
+from real_models import alpaca_rows, as_messages, smollm2  # noqa: F401 - smollm2 is a fixture
 from runner.plan import build_plan
 from runner.recipe import load_recipe
 from runner.run import prepare, train
@@ -23,10 +23,11 @@ TRAINING = {"max_steps": 8, "learning_rate": 1e-3, "per_device_train_batch_size"
             "max_length": 128, "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no"}
 
 
-def smollm2_recipe(tmp_path, fmt: str) -> dict:
+def smollm2_recipe(tmp_path, smollm2, fmt: str) -> dict:
+    folder, gguf_file = smollm2
     return base_recipe(
         tmp_path,
-        model={"name_or_path": str(smollm2_dir()), "gguf_file": SMOLLM2_GGUF, "init": "pretrained"},
+        model={"name_or_path": str(folder), "gguf_file": gguf_file, "init": "pretrained"},
         data={"format": fmt, "train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"}},
         peft={"method": "lora", "r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
         training=TRAINING,
@@ -54,14 +55,14 @@ def answer(model, tokenizer, plan) -> str:
     return generate_texts(model, tokenizer, shaped, [QUESTION], settings)[0]["output"]
 
 
-def test_messages_lora_trains_the_assistant_turns_and_keeps_the_model_fluent(tmp_path, recipe_file):
+def test_messages_lora_trains_the_assistant_turns_and_keeps_the_model_fluent(tmp_path, recipe_file, smollm2):
     from runner import models
     from runner.inference import predict
 
     rows = [as_messages(r) for r in alpaca_rows(48)]
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "eval.jsonl", [as_messages(r) for r in alpaca_rows(16, skip=48)])
-    prepared = prepare(build_plan(load_recipe(recipe_file(smollm2_recipe(tmp_path, "messages")))))
+    prepared = prepare(build_plan(load_recipe(recipe_file(smollm2_recipe(tmp_path, smollm2, "messages")))))
     trainer, plan = prepared.trainer, prepared.plan
     # SmolLM2's template has no {% generation %} markers and TRL cannot patch it: the runner masks it
     answers = {row["messages"][1]["content"] + "<|im_end|>" for row in rows}
@@ -75,18 +76,18 @@ def test_messages_lora_trains_the_assistant_turns_and_keeps_the_model_fluent(tmp
     print(f"messages: held-out loss {losses['before']['loss']:.4f} -> {losses['after']['loss']:.4f}")
     assert losses["after"]["loss"] < 0.97 * losses["before"]["loss"], losses
     run_dir = tmp_path / "run"
-    assert json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(smollm2_dir())
+    assert json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(smollm2[0])
     after = predict(run_dir, [QUESTION], max_new_tokens=16)[0]["output"]
     print(f"messages: {QUESTION!r} before {before!r}, after {after!r}")
     assert "Paris" in before and "Paris" in after, (before, after)
 
 
-def test_alpaca_records_train_on_the_responses_of_smollm2s_template(tmp_path, recipe_file):
+def test_alpaca_records_train_on_the_responses_of_smollm2s_template(tmp_path, recipe_file, smollm2):
     """Alpaca records become conversations; the loss is on each response and SmolLM2's end-of-turn token only,
     and a few steps lower the held-out loss."""
     write_jsonl(tmp_path / "train.jsonl", alpaca_rows(32, skip=64))
     write_jsonl(tmp_path / "eval.jsonl", alpaca_rows(16, skip=96))
-    recipe = smollm2_recipe(tmp_path, "alpaca")
+    recipe = smollm2_recipe(tmp_path, smollm2, "alpaca")
     recipe["training"] = {**TRAINING, "max_steps": 6}
     prepared = prepare(build_plan(load_recipe(recipe_file(recipe))))
     trainer = prepared.trainer

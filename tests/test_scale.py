@@ -569,8 +569,10 @@ def _engine_recipe(folder, per_device: int):
                                        "eval": {"path": "eval.jsonl"}},
                          # wider initial weights: varied answers before training, so their order is checked
                          model={"config_overrides": {"initializer_range": 0.3}},
+                         # fp32 pinned: a CPU with native bf16 would otherwise autocast (and the comparison
+                         # with one process is about the order of reductions, at fp32's precision)
                          training={"max_steps": -1, "num_train_epochs": EPOCHS, "learning_rate": 5e-3,
-                                   "per_device_train_batch_size": per_device, "logging_steps": 1},
+                                   "per_device_train_batch_size": per_device, "logging_steps": 1, "bf16": False},
                          evaluation=EVALUATION)
     return write_json(folder / "recipe.json", recipe)
 

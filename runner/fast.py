@@ -1,10 +1,11 @@
 """Fast defaults: settings a recipe leaves null, decided for the machine the run lands on.
 
 `plan` lists each with its rule (plan["fast_defaults"]); at launch `resolve` probes the machine
-(GPU, its memory, bf16, PyTorch's varlen attention kernel, Liger kernels) and writes the values
-into the plan's model spec and trainer config, each with the reason, before anything is loaded.
-A value set in the recipe is never changed. On a CPU every rule falls back to the plain setting
-(fp32 weights as the recipe says, padded batches, no checkpointing, unfused AdamW, no workers).
+(GPU, its memory, bf16 on the GPU or the CPU, PyTorch's varlen attention kernel, Liger kernels) and writes
+the values into the plan's model spec and trainer config, each with the reason, before anything is loaded.
+A value set in the recipe is never changed. On a CPU every rule but precision falls back to the plain setting
+(weights as the recipe says, padded batches, no checkpointing, unfused AdamW, no workers); bf16 autocast is on
+where the CPU computes bf16 natively (runner/cpu.py), as TRL's own default trains on any CPU.
 
 Why these (measured on an H100 with plain TRL, issue #7): TRL loads weights in fp32 and autocasts
 (bf16 weights: +21% tokens/s); padded batches of a new shape every step leave the GPU waiting
@@ -28,8 +29,12 @@ SAME_TRAINING = frozenset({"/training/activation_checkpointing", "/training/data
 HEADROOM = 0.9  # share of the GPU's memory a run may plan to use (allocator fragmentation, CUDA context)
 
 RULES = {
-    "/model/dtype": "bfloat16 when training runs in bf16 (weights in the training dtype: no fp32 copy autocast "
-                    "to bf16 every step), else `auto`",
+    "/training/bf16": "on when fp16 is off and the device that trains computes bf16 natively: a GPU that supports "
+                      "it, or a CPU with avx512_bf16 / amx_bf16 (x86) or bf16 (Arm) in /proc/cpuinfo (elsewhere "
+                      "torch.cpu.get_capabilities()), there as autocast, not under DeepSpeed; else off (emulated "
+                      "bf16 is slower than fp32)",
+    "/model/dtype": "bfloat16 when training runs in bf16 on a GPU (weights in the training dtype: no fp32 copy "
+                    "autocast to bf16 every step), else `auto` (on a CPU bf16 autocasts over the weights as loaded)",
     "/model/attn_implementation": "the runner's varlen attention (torch.nn.attention.varlen) when batches are "
                                   "padding-free, else transformers' choice",
     "/training/packing": "on (bfd, padding-free, documents kept apart by the varlen attention) when a CUDA GPU with "
@@ -79,7 +84,8 @@ def probe(hardware: dict) -> dict:
     return {
         "gpus": len(hardware["gpus"]),
         "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None,
-        "bf16": hardware["bf16"],
+        "bf16": hardware["bf16"],  # the GPU's, or the CPU's when there is no GPU
+        "cpu_bf16": hardware.get("cpu_bf16"),  # which CPU flag said so, read where (runner/cpu.py)
         "cpus": hardware["cpu_count"] or 1,
         "varlen": gpu and attention.kernel_available(),
         "liger": importlib.util.find_spec("liger_kernel") is not None,
@@ -98,14 +104,14 @@ def decide(plan: dict, machine: dict) -> dict:
         if path in open_:
             out[path] = {"value": value, "reason": reason}
 
-    bf16 = config["bf16"] if config.get("bf16") is not None else machine["bf16"]
+    set_("/training/bf16", *precision(config, machine, (plan.get("topology") or {}).get("engine", "single")))
+    bf16 = config["bf16"] if config.get("bf16") is not None else out.get("/training/bf16", {}).get("value", False)
     quantization = plan["model"]["quantization"]  # None, or BitsAndBytesConfig's kwargs
     if quantization and quantization["method"] == "bnb_4bit":  # unquantized weights in the 4-bit compute dtype
         compute = quantization["kwargs"]["bnb_4bit_compute_dtype"]
         set_("/model/dtype", compute, f"4-bit base: its bnb_4bit_compute_dtype ({compute})")
     else:
-        set_("/model/dtype", "bfloat16" if bf16 else "auto",
-             "training runs in bf16" if bf16 else "training does not run in bf16: the recipe's `auto`")
+        set_("/model/dtype", *weights_dtype(bf16, gpu))
     packing, why = padding_free_ok(facts, machine, plan["model"]["attn_implementation"])
     set_("/training/packing", packing, why)
     padding_free = config.get("packing") if config.get("packing") is not None else out.get(
@@ -128,6 +134,32 @@ def decide(plan: dict, machine: dict) -> dict:
     set_("/training/dataloader_num_workers", workers,
          f"{machine['cpus']} CPUs for {machine['gpus']} GPU(s)" if gpu else "CPU: batches collated in the main process")
     return out
+
+
+def precision(config: dict, machine: dict, engine: str) -> tuple[bool, str]:
+    """bf16 mixed precision where the training device computes bf16 natively, and why (not)."""
+    if config.get("fp16"):
+        return False, "fp16 is on in the recipe"
+    if machine["gpus"]:
+        return (True, "the GPU supports bf16") if machine["bf16"] else (False, "the GPU has no bf16: fp32")
+    cpu = machine.get("cpu_bf16") or {"native": False, "feature": None, "source": "not probed"}
+    if cpu["native"] and engine == "deepspeed":
+        # Seen with 2 CPU processes: ZeRO-3 cast QLoRA's fp32-stored packed 4-bit weights to bf16 and the run
+        # failed ("shape '[128, 128]' is invalid for input of size 8192"); the speed-up was measured for autocast.
+        return False, ("CPU under DeepSpeed: its bf16 trains bf16 weights (not autocast), which was not measured on "
+                       "a CPU and breaks fp32-stored 4-bit weights: fp32")
+    if cpu["native"]:
+        return True, (f"CPU computes bf16 natively ({cpu['feature']} in {cpu['source']}): bf16 autocast, "
+                      "faster than fp32 there (bench/RESULTS.md) and what TRL's own defaults train in")
+    return False, f"no native bf16 on this CPU (no avx512_bf16, amx_bf16 or bf16 in {cpu['source']}): fp32"
+
+
+def weights_dtype(bf16: bool, gpu: bool) -> tuple[str, str]:
+    if bf16 and gpu:
+        return "bfloat16", "training runs in bf16 on a GPU"
+    if bf16:  # measured this way only (fp32 weights, autocast); it is also TRL's CPU default
+        return "auto", "CPU: bf16 autocasts over the weights as loaded (the recipe's `auto`)"
+    return "auto", "training does not run in bf16: the recipe's `auto`"
 
 
 def packing_may_be_decided(doc: dict, task_name: str, model_config: dict | None) -> bool:

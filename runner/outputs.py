@@ -99,17 +99,22 @@ def versions() -> dict:
 
 
 def hardware() -> dict:
-    """What this process can see. bf16 is what `training.bf16: null` resolves to."""
+    """What this process can see. bf16: whether the device that trains (the GPU, else the CPU) computes bf16
+    natively, which `training.bf16: null` follows (runner/fast.py); cpu_bf16: the CPU flag that said so."""
     import torch
+
+    from . import cpu
 
     cuda = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    cpu_bf16 = cpu.probe()
     return {
         "platform": platform.platform(),
         # the CPUs this process may use (Slurm and cgroups restrict the affinity), not the machine's total
         "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpus": gpus,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "bf16": bool(torch.cuda.is_bf16_supported()) if cuda else cpu_bf16["native"],
+        "cpu_bf16": cpu_bf16,
     }
 
 

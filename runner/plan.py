@@ -51,7 +51,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
             "config": trainer_config(doc, task, fmt, output_dir),
             "runner_settings": runner_settings(doc, task, fmt),
             "reference_model": reference_model(doc, task),
-            "decided_at_launch": launch_decisions(doc["training"]),
+            "decided_at_launch": launch_decisions(),
         },
         "evaluation": evaluation_spec(doc, task, fmt),
         "predict": task.predict,
@@ -276,12 +276,10 @@ def memory_kind(task: Task) -> str:
     return "dpo" if task.needs_reference else "classification" if task.head_module != "lm_head" else "sft"
 
 
-def launch_decisions(training: dict) -> dict:
-    """Settings that depend on the machine the run lands on, with the rule that decides them."""
-    decisions = {"use_cpu": "on when no GPU is visible (the run then trains on the CPU)"}
-    if training["bf16"] is None:
-        decisions["bf16"] = "on if a GPU with bf16 support is visible, else off (recipe: bf16 null)"
-    return decisions
+def launch_decisions() -> dict:
+    """Which device trains, decided where the run lands. The settings a recipe leaves null for the machine
+    (bf16 among them) are the fast defaults' (runner/fast.py), listed with their rules under fast_defaults."""
+    return {"use_cpu": "on when no GPU is visible (the run then trains on the CPU)"}
 
 
 def resolve_output_dir(doc: dict) -> str:

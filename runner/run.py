@@ -147,7 +147,10 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
                     weights_dtype=str(trainer.model.dtype).removeprefix("torch."),  # as loaded (GGUF: dequantized)
                     trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
                     config_updates=prepared.config_updates, data_shape=prepared.data_shape,
-                    data_warnings=prepared.data_warnings)
+                    data_warnings=prepared.data_warnings,
+                    # what the trainer's accelerator really runs ("bf16" autocast, "fp16" or "no"), beside the
+                    # decision and its reason in plan.json (fast_defaults) and the CPU flag in hardware.cpu_bf16
+                    mixed_precision=str(trainer.accelerator.mixed_precision))
     results = {"train": None, "before": None, "after": None, "retention": None}
     moved = None
     started = time.monotonic()

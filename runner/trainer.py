@@ -20,7 +20,8 @@ def launch_config(plan: dict, hardware: dict) -> dict:
     """The config kwargs with the launch-time decisions of the plan made for this machine."""
     config = dict(plan["trainer"]["config"])
     config["use_cpu"] = not hardware["gpus"]
-    if "bf16" in plan["trainer"]["decided_at_launch"]:
+    if "bf16" in plan["trainer"]["decided_at_launch"] and config.get("bf16") is None:
+        # a plan.json written before bf16 became a fast default (fast.resolve writes it into the config now)
         config["bf16"] = hardware["bf16"]
     return config
 

@@ -5,13 +5,15 @@ import json
 import pytest
 import torch
 
-from runner import attention, fast, plan as plan_module
+from runner import attention, cpu, fast, plan as plan_module
 from runner.recipe import load_recipe
+from runner.topology import Topology
 
 from conftest import TINY_MODEL, base_recipe, load_bench, write_jsonl
 
 H100 = {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True, "liger": True}
-CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False}
+CPU = {"gpus": 0, "gpu_memory_gib": None, "bf16": False, "cpus": 2, "varlen": False, "liger": False,
+       "cpu_bf16": {"native": False, "feature": None, "source": "/proc/cpuinfo"}}
 
 
 def planned(tmp_path, recipe_file, **sections):
@@ -33,7 +35,7 @@ def test_plan_lists_every_open_setting_with_its_rule(tmp_path, recipe_file):
 
 def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
     decided = values(fast.decide(planned(tmp_path, recipe_file), H100))
-    assert decided == {"/model/dtype": "bfloat16", "/training/packing": True,
+    assert decided == {"/training/bf16": True, "/model/dtype": "bfloat16", "/training/packing": True,
                        "/model/attn_implementation": "runner_varlen", "/training/pad_to_multiple_of": None,
                        "/training/activation_checkpointing": False,  # the tiny model's estimate fits easily
                        "/training/use_liger_kernel": True, "/training/optim": "adamw_torch_fused",
@@ -42,14 +44,66 @@ def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
 
 def test_on_cpu_every_rule_falls_back_to_the_plain_setting(tmp_path, recipe_file):
     decided = values(fast.decide(planned(tmp_path, recipe_file), CPU))
-    assert decided == {"/model/dtype": "auto", "/training/packing": False, "/training/pad_to_multiple_of": None,
+    assert decided == {"/training/bf16": False, "/model/dtype": "auto", "/training/packing": False,
+                       "/training/pad_to_multiple_of": None,
                        "/training/activation_checkpointing": False, "/training/use_liger_kernel": False,
                        "/training/optim": "adamw_torch", "/training/dataloader_num_workers": 0}
 
 
+# /proc/cpuinfo as Linux writes it (one block per logical CPU), shortened to the lines that matter
+EPYC_ZEN4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f "
+             "avx512bw avx512_vnni avx512_bf16 avx512_vbmi2\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 avx512f "
+             "avx512bw avx512_vnni avx512_bf16 avx512_vbmi2\n")
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512vl\n"  # AVX-512 without BF16
+GRAVITON3 = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd atomics sve svei8mm svebf16 i8mm bf16 rng\n"
+GRAVITON2 = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n"
+
+
+def on_cpu(cpuinfo: str) -> dict:
+    support = cpu.bf16_support(cpu.flags_in_cpuinfo(cpuinfo), "/proc/cpuinfo")
+    return {**CPU, "bf16": support["native"], "cpu_bf16": support}
+
+
+@pytest.mark.parametrize("cpuinfo, bf16, feature", [
+    (EPYC_ZEN4, True, "avx512_bf16"), (SAPPHIRE_RAPIDS, True, "amx_bf16"), (GRAVITON3, True, "bf16"),
+    (SKYLAKE, False, None), (GRAVITON2, False, None), ("", False, None),
+])
+def test_cpu_bf16_follows_the_cpu_flag_that_says_it_is_native(tmp_path, recipe_file, cpuinfo, bf16, feature):
+    decided = fast.decide(planned(tmp_path, recipe_file), on_cpu(cpuinfo))
+    assert decided["/training/bf16"]["value"] is bf16
+    reason = decided["/training/bf16"]["reason"]
+    assert (f"{feature} in /proc/cpuinfo" in reason) if bf16 else ("no native bf16" in reason)
+    # autocast over the weights as loaded (TRL's CPU default too): bf16 weights on a CPU were not measured
+    assert decided["/model/dtype"]["value"] == "auto"
+    assert values(decided)["/training/optim"] == "adamw_torch"  # the other CPU rules are unchanged
+
+
+def test_deepspeed_on_a_cpu_keeps_fp32(tmp_path, recipe_file):
+    # DeepSpeed's bf16 is bf16 weights, not the autocast measured, and it breaks fp32-stored 4-bit weights
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "hello"}] * 4)
+    recipe = load_recipe(str(recipe_file(base_recipe(tmp_path))))
+    for topology, bf16 in ((Topology(2, 1, "deepspeed", 3), False), (Topology(2, 1, "ddp"), True)):
+        decision = fast.decide(plan_module.build_plan(recipe, topology), on_cpu(EPYC_ZEN4))["/training/bf16"]
+        assert decision["value"] is bf16 and ("DeepSpeed" in decision["reason"]) is not bf16
+
+
+def test_fp16_in_the_recipe_keeps_bf16_off(tmp_path, recipe_file):
+    for machine in (H100, on_cpu(EPYC_ZEN4)):
+        decision = fast.decide(planned(tmp_path, recipe_file, training={"fp16": True}), machine)["/training/bf16"]
+        assert decision == {"value": False, "reason": "fp16 is on in the recipe"}
+
+
+def test_without_cpu_flags_torch_is_asked(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu, "CPUINFO", tmp_path / "no-cpuinfo")  # macOS, Windows: no /proc/cpuinfo
+    found = cpu.probe()
+    assert found["source"] == "torch.cpu.get_capabilities()"
+    assert found["native"] == any(torch.cpu.get_capabilities().get(f) is True for f in cpu.NATIVE_BF16)
+
+
 def test_recipe_values_are_never_overridden(tmp_path, recipe_file):
     plan = planned(tmp_path, recipe_file, model={"dtype": "float32"},
-                   training={"packing": False, "optim": "adamw_torch", "activation_checkpointing": False,
+                   training={"bf16": False, "packing": False, "optim": "adamw_torch", "activation_checkpointing": False,
                              "use_liger_kernel": False, "dataloader_num_workers": 1, "pad_to_multiple_of": 16})
     decided = fast.decide(plan, H100)
     assert decided == {}  # nothing left open; packing off so no varlen either
@@ -131,6 +185,14 @@ def test_a_cpu_run_records_its_decisions(tmp_path, recipe_file):
     settings = saved["fast_defaults"]["settings"]
     assert settings["/training/optim"]["value"] == "adamw_torch" and settings["/training/packing"]["value"] is False
     assert saved["trainer"]["config"]["activation_checkpointing"] is False and saved["model"]["dtype"] == "auto"
+    # precision: what this CPU's flags call for (either way), the flag read, and what the trainer really ran
+    here = cpu.probe()
+    bf16 = settings["/training/bf16"]
+    assert bf16["value"] is here["native"] and saved["trainer"]["config"]["bf16"] is here["native"]
+    assert (f"{here['feature']} in {here['source']}" if here["native"] else "no native bf16") in bf16["reason"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["hardware"]["cpu_bf16"] == here and record["trainer_config"]["bf16"] is here["native"]
+    assert record["mixed_precision"] == ("bf16" if here["native"] else "no")
 
 
 # --- activation checkpointing from the estimate of the settings decided ---------------------------
@@ -260,11 +322,15 @@ def test_resuming_where_the_rules_decide_otherwise_is_refused(tmp_path, recipe_f
 
     plan = planned(tmp_path, recipe_file)
     on_h100 = fast.apply(plan, fast.decide(plan, H100))
-    on_cpu = fast.apply(plan, fast.decide(plan, CPU))
+    on_a_cpu = fast.apply(plan, fast.decide(plan, CPU))
     with pytest.raises(RecipeError) as found:
-        fast.check_same_decisions(on_cpu, on_h100)
+        fast.check_same_decisions(on_a_cpu, on_h100)
     paths = [p.path for p in found.value.problems]
     assert "/training/packing" in paths and "/model/dtype" in paths
+    # a CPU run resumed on a CPU without native bf16 would change precision in the middle: refused
+    with pytest.raises(RecipeError) as found:
+        fast.check_same_decisions(on_a_cpu, fast.apply(plan, fast.decide(plan, on_cpu(EPYC_ZEN4))))
+    assert [p.path for p in found.value.problems] == ["/training/bf16"]
     # another GPU's memory or CPU count changes checkpointing or workers, not what is computed: resumable
     small = fast.apply(plan, fast.decide(plan, {**H100, "gpu_memory_gib": 0.5, "cpus": 3}))
     assert decided(small, "/training/activation_checkpointing") != decided(on_h100, "/training/activation_checkpointing")

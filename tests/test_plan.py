@@ -41,7 +41,9 @@ def test_quickstart_plan_names_trainer_config_and_arguments():
     assert config["learning_rate"] == 2e-3 and config["max_length"] == 64
     assert config["completion_only_loss"] is True and "assistant_only_loss" not in config
     assert plan["trainer"]["runner_settings"] == {"assistant_only_loss": False}  # the runner masks chat turns
-    assert "bf16" not in config and "bf16" in plan["trainer"]["decided_at_launch"]
+    assert "bf16" not in config and "bf16" not in plan["trainer"]["decided_at_launch"]  # left to the machine:
+    bf16 = plan["fast_defaults"]["settings"]["/training/bf16"]  # one of the fast defaults, with its rule
+    assert bf16["recipe"] is None and "avx512_bf16 / amx_bf16 (x86)" in bf16["rule"]
     assert plan["model"]["class"] == "transformers.AutoModelForCausalLM"
     assert plan["data"]["columns"] == {"prompt": "prompt", "completion": "completion"}
     assert plan["parameters"]["known"] and plan["parameters"]["trainable"] == plan["parameters"]["total"]

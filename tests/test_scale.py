@@ -12,6 +12,7 @@ import copy
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -163,6 +164,7 @@ def test_qlora_trains_under_zero3_with_two_processes(tmp_path):
                                          "bnb_4bit_quant_storage": "float32"}},
               "peft": {"method": "lora", "r": 8, "lora_alpha": 16, "use_dora": False},
               "training": {"max_steps": 12, "per_device_train_batch_size": 8, "logging_steps": 1},
+              "evaluation": {"metrics": ["loss"]},  # the loss on the 200 held-out rows, before and after
               "output": {"dir": str(tmp_path / "run")}}
     write_json(tmp_path / "recipe.json", recipe)
     result = _probe([sys.executable, "-m", "accelerate.commands.launch",
@@ -176,8 +178,13 @@ def test_qlora_trains_under_zero3_with_two_processes(tmp_path):
     print(f"sharded QLoRA: {engine}")
     # every packed 4-bit weight (7 linears x 3 layers) is a ZeRO-3 partition on this rank, not a whole tensor
     assert engine["sharded_4bit"] == engine["params_4bit"] == 21, engine
-    losses = _losses(tmp_path)
-    assert losses[-1] < losses[0] - 0.5, losses
+    # The held-out loss, not the per-step training loss: that one swings by ~0.1 from batch to batch, and
+    # LoRA on a random 4-bit base only gets from chance (ln 261 = 5.56) to the unigram level (~5.0), so the
+    # first-to-last drop (5.49 -> 5.00 here) sits at the size of those swings. An adapter that does not
+    # train leaves the held-out loss exactly where it was (LoRA B starts at zero: the base's outputs);
+    # measured: 5.585 -> 5.042, a drop of 0.54, five times the margin asked for.
+    metrics = json.loads((tmp_path / "run" / "run.json").read_text())["metrics"]
+    assert metrics["after"]["loss"] < metrics["before"]["loss"] - 0.1, metrics
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model"),
                                       tmp_path / "run")
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
@@ -562,8 +569,10 @@ def _engine_recipe(folder, per_device: int):
                                        "eval": {"path": "eval.jsonl"}},
                          # wider initial weights: varied answers before training, so their order is checked
                          model={"config_overrides": {"initializer_range": 0.3}},
+                         # fp32 pinned: a CPU with native bf16 would otherwise autocast (and the comparison
+                         # with one process is about the order of reductions, at fp32's precision)
                          training={"max_steps": -1, "num_train_epochs": EPOCHS, "learning_rate": 5e-3,
-                                   "per_device_train_batch_size": per_device, "logging_steps": 1},
+                                   "per_device_train_batch_size": per_device, "logging_steps": 1, "bf16": False},
                          evaluation=EVALUATION)
     return write_json(folder / "recipe.json", recipe)
 
@@ -671,7 +680,12 @@ def test_fsdp_launched_on_a_machine_without_gpus_is_refused_not_run_as_ddp(tmp_p
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "distributed_type: the launch asked for FSDP, but this machine has no GPU" in result.stderr
-    assert result.stderr.count("exitcode  : 2") == 2  # each rank exits 2; the traceback printed is torchrun's own
+    # torchrun stops the other rank (SIGTERM) as soon as the first one exits, so how many ranks print the message
+    # or get an exit code in its report depends on which finishes first: only the first failure is certain.
+    # It exited 2 (a user mistake, reported by the runner), not a crash; the traceback printed is torchrun's own.
+    root_cause = result.stderr.split("Root Cause (first observed failure):", 1)[-1]
+    assert re.search(r"exitcode\s*:\s*2\b", root_cause), result.stderr[-3000:]
+    assert "fast default" not in result.stderr, "refused before anything was decided or loaded"
     assert str(ROOT / "runner") not in result.stderr, "no traceback through the runner"
     assert not (tmp_path / "run").exists()
 

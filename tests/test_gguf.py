@@ -181,6 +181,7 @@ def test_full_fine_tuning_of_a_gguf_model_saves_plain_safetensors(tmp_path, reci
     manifest = run(plan, argv=["test"])
     out = tmp_path / "run"
     assert manifest["weights_dtype"] == "float32" and not list(out.glob("*.gguf"))
+    assert f"GGUF file {NAME} (dequantized to float32)" in (out / "report.md").read_text()
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     saved = load_file(out / "model.safetensors")
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # no gguf_file: a plain checkpoint

@@ -119,7 +119,8 @@ def test_a_file_name_without_the_gguf_suffix_is_a_schema_error(tmp_path, recipe_
     write_tiny(folder)
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe_file(gguf_recipe(tmp_path, folder, model={"gguf_file": "tiny.bin"})))
-    assert [(p.path, p.message) for p in info.value.problems] == [("/model/gguf_file", "'tiny.bin': must name a .gguf file")]
+    problems = [(p.path, p.message) for p in info.value.problems]
+    assert problems == [("/model/gguf_file", "'tiny.bin': must name a .gguf file")]
 
 
 def test_plan_of_a_gguf_recipe_imports_no_heavy_library_and_a_mistake_exits_2(tmp_path, recipe_file):

@@ -88,8 +88,14 @@ def test_the_tokenizer_comes_from_the_same_file_unless_named(tmp_path, recipe_fi
     write_tiny(folder)
     recipe = gguf_recipe(tmp_path, folder)
     recipe["model"].pop("tokenizer")
+    recipe["peft"] = {"method": "prompt_tuning", "prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "reverse"}
     plan = plan_of(recipe_file, recipe)
     assert plan["model"]["tokenizer"] == str(folder) and plan["model"]["tokenizer_gguf_file"] == NAME
+    # a soft prompt initialised from text: peft tokenizes it with the same file's tokenizer
+    from runner.adapters import peft_config
+
+    config = peft_config(plan["peft"])
+    assert config.tokenizer_name_or_path == str(folder) and config.tokenizer_kwargs == {"gguf_file": NAME}
 
 
 @pytest.mark.parametrize("model, fragment, hint", [

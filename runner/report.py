@@ -152,6 +152,14 @@ def render_report(manifest: dict, recipe: dict, metrics: dict, png_name: str | N
     return "\n".join(lines) + "\n"
 
 
+def _model(model: dict, manifest: dict) -> str:
+    """Where the weights came from; a GGUF file is named, with the dtype its blocks were dequantized to."""
+    name = model.get("name_or_path", MISSING)
+    if not model.get("gguf_file"):
+        return name
+    return f"{name}, GGUF file {model['gguf_file']} (dequantized to {manifest.get('weights_dtype', MISSING)})"
+
+
 def key_settings(manifest: dict, recipe: dict) -> list[str]:
     # the runner's own settings (a classifier's max_length) count as much as the trainer's
     config = {**(manifest.get("runner_settings") or {}), **(manifest.get("trainer_config") or {})}
@@ -162,7 +170,7 @@ def key_settings(manifest: dict, recipe: dict) -> list[str]:
         method += f" (r={peft['r']}, alpha={peft.get('lora_alpha', MISSING)})"
     return [
         f"task: {recipe.get('task', MISSING)}",
-        f"model: {(recipe.get('model') or {}).get('name_or_path', MISSING)}",
+        f"model: {_model(recipe.get('model') or {}, manifest)}",
         f"tuning method: {method}",
         f"data format: {(recipe.get('data') or {}).get('format', MISSING)}",
         f"examples: {examples.get('train', MISSING)} train, {examples.get('eval', MISSING)} eval",

@@ -88,8 +88,14 @@ def test_the_tokenizer_comes_from_the_same_file_unless_named(tmp_path, recipe_fi
     write_tiny(folder)
     recipe = gguf_recipe(tmp_path, folder)
     recipe["model"].pop("tokenizer")
+    recipe["peft"] = {"method": "prompt_tuning", "prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "reverse"}
     plan = plan_of(recipe_file, recipe)
     assert plan["model"]["tokenizer"] == str(folder) and plan["model"]["tokenizer_gguf_file"] == NAME
+    # a soft prompt initialised from text: peft tokenizes it with the same file's tokenizer
+    from runner.adapters import peft_config
+
+    config = peft_config(plan["peft"])
+    assert config.tokenizer_name_or_path == str(folder) and config.tokenizer_kwargs == {"gguf_file": NAME}
 
 
 @pytest.mark.parametrize("model, fragment, hint", [
@@ -119,7 +125,8 @@ def test_a_file_name_without_the_gguf_suffix_is_a_schema_error(tmp_path, recipe_
     write_tiny(folder)
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe_file(gguf_recipe(tmp_path, folder, model={"gguf_file": "tiny.bin"})))
-    assert [(p.path, p.message) for p in info.value.problems] == [("/model/gguf_file", "'tiny.bin': must name a .gguf file")]
+    problems = [(p.path, p.message) for p in info.value.problems]
+    assert problems == [("/model/gguf_file", "'tiny.bin': must name a .gguf file")]
 
 
 def test_plan_of_a_gguf_recipe_imports_no_heavy_library_and_a_mistake_exits_2(tmp_path, recipe_file):
@@ -181,6 +188,7 @@ def test_full_fine_tuning_of_a_gguf_model_saves_plain_safetensors(tmp_path, reci
     manifest = run(plan, argv=["test"])
     out = tmp_path / "run"
     assert manifest["weights_dtype"] == "float32" and not list(out.glob("*.gguf"))
+    assert f"GGUF file {NAME} (dequantized to float32)" in (out / "report.md").read_text()
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     saved = load_file(out / "model.safetensors")
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # no gguf_file: a plain checkpoint

@@ -61,8 +61,9 @@ def gguf_tensor(folder: Path, file: str, name: str):
 
 
 def test_full_fine_tuning_from_the_gguf_file_saves_a_plain_model_that_still_answers(tmp_path, smollm2, shared_data):
-    """Measured: 2 steps of full fine-tuning (fp32, lr 1e-5); ffn_down of layer 0 moved by ~1e-5 from the
-    GGUF's dequantized Q4_1 values; the reloaded safetensors model still answers 'Paris'."""
+    """Measured: 2 steps of full fine-tuning (fp32, lr 1e-5); ffn_down of layer 0 moved by at most 1.5e-5 from
+    the GGUF's Q4_1 values as llama.cpp dequantizes them; the reloaded model answers 'The capital of France is
+    Paris.'"""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,7 +119,7 @@ def pretrained_run(tmp_path_factory, smollm2, shared_data):
 
 
 def test_continued_pretraining_lowers_held_out_perplexity(pretrained_run):
-    """Measured: held-out perplexity 42.9 -> 34.2 (x0.80) after 12 LoRA steps of 4 x 128 tokens (bf16 autocast)."""
+    """Measured: held-out perplexity 42.90 -> 34.15 (x0.80) after 12 LoRA steps of 4 x 128 tokens (bf16 autocast)."""
     _, manifest, _ = pretrained_run
     before, after = manifest["metrics"]["before"]["perplexity"], manifest["metrics"]["after"]["perplexity"]
     print(f"\ncontinued pre-training: held-out perplexity {before:.2f} -> {after:.2f} (x{after / before:.3f})")
@@ -142,7 +143,7 @@ def logits_in_a_fresh_process(folder: Path, ids: list[int]):
 
 def test_merge_of_the_real_adapter_matches_base_plus_adapter(pretrained_run, tmp_path):
     """The adapter's base is the GGUF file: `merge` loads it again from the plan the run recorded.
-    Measured: merged vs base + adapter differ by ~1e-5 in the logits; the adapter itself moves them by ~10."""
+    Measured: merged vs base + adapter differ by at most 6.2e-5 in the logits; the adapter moves them by 8.6."""
     import torch
 
     from runner.inference import load_trained, saved_tokenizer
@@ -164,7 +165,8 @@ def test_merge_of_the_real_adapter_matches_base_plus_adapter(pretrained_run, tmp
 
 
 def test_quantize_to_8_bits_keeps_held_out_loss(pretrained_run, tmp_path):
-    """Measured: held-out loss 3.53 -> 3.5x with bnb 8-bit weights; the tolerance is 2% of the loss."""
+    """Measured: held-out loss 3.5331 -> 3.5461 (+0.4%) with bnb 8-bit weights, files 0.41 of the float32 size;
+    the tolerance is 2% of the loss."""
     _, _, run_dir = pretrained_run
     from runner.quantize import quantize
 
@@ -217,14 +219,14 @@ def test_dpo_with_lora_on_real_preference_pairs_raises_the_reward_margin(tmp_pat
 
 def test_minilm_classifies_real_sst2_sentences_far_above_chance(tmp_path, minilm, shared_data):
     """Full fine-tuning of all-MiniLM-L6-v2 with a new 2-way head on 640 SST-2 training sentences
-    (40 steps of 16), 200 held-out dev sentences. Measured: accuracy 0.505 -> 0.76 at lr 3e-4."""
+    (40 steps of 32), 200 held-out dev sentences. Measured: accuracy 0.485 -> 0.835 (binomial sd ~0.03)."""
     sst2 = shared_data / "sst2"
     recipe = {"name": "sst2", "task": "classification", "model": {"name_or_path": str(minilm)},
-              "data": {"format": "labelled", "train": {"path": str(sst2 / "train.tsv"), "limit": 640},
+              "data": {"format": "labelled", "train": {"path": str(sst2 / "train.tsv"), "limit": 1280},
                        "eval": {"path": str(sst2 / "dev.tsv"), "limit": 200}, "columns": {"text": "sentence"},
                        "labels": ["negative", "positive"], "tokenization_cache": False},
               "evaluation": {"baseline": True},
-              "training": {"max_steps": 40, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 50,
+              "training": {"max_steps": 40, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 50,
                            "max_length": 64, "learning_rate": 3e-4, "bf16": False, "eval_strategy": "no",
                            "save_strategy": "no", "logging_steps": 5},
               "output": {"dir": str(tmp_path / "sst2")}}

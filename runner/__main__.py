@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import launch
-from .errors import RecipeError
+from .errors import RecipeError, did_you_mean, environment_fault
 from .resume import RunInterrupted
 
 COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "launch", "slurm", "merge", "quantize",
@@ -80,15 +80,16 @@ def _add_set(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        mistyped = unknown_command(argv[0])
+        if mistyped:
+            print(mistyped, file=sys.stderr)
+            return EXIT_USER_ERROR
         argv.insert(0, "run")
     args = parser().parse_args(argv)
     try:
         return COMMAND_FUNCTIONS[args.command](args)
     except RecipeError as err:
-        if err.source is None and getattr(args, "recipe", None):
-            err.source = args.recipe  # data, model and output problems are still about this recipe
-        print(err.render(), file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report(err, args)
     except RunInterrupted as exc:  # a checkpoint was saved; the message says how to resume
         if os.environ.get("RANK", "0") == "0":  # every rank stopped at the same step: one message is enough
             print(exc, file=sys.stderr)
@@ -96,6 +97,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # disk full, read-only filesystem, a symlink loop: the machine's fault, not a bug
+        fault = environment_fault(exc)
+        if fault is None:
+            raise
+        return report(fault, args)
+
+
+def report(err: RecipeError, args) -> int:
+    if err.source is None and getattr(args, "recipe", None):
+        err.source = args.recipe  # data, model and output problems are still about this recipe
+    print(err.render(), file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def unknown_command(word: str) -> str | None:
+    """A first word that is neither a command nor a recipe file: say so, instead of running it as a recipe."""
+    from pathlib import Path
+
+    if Path(word).exists() or word.endswith((".json", "/")) or "/" in word:
+        return None  # a recipe path (a missing one is reported by `run` with the path)
+    hint = did_you_mean(word, COMMANDS) or f"the commands are: {', '.join(COMMANDS)}"
+    return f"'{word}' is neither a command nor a recipe file\n      hint: {hint}"
 
 
 def cmd_validate(args) -> int:
@@ -132,8 +155,26 @@ def cmd_run(args) -> int:
     from .topology import from_environment
 
     plan = build_plan(load_recipe(args.recipe, overrides), from_environment())
+    if args.resume:
+        require_run_to_resume(plan)
     run(plan)
     return 0
+
+
+def require_run_to_resume(plan: dict) -> None:
+    """--resume means a run exists to continue; the recipe's `if_exists: resume` also starts one where none is."""
+    from pathlib import Path
+
+    from .errors import Problem
+    from .outputs import MANIFEST
+
+    run_dir = Path(plan["output_dir"])
+    if not (run_dir / MANIFEST).is_file():
+        where = "does not exist" if not run_dir.exists() else f"holds no {MANIFEST}"
+        raise RecipeError([Problem("/output/dir", f"--resume: there is no run to continue: {run_dir} {where}",
+                                   "resume with the command the interrupted run printed (its run.json keeps it as "
+                                   "resume_command, with every --set it was started with), or drop --resume to "
+                                   "start a new run")])
 
 
 def cmd_check_data(args) -> int:
@@ -168,6 +209,11 @@ def cmd_predict(args) -> int:
     from .inference import predict, read_inputs
 
     texts = args.text or read_inputs(Path(args.input))
+    if not all(text.strip() for text in texts):
+        from .errors import Problem
+
+        raise RecipeError([Problem("", "an input is empty (--text '', or an empty field in --input): there is nothing to answer or classify",
+                                   "give the text to run the model on, e.g. --text 'What is the capital of France?'")])
     for result in predict(Path(args.run_dir).absolute(), texts, args.max_new_tokens):
         print(json.dumps(result, ensure_ascii=False))
     return 0

@@ -179,3 +179,23 @@ def shard_bounds(count: int, rank: int, world: int) -> tuple[int, int]:
     base, extra = divmod(count, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
+
+
+def on_main(state, cpu_group, work):
+    """Run `work` on the main process only and return its result on every rank. A RecipeError there is raised on
+    every rank alike, so no rank is left waiting at a barrier for a main process that has stopped."""
+    if state.num_processes == 1:
+        return work()
+    import torch.distributed as dist
+
+    outcome = [None]
+    if state.is_main_process:
+        try:
+            outcome = [("ok", work())]
+        except RecipeError as err:
+            outcome = [("error", err.problems)]
+    dist.broadcast_object_list(outcome, src=0, group=cpu_group)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise RecipeError(value)
+    return value

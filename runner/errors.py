@@ -47,3 +47,36 @@ def did_you_mean(word: str, choices) -> str | None:
     """'did you mean ...' for a misspelt name, or None when nothing is close."""
     matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+# errno -> what to do, for faults of the machine rather than of the recipe
+ENVIRONMENT_FAULTS = {
+    "ENOSPC": "free space on that filesystem (df -h), or choose an output.dir elsewhere; finished files are kept",
+    "EDQUOT": "your disk quota is used up: free space, or choose an output.dir elsewhere",
+    "EROFS": "the filesystem is read-only: choose an output.dir on a writable one",
+    "EACCES": "you may not write or read there: fix the permissions, or choose another path",
+    "EPERM": "the operation is not permitted there: fix the permissions, or choose another path",
+    "ELOOP": "a symbolic link points (through others) back to itself: fix or remove the link",
+    "ENOTDIR": "a part of the path is a file, not a directory",
+    "EIO": "the disk reported an I/O error: check the device, then run again",
+    "ENAMETOOLONG": "shorten the path",
+}
+
+
+def environment_fault(exc: BaseException) -> RecipeError | None:
+    """A RecipeError (exit 2, no traceback) for an OSError the machine caused, or a library's error that carries
+    one in its text (safetensors' Rust writer: "I/O error: No space left on device (os error 28)"); None for
+    anything else."""
+    import errno
+    import re
+
+    if not isinstance(exc, OSError):
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if not found:
+            return None
+        exc = OSError(int(found.group(1)), str(exc).strip().splitlines()[0])
+    name = errno.errorcode.get(exc.errno or 0)
+    if name not in ENVIRONMENT_FAULTS:
+        return None
+    where = f": {exc.filename}" if exc.filename else ""
+    return RecipeError([Problem("", f"{exc.strerror or exc}{where}", ENVIRONMENT_FAULTS[name])])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -24,21 +26,67 @@ REPLACED = ".replaced-"  # an earlier run being replaced, kept until the new one
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "jsonschema")
 
 
+RUNNER = "recipe-runner"  # run.json's "runner": what tells a run directory of ours from another tool's
+# written into a run directory by the libraries while training, before run.json can list them
+TRAINING_ENTRIES = re.compile(r"checkpoint-\d+|runs|base_model|\.replaced-\d+")
+
+
 def check_run_dir(output_dir: str, if_exists: str) -> None:
     """Raise before anything is loaded if starting here would destroy something."""
     path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise RecipeError([Problem("/output/dir", f"{path} exists and is not a directory")])
-    if not path.is_dir() or not any(path.iterdir()):
+    check_output_path(path)
+    if not path.is_dir() or not entries(path):
         return
+    foreign = foreign_entries(path)
+    if foreign:
+        raise RecipeError([Problem("/output/dir", f"{path} holds {', '.join(foreign[:5])}"
+                                                  f"{', ...' if len(foreign) > 5 else ''}, which the runner did not "
+                                                  "write; refusing to use a directory that holds other files",
+                                   "choose another output.dir (the runner never overwrites or resumes in a "
+                                   "directory it cannot prove is its own run)")])
     if if_exists == "error":
-        raise RecipeError([Problem("/output/dir", f"{path} already holds files",
+        raise RecipeError([Problem("/output/dir", f"{path} already holds a run",
                                    "choose another output.dir, pass --overwrite to replace the earlier run, or "
                                    "--resume to continue it from its newest checkpoint")])
-    if not (path / MANIFEST).is_file():
-        raise RecipeError([Problem("/output/dir", f"{path} is not empty and holds no {MANIFEST}; refusing to "
-                                                  f"{if_exists} in a directory the runner did not create",
+
+
+def check_output_path(path: Path) -> None:
+    """The run directory can be made: nothing on its path is a file."""
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == path else f", so {path} cannot be created below it"
+        raise RecipeError([Problem("/output/dir", f"{blocker} is a file, not a directory{where}",
                                    "choose another output.dir")])
+
+
+def entries(path: Path) -> list[str]:
+    """What a run directory holds, the ownership claim left out."""
+    from .claim import CLAIM
+
+    return sorted(p.name for p in path.iterdir() if p.name != CLAIM)
+
+
+def read_manifest(path: Path) -> dict | None:
+    """run.json of a run directory when the runner wrote it (its schema and runner identity), else None."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not MANIFEST_KEYS <= manifest.keys():
+        return None
+    if manifest.get("runner") != RUNNER and not (isinstance(manifest["versions"], dict)
+                                                 and RUNNER in manifest["versions"]):
+        return None  # runs from before the identity key carry the runner's version instead
+    return manifest
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of `path` that no run of the runner wrote: all of them when run.json is not the runner's."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return entries(path)
+    known = set(manifest.get("files") or ()) | {MANIFEST, "recipe.json", "plan.json"}
+    return [name for name in entries(path) if name not in known and not TRAINING_ENTRIES.fullmatch(name)]
 
 
 def start_run_dir(output_dir: str) -> Path | None:
@@ -46,7 +94,7 @@ def start_run_dir(output_dir: str) -> Path | None:
     only once this run succeeds; nothing is written outside the run directory."""
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    earlier = [p for p in path.iterdir() if not p.name.startswith(REPLACED)]
+    earlier = [path / name for name in entries(path) if not name.startswith(REPLACED)]
     if not earlier:
         return None
     moved = path / f"{REPLACED}{int(time.time() * 1000)}"
@@ -118,13 +166,19 @@ def hardware() -> dict:
     }
 
 
+MANIFEST_KEYS = {"name", "status", "started_at", "command", "recipe_file", "output_dir", "versions"}
+
+
 def new_manifest(plan: dict, hw: dict, argv: list[str]) -> dict:
     return {
+        "runner": RUNNER,
         "name": plan["recipe"]["name"],
         "status": "running",
         "started_at": now(),
         "finished_at": None,
         "command": argv,
+        "cwd": os.getcwd(),  # relative paths in the command (and in --set values) are relative to it
+        "resume_command": resume_command(argv, os.getcwd(), hw.get("world_size", 1), plan["recipe_file"]),
         "recipe_file": plan["recipe_file"],
         "output_dir": plan["output_dir"],
         "versions": versions(),
@@ -133,3 +187,131 @@ def new_manifest(plan: dict, hw: dict, argv: list[str]) -> dict:
         "metrics": {},
         "history": [],
     }
+
+
+RESUME_FLAGS = ("--overwrite", "--resume")
+
+
+def resume_command(argv: list[str], cwd: str, world_size: int, recipe_file: str) -> str:
+    """The command line that continues this run: the one it was started with (every --set kept, the recipe by its
+    absolute path, --overwrite and if_exists overrides dropped) plus --resume, under the same number of processes.
+    """
+    args = list(argv[1:])
+    if args[:1] == ["run"]:
+        args = args[1:]
+    kept, recipe, i = [], None, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--set" and i + 1 < len(args):
+            if not args[i + 1].startswith("output.if_exists="):
+                kept += [arg, args[i + 1]]
+            i += 2
+            continue
+        if not (arg in RESUME_FLAGS or arg.startswith("--set=output.if_exists=")):
+            if recipe is None and not arg.startswith("-"):
+                recipe, arg = arg, str(Path(cwd, arg))
+            kept.append(arg)
+        i += 1
+    if recipe is None:  # not started from the command line (tests, notebooks): the recipe file it was planned from
+        kept.insert(0, recipe_file)
+    launcher = ["python", "-m", "runner"] if world_size <= 1 else \
+        ["accelerate", "launch", "--num_processes", str(world_size), "-m", "runner"]
+    command = shlex.join(launcher + kept + ["--resume"])
+    # --set values that are paths were resolved against the directory the run started in
+    return f"cd {shlex.quote(cwd)} && {command}" if "--set" in kept else command
+
+
+class RecordsNotWritten(RecipeError):
+    """Some of a run's final records could not be written (disk full, filesystem gone read-only)."""
+
+
+BRIEF_KEYS = ("runner", "name", "status", "error", "started_at", "finished_at", "command", "cwd", "resume_command",
+              "recipe_file", "output_dir", "versions", "resumed_from", "files")
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    """run.json, listing what the run directory holds (what a later --overwrite may replace).
+
+    When it cannot be replaced atomically (no room for the new file), the run.json written at the start is
+    overwritten in place by the status alone: that is shorter than it, so it needs no new disk blocks, and
+    run.json never keeps saying `running` for a process that has gone."""
+    manifest["files"] = sorted(set(entries(run_dir)) | {MANIFEST})
+    try:
+        write_json(run_dir / MANIFEST, manifest)
+    except OSError:
+        brief = json.dumps(redact({key: manifest.get(key) for key in BRIEF_KEYS}), indent=1, default=str) + "\n"
+        try:
+            with open(run_dir / MANIFEST, "r+") as handle:
+                if len(brief) <= os.fstat(handle.fileno()).st_size:
+                    handle.write(brief)
+                    handle.truncate()
+        except OSError:
+            pass  # nothing more can be written there; the error raised says what happened
+        raise
+
+
+def write_records(run_dir: Path, manifest: dict, writers: dict) -> None:
+    """Write each record (name -> function); failures do not stop the others. run.json last, marked failed when
+    a record is missing; then RecordsNotWritten names what is missing and what is safe."""
+    missing = []
+    for name, write in writers.items():
+        try:
+            write()
+        except OSError as exc:
+            missing.append(f"{name} ({exc.strerror or exc})")
+    if missing:
+        manifest.update(status="failed", error=f"could not write {', '.join(missing)}"
+                                               + (f" after: {manifest['error']}" if manifest.get("error") else ""))
+    try:
+        write_manifest(run_dir, manifest)
+    except OSError as exc:
+        missing.append(f"{MANIFEST} ({exc.strerror or exc}; reduced to the status alone where possible)")
+    if missing:
+        saved = "the trained model is saved there; " if (run_dir / "config.json").is_file() else ""
+        raise RecordsNotWritten([Problem("/output/dir", f"could not write {', '.join(missing)} in {run_dir}",
+                                         f"{saved}free space or write permission on that filesystem "
+                                         f"(df -h {run_dir}) before running again")])
+
+
+def readable_like_records(run_dir: Path) -> None:
+    """Give saved weights the mode the records have (umask applied): some writers create them 0600, which a
+    cluster group sharing the run directory cannot read."""
+    mode = 0o666 & ~_umask()
+    for path in run_dir.iterdir():
+        if path.is_file() and (path.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+            path.chmod(mode)
+
+
+# bytes per saved weight, and the optimizer's per trainable parameter (AdamW: two fp32 moments)
+SAVED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, None: 4, "auto": 4}
+OPTIMIZER_BYTES = 8
+
+
+def space_needed(plan: dict) -> int | None:
+    """Bytes the run will write at most: the final model (or adapter) plus the checkpoints kept. None: unknown
+    (a Hub model whose config is not cached)."""
+    params = plan.get("parameters") or {}
+    if not params.get("known"):
+        return None
+    config = plan["trainer"]["config"]
+    weights = params["trainable"] if plan["peft"] is not None else params["total"]
+    model = weights * SAVED_BYTES.get(plan["model"].get("dtype"), 4)
+    checkpoint = model + OPTIMIZER_BYTES * params["trainable"]
+    saves = 0
+    if config.get("save_strategy") not in ("no", None):
+        steps = config.get("max_steps") or 0
+        saves = max(1, steps // max(1, config.get("save_steps") or 1)) if steps > 0 else 1
+        saves = min(saves, config.get("save_total_limit") or saves)
+    return model + saves * checkpoint
+
+
+def warn_if_short_of_space(plan: dict, show: bool) -> None:
+    """Before the model loads: say so when the output filesystem has less room than the run will write."""
+    needed = space_needed(plan)
+    if needed is None or not show:
+        return
+    free = shutil.disk_usage(plan["output_dir"]).free
+    if free < needed:
+        print(f"warning: {plan['output_dir']} has {free / 2**20:,.1f} MiB free; this run writes up to about "
+              f"{needed / 2**20:,.1f} MiB (model and checkpoints): it may fail when saving. Free space, lower "
+              "training.save_total_limit, or choose another output.dir", file=sys.stderr)

@@ -36,7 +36,11 @@ class Recipe:
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    source = str(Path(path).resolve())
+    try:
+        source = str(Path(path).resolve())
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError for a symlink loop
+        raise RecipeError([Problem("", f"cannot read the recipe: {exc}", "fix or remove the symbolic link")],
+                          source=str(path)) from None
     merged = _read_chain(Path(source), chain=())
     merged.pop("extends", None)
     problems = apply_overrides(merged, overrides)

@@ -213,10 +213,15 @@ class RankAgreement:
 
 
 class RunInterrupted(Exception):
-    """The run stopped on a signal after saving a checkpoint; the CLI exits 128 + the signal number."""
+    """The run stopped on a signal after saving a checkpoint; the CLI exits 128 + the signal number.
 
-    def __init__(self, signal_name: str, checkpoint: Path | None, recipe_file: str):
+    `resume_with`: the command line that continues the run (run.json's resume_command), set once it is known."""
+
+    def __init__(self, signal_name: str, checkpoint: Path | None, resume_with: str | None = None):
         self.code = 128 + signal.Signals[signal_name].value
-        where = f"checkpoint saved at {checkpoint}" if checkpoint else "no checkpoint could be saved"
-        super().__init__(f"interrupted by {signal_name}: {where}.\nresume with: python -m runner {recipe_file} "
-                         "--resume")
+        self.signal_name, self.checkpoint, self.resume_with = signal_name, checkpoint, resume_with
+        super().__init__(signal_name)
+
+    def __str__(self) -> str:
+        where = f"checkpoint saved at {self.checkpoint}" if self.checkpoint else "no checkpoint could be saved"
+        return f"interrupted by {self.signal_name}: {where}.\nresume with: {self.resume_with}"

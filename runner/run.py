@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, deepspeed_json, distributed, evaluation, fast, models, outputs, report, resume
+from . import claim, data, deepspeed_json, distributed, evaluation, fast, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import check_chat_template
@@ -59,12 +59,25 @@ def prepare(plan: dict) -> Prepared:
     deepspeed_json.check_precision(plan["recipe"], Topology(**plan["topology"]), launched["bf16"], launched.get("fp16"))
     # every rank resolved the same recipe and decided the same settings, and collectives work
     cpu_group = distributed.preflight(plan, state)
+    run_dir = Path(plan["output_dir"])
+    outputs.check_output_path(run_dir)
+    created = distributed.on_main(state, cpu_group, lambda: claim.claim(run_dir))  # one run per directory
+    try:
+        return _prepare(plan, state, hw, cpu_group)
+    except BaseException:
+        if state.is_main_process:
+            claim.release(run_dir, created)  # a run that never started leaves nothing behind
+        raise
+
+
+def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
     outputs.check_run_dir(plan["output_dir"], if_exists)
     resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
     state.wait_for_everyone()  # no process writes before every process has checked
     if resume_from is not None and (run_dir / "plan.json").is_file():  # a resumed run keeps its first decisions
         fast.check_same_decisions(plan, json.loads((run_dir / "plan.json").read_text()))
+    outputs.warn_if_short_of_space(plan, show=state.is_main_process)
 
     seed = plan["recipe"]["training"]["seed"]
     splits, derived = data.load_all(plan)
@@ -140,6 +153,15 @@ def save_random_base(base: dict, tokenizer, folder: Path) -> None:
 
 
 def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
+    """Claim-holding part of a run: records, training, final records; the claim is released however it ends."""
+    try:
+        return _train(plan, prepared, argv)
+    finally:
+        if prepared.state.is_main_process:
+            claim.release(Path(plan["output_dir"]))
+
+
+def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     trainer, state = prepared.trainer, prepared.state
     run_dir = Path(plan["output_dir"])
     manifest = outputs.new_manifest(plan, prepared.hardware, argv)
@@ -147,7 +169,7 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
                     weights_dtype=str(trainer.model.dtype).removeprefix("torch."),  # as loaded (GGUF: dequantized)
                     trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
                     config_updates=prepared.config_updates, data_shape=prepared.data_shape,
-                    data_warnings=prepared.data_warnings,
+                    data_warnings=prepared.data_warnings, resumed_from=resumed_from(prepared.resume_from),
                     # what the trainer's accelerator really runs ("bf16" autocast, "fp16" or "no"), beside the
                     # decision and its reason in plan.json (fast_defaults) and the CPU flag in hardware.cpu_bf16
                     mixed_precision=str(trainer.accelerator.mixed_precision))
@@ -161,13 +183,14 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
                 save_random_base(prepared.random_base, trainer.processing_class, run_dir / BASE_MODEL_DIR)
             outputs.write_json(run_dir / "recipe.json", plan["recipe"])
             outputs.write_json(run_dir / "plan.json", plan)
-            outputs.write_json(run_dir / outputs.MANIFEST, manifest)
+            outputs.write_manifest(run_dir, manifest)
         state.wait_for_everyone()
         train_and_measure(trainer, plan, prepared, results)
         manifest["status"] = "finished"
         finish(manifest, results, trainer, plan, started, state.is_main_process)
-    except resume.RunInterrupted:
+    except resume.RunInterrupted as exc:
         manifest["status"] = "interrupted"
+        exc.resume_with = manifest["resume_command"]
         finish(manifest, results, trainer, plan, started, state.is_main_process)
         # every rank stopped at the same step; none exits (non-zero) before rank 0 has written the records, or the
         # launcher would kill rank 0 on the first rank's exit
@@ -175,6 +198,8 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
         if moved is not None:
             print(f"the earlier run in {run_dir} is kept in {moved} until this one finishes", file=sys.stderr)
         raise
+    except outputs.RecordsNotWritten:
+        raise  # run.json already says failed, and why (finish wrote what it could)
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         finish(manifest, results, trainer, plan, started, state.is_main_process and run_dir.is_dir())
@@ -190,16 +215,27 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     return manifest
 
 
+def resumed_from(checkpoint: Path | None) -> dict | None:
+    if checkpoint is None:
+        return None
+    return {"checkpoint": checkpoint.name, "step": int(checkpoint.name.removeprefix("checkpoint-"))}
+
+
 def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, write: bool) -> None:
-    """Complete the records; a failed run keeps whatever it measured, and its report says how far it got."""
+    """Complete the records; a failed run keeps whatever it measured, and its report says how far it got.
+
+    A record that cannot be written (disk full, the filesystem gone read-only) does not stop the others; run.json
+    comes last and then says `failed` with what was not written, and RecordsNotWritten is raised."""
     manifest.update(finished_at=outputs.now(), seconds=round(time.monotonic() - started, 2), metrics=results,
                     history=trainer.state.log_history)
-    if write:
-        run_dir = Path(plan["output_dir"])
-        outputs.write_json(run_dir / "metrics.json", results)
-        resolved = {**plan["recipe"], "data": {**plan["recipe"]["data"], "format": plan["data"]["format"]}}
-        report.write_report(run_dir, redact(manifest), redact(resolved), redact(results))
-        outputs.write_json(run_dir / outputs.MANIFEST, manifest)
+    if not write:
+        return
+    run_dir = Path(plan["output_dir"])
+    resolved = {**plan["recipe"], "data": {**plan["recipe"]["data"], "format": plan["data"]["format"]}}
+    outputs.write_records(run_dir, manifest, {
+        "metrics.json": lambda: outputs.write_json(run_dir / "metrics.json", results),
+        "report.md": lambda: report.write_report(run_dir, redact(manifest), redact(resolved), redact(results)),
+    })
 
 
 def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) -> None:
@@ -218,9 +254,10 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
     if prepared.watcher.received and trainer.state.global_step < trainer.state.max_steps:
         # (a signal after the last step changes nothing: the run completes and saves as usual)
         checkpoint = resume.latest_complete_checkpoint(Path(plan["output_dir"]))
-        raise resume.RunInterrupted(prepared.watcher.received, checkpoint, plan["recipe_file"])
+        raise resume.RunInterrupted(prepared.watcher.received, checkpoint)
     stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
+    outputs.readable_like_records(Path(plan["output_dir"]))
     before, retention_before = results["before"], early.get("retention")
     if before and "loss" in before and not early.get("in_train"):
         # train() starts a fresh log; keep the baseline as its step-0 point

@@ -82,7 +82,8 @@ def _translate(error) -> list[Problem]:
         return [Problem(where, _with_value(inst, custom))]
     if kind == "additionalProperties":
         known = error.schema.get("properties", {})
-        return [_unknown_key(path, key, known) for key in inst if key not in known]
+        unknown = [key for key in inst if key not in known]
+        return [_unknown_key(path, key, known) for key in unknown[:SHOWN_UNKNOWN]] + _more_unknown(path, unknown)
     if kind == "unevaluatedProperties":
         return _unevaluated(path, inst, error.schema)
     if kind == "required":
@@ -128,6 +129,16 @@ def _describe(sub: dict) -> str:
     return "valid here"
 
 
+SHOWN_UNKNOWN = 20  # per object: a file of thousands of stray keys is reported at once, not key by key
+
+
+def _more_unknown(path: list, unknown: list) -> list[Problem]:
+    if len(unknown) <= SHOWN_UNKNOWN:
+        return []
+    return [Problem(pointer(path), f"{len(unknown) - SHOWN_UNKNOWN:,} more unknown keys (not listed)",
+                    "is this file a recipe? see `python -m runner docs` for the keys each section takes")]
+
+
 def _unknown_key(path: list, key: str, known) -> Problem:
     hint = did_you_mean(key, known) or ("valid keys: " + ", ".join(sorted(known)) if known else None)
     return Problem(pointer(path + [key]), "unknown key", hint)
@@ -136,10 +147,8 @@ def _unknown_key(path: list, key: str, known) -> Problem:
 def _unevaluated(path: list, inst: dict, sub: dict) -> list[Problem]:
     """Keys a discriminated object (e.g. `peft` by `method`) does not allow in its chosen branch."""
     allowed = set(known_keys(sub, inst))
-    problems = []
-    for key in inst:
-        if key in allowed:
-            continue
+    problems, unknown = [], [key for key in inst if key not in allowed]
+    for key in unknown[:SHOWN_UNKNOWN]:
         owners = _branch_owners(sub, key) or _sibling_owners(path, key)
         if owners:
             disc, values = owners
@@ -148,7 +157,7 @@ def _unevaluated(path: list, inst: dict, sub: dict) -> list[Problem]:
             problems.append(Problem(pointer(path + [key]), "not allowed here", hint))
         else:
             problems.append(_unknown_key(path, key, sorted(allowed)))
-    return problems
+    return problems + _more_unknown(path, unknown)
 
 
 def known_keys(sub: dict, instance: dict | None = None) -> list[str]:

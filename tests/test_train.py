@@ -141,16 +141,16 @@ def test_existing_run_is_refused_then_replaced_with_overwrite(tmp_path, recipe_f
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     path = recipe_file(base_recipe(tmp_path))
     first = run(build_plan(load_recipe(path)), argv=["test"])
-    (tmp_path / "run" / "marker-of-the-first-run").write_text("x")
+    (tmp_path / "run" / "metrics.json").write_text("the first run's")  # a file the first run wrote
 
     with pytest.raises(RecipeError) as info:
         run(build_plan(load_recipe(path)), argv=["test"])
     assert info.value.problems[0].path == "/output/dir"
-    assert "already holds files" in info.value.problems[0].message
-    assert (tmp_path / "run" / "marker-of-the-first-run").exists(), "a refused run touches nothing"
+    assert "already holds a run" in info.value.problems[0].message
+    assert (tmp_path / "run" / "metrics.json").read_text() == "the first run's", "a refused run touches nothing"
 
     second = run(build_plan(load_recipe(path, ["output.if_exists=overwrite"])), argv=["test"])
-    assert not (tmp_path / "run" / "marker-of-the-first-run").exists()
+    assert (tmp_path / "run" / "metrics.json").read_text() != "the first run's"
     assert not list((tmp_path / "run").glob(".replaced-*")), "the replaced run is removed once the new one succeeds"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json", "run", "train.jsonl"], \
         "nothing is written outside the run directory"
@@ -179,7 +179,7 @@ def test_overwrite_never_deletes_a_directory_the_runner_did_not_make(tmp_path, r
     plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path)), ["output.if_exists=overwrite"]))
     with pytest.raises(RecipeError) as info:
         run(plan, argv=["test"])
-    assert "refusing to overwrite in a directory the runner did not create" in info.value.problems[0].message
+    assert "which the runner did not write" in info.value.problems[0].message
     assert precious.read_text() == "years of work"
 
 

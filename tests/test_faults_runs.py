@@ -1,0 +1,360 @@
+"""Fault harness, runs and run directories: what a careless user does with the command line, and what the
+machine does to a run (full, read-only filesystems; a crash), each asserting the exit code, no traceback, a
+message that names the path and the fix, and that nothing the user had changed (byte for byte).
+
+Filesystem cases mount a tmpfs or a read-only bind mount; they need root and skip with the reason elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assets import reverse_rows
+from conftest import base_recipe, write_json, write_jsonl
+from faults import ROOT, Snapshot, assert_user_error, cli
+
+ROWS = [{"text": f"{r['prompt']}{r['completion']}"} for r in reverse_rows(64, seed=3)]
+
+
+def recipe_in(tmp_path: Path, name: str = "recipe.json", **sections) -> Path:
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    return write_json(tmp_path / name, base_recipe(tmp_path, **sections))
+
+
+def long_run(tmp_path: Path, out: Path, *extra: str, steps: int = 5000) -> subprocess.Popen:
+    """A run of many quick steps that saves a checkpoint every 20 steps, in the background."""
+    training = {"max_steps": steps, "save_strategy": "steps", "save_steps": 20, "logging_steps": 1000}
+    recipe = recipe_in(tmp_path, "long.json", training=training)
+    return subprocess.Popen([sys.executable, "-m", "runner", str(recipe), "--set", f"output.dir={out}", *extra],
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen) -> tuple[str, str]:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return process.communicate(timeout=120)
+
+
+# --- run identity: the printed resume command continues the same run -------------------------------------------
+
+
+def as_printed(hint: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a printed command line through the shell, as a user pastes it (this interpreter for `python`)."""
+    return subprocess.run(hint.replace("python -m runner", f"{sys.executable} -m runner"), shell=True, cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+def test_the_printed_resume_command_keeps_every_override_and_continues_the_same_run(tmp_path):
+    out = tmp_path / "elsewhere" / "run-b"
+    process = long_run(tmp_path, out, "--set", "training.seed=7", steps=400)
+    wait_for(lambda: (out / "checkpoint-20" / "runner_checkpoint.json").is_file(), "the first checkpoint")
+    _, stderr = stop(process)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    hint = stderr.split("resume with: ", 1)[1].strip().splitlines()[0]
+    assert f"--set output.dir={out}" in hint and "--set training.seed=7" in hint and hint.endswith("--resume"), hint
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["resume_command"] == hint
+    saved = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+
+    resumed = as_printed(hint, cwd=tmp_path)  # from another directory than the one it started in
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "finished" and manifest["resumed_from"] == {"checkpoint": f"checkpoint-{saved}",
+                                                                             "step": saved}
+    assert json.loads((out / "recipe.json").read_text())["training"]["seed"] == 7
+    assert not (tmp_path / "run").exists(), "nothing trained in the recipe's default output.dir"
+
+
+def test_the_resume_command_continues_from_the_checkpoint_it_names(tmp_path):
+    out = tmp_path / "run-c"
+    recipe = recipe_in(tmp_path, training={"max_steps": 6, "save_strategy": "steps", "save_steps": 2,
+                                           "learning_rate": 1e-3})
+    first = cli(recipe, "--set", f"output.dir={out}", "--set", "training.seed=5")
+    assert first.code == 0, first
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["command"][1:] == [str(recipe), "--set", f"output.dir={out}", "--set", "training.seed=5"]
+    assert manifest["cwd"] == str(ROOT)
+    # the run finished: its resume command is refused, and says why
+    assert_user_error(cli(*manifest["resume_command"].split("&& ", 1)[1].split()[3:]), "already finished")
+
+
+def test_resume_of_a_directory_with_no_run_is_refused_and_creates_nothing(tmp_path):
+    recipe = recipe_in(tmp_path)
+    missing = tmp_path / "typo" / "run"
+    outcome = cli(recipe, "--set", f"output.dir={missing}", "--resume")
+    assert_user_error(outcome, "/output/dir", "no run to continue", str(missing), "does not exist",
+                      "resume_command")
+    assert not (tmp_path / "typo").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(cli(recipe, "--set", f"output.dir={empty}", "--resume"), "holds no run.json")
+    assert list(empty.iterdir()) == []
+
+
+# --- one owner per run directory ----------------------------------------------------------------------------------
+
+
+def test_two_runs_into_one_directory_started_together_one_is_refused(tmp_path):
+    out = tmp_path / "shared-run"
+    recipe = recipe_in(tmp_path, training={"max_steps": 30})
+    command = [sys.executable, "-m", "runner", str(recipe), "--set", f"output.dir={out}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command + ["--set", "training.seed=1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    second = subprocess.Popen(command + ["--set", "training.seed=2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    outcomes = [(p.returncode, *p.communicate(timeout=300)) for p in (first, second)]
+    outcomes = [(p.returncode, out_, err) for p, (_, out_, err) in zip((first, second), outcomes)]
+    codes = sorted(code for code, _, _ in outcomes)
+    assert codes == [0, 2], outcomes
+    loser = next(err for code, _, err in outcomes if code == 2)
+    assert "in use by another run" in loser and socket.gethostname() in loser and "Traceback" not in loser, loser
+    winner_seed = 1 if outcomes[0][0] == 0 else 2
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "finished" and f"training.seed={winner_seed}" in manifest["command"]
+    assert json.loads((out / "recipe.json").read_text())["training"]["seed"] == winner_seed
+    assert not (out / ".runner-claim").exists(), "the claim is released when the run ends"
+
+
+def test_resume_while_the_owner_still_trains_is_refused_and_touches_nothing(tmp_path):
+    out = tmp_path / "busy"
+    process = long_run(tmp_path, out)
+    try:
+        wait_for(lambda: (out / "checkpoint-20" / "runner_checkpoint.json").is_file(), "the first checkpoint")
+        owner = json.loads((out / ".runner-claim").read_text())
+        assert owner["pid"] == process.pid
+        outcome = cli(tmp_path / "long.json", "--set", f"output.dir={out}", "--resume")
+        assert_user_error(outcome, "in use by another run", f"process {process.pid}", socket.gethostname(),
+                          str(out / ".runner-claim"))
+        assert process.poll() is None, "the owner goes on"
+    finally:
+        stop(process)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("owner,taken_over", [
+    ({"host": socket.gethostname(), "pid": 2**22 + 17}, True),  # a pid no process has: the owner crashed
+    ({"host": socket.gethostname(), "pid": 1, "pid_started": "0"}, True),  # pid reused since it claimed
+    ("{not json", True),  # a claim half-written by a process that died while writing it
+    ({"host": "node-17.cluster", "pid": 4242, "since": "2026-12-04T10:00:00"}, False),  # cannot be checked here
+], ids=["dead-pid", "reused-pid", "half-written", "other-host"])
+def test_a_stale_claim_is_taken_over_and_a_live_or_unknown_one_refuses(tmp_path, owner, taken_over):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".runner-claim").write_text(owner if isinstance(owner, str) else json.dumps(owner))
+    outcome = cli(recipe_in(tmp_path))
+    if taken_over:
+        assert outcome.code == 0, outcome
+        assert json.loads((out / "run.json").read_text())["status"] == "finished"
+        assert not (out / ".runner-claim").exists()
+    else:
+        assert_user_error(outcome, "in use by another run", "process 4242 on host node-17.cluster",
+                          f"delete {out / '.runner-claim'}")
+        assert sorted(p.name for p in out.iterdir()) == [".runner-claim"]
+
+
+# --- --overwrite and foreign directories ---------------------------------------------------------------------------
+
+
+def foreign_dir(tmp_path: Path) -> Path:
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"experiment": "baseline", "status": "finished", "seed": 3}))
+    (other / "results.csv").write_text("epoch,acc\n1,0.91\n")
+    return other
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume", None])
+def test_a_directory_with_another_tools_run_json_is_never_replaced(tmp_path, flag):
+    other = foreign_dir(tmp_path)
+    before = Snapshot(other)
+    outcome = cli(recipe_in(tmp_path), *([flag] if flag else []))
+    assert_user_error(outcome, "/output/dir", "results.csv", "run.json", "which the runner did not write",
+                      "choose another output.dir")
+    assert "--overwrite" not in outcome.stderr.split("hint:", 1)[1], "no advice that is refused in turn"
+    before.assert_unchanged()
+
+
+def test_overwrite_of_a_run_holding_a_users_file_is_refused(tmp_path):
+    recipe = recipe_in(tmp_path)
+    assert cli(recipe).code == 0
+    (tmp_path / "run" / "notes.txt").write_text("what I learnt from this run")
+    before = Snapshot(tmp_path / "run")
+    assert_user_error(cli(recipe, "--overwrite"), "notes.txt", "which the runner did not write")
+    before.assert_unchanged()
+    (tmp_path / "run" / "notes.txt").unlink()
+    assert cli(recipe, "--overwrite").code == 0, "its own run alone is replaced"
+
+
+# --- paths and filesystems -----------------------------------------------------------------------------------------
+
+
+def test_output_dir_below_a_regular_file(tmp_path):
+    (tmp_path / "results").write_text("a file, not a folder")
+    before = Snapshot(tmp_path / "results")
+    outcome = cli(recipe_in(tmp_path), "--set", f"output.dir={tmp_path / 'results' / 'run'}")
+    assert_user_error(outcome, "/output/dir", f"{tmp_path / 'results'} is a file, not a directory")
+    before.assert_unchanged()
+
+
+def mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root): {done.stderr.strip()}")
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "earlier.txt").write_text("kept")
+    mount("--bind", str(folder), str(folder))
+    try:
+        mount("-o", "remount,ro,bind", str(folder))
+        yield folder
+    finally:
+        umount(folder)
+
+
+def test_read_only_output_filesystem_is_found_before_the_model_loads(tmp_path, read_only_dir):
+    before = Snapshot(read_only_dir)
+    outcome = cli(recipe_in(tmp_path), "--set", f"output.dir={read_only_dir / 'run'}")
+    assert_user_error(outcome, "/output/dir", f"cannot write in {read_only_dir / 'run'}", "Read-only file system",
+                      "writable filesystem")
+    assert "Loading weights" not in outcome.stderr, "found before the model loads"
+    before.assert_unchanged()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder))
+    try:
+        yield folder
+    finally:
+        umount(folder)
+
+
+def test_a_full_disk_is_announced_then_reported_without_a_traceback(tmp_path, small_filesystem):
+    """256 KiB cannot hold the tiny model's 2.7 MB: a warning before the model loads, then exit 2 when saving."""
+    outcome = cli(recipe_in(tmp_path), "--set", f"output.dir={small_filesystem / 'run'}")
+    assert "warning: " in outcome.stderr and "MiB free; this run writes up to about" in outcome.stderr, outcome
+    assert_user_error(outcome, "No space left on device", "free space")
+    manifest = json.loads((small_filesystem / "run" / "run.json").read_text())
+    assert manifest["status"] == "failed" and "No space left on device" in manifest["error"], manifest
+    assert not (small_filesystem / "run" / ".runner-claim").exists()
+
+
+@pytest.fixture
+def roomy_filesystem(tmp_path):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder))
+    try:
+        yield folder
+    finally:
+        umount(folder)
+
+
+def test_disk_full_after_the_model_is_saved_leaves_run_json_failed_and_the_model_whole(tmp_path, monkeypatch,
+                                                                                      roomy_filesystem):
+    """The filesystem fills up right after the model is saved: metrics.json, report.md and a new run.json find no
+    room; run.json is rewritten in place with the status and the reason, and the saved model stays loadable."""
+    from safetensors.torch import load_file
+
+    from runner import evaluation
+    from runner.outputs import RecordsNotWritten
+    from runner.plan import build_plan
+    from runner.recipe import load_recipe
+    from runner.run import run
+
+    measure = evaluation.measure
+
+    def fill_the_disk_then_measure(trainer, plan, splits):  # called right after the model was saved
+        with open(roomy_filesystem / "filler", "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        return measure(trainer, plan, splits)
+
+    monkeypatch.setattr(evaluation, "measure", fill_the_disk_then_measure)
+    out = roomy_filesystem / "run"
+    plan = build_plan(load_recipe(recipe_in(tmp_path), [f"output.dir={out}"]))
+    with pytest.raises(RecordsNotWritten) as info:
+        run(plan, argv=["test"])
+    message = info.value.render()
+    assert "could not write metrics.json (No space left on device)" in message and "model is saved" in message
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "failed" and "No space left on device" in manifest["error"], manifest
+    assert load_file(out / "model.safetensors"), "the model saved before the disk filled is whole"
+    assert not (out / ".runner-claim").exists()
+
+
+def test_model_files_are_as_readable_as_the_records(tmp_path):
+    assert cli(recipe_in(tmp_path)).code == 0
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["run.json"] == 0o666 & ~current_umask(), modes
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_recipe_path_that_is_a_symlink_loop(tmp_path):
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    for command in (["validate"], ["plan"], []):
+        assert_user_error(cli(*command, tmp_path / "a.json"), str(tmp_path / "a.json"), "ymlink loop")
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["valdate", "recipes/quickstart.json"], ["'valdate' is neither a command nor a recipe file",
+                                              "did you mean 'validate'?"]),
+    (["frobnicate"], ["the commands are: run, validate"]),
+    (["predict", "nowhere", "--text", ""], ["an input is empty"]),
+    (["predict", "nowhere", "--text", "   "], ["an input is empty"]),
+], ids=["mistyped-command", "unknown-command", "predict-empty-text", "predict-blank-text"])
+def test_command_line_mistakes(argv, named):
+    assert_user_error(cli(*argv), *named)
+
+
+def test_a_huge_file_of_unknown_keys_is_reported_briefly(tmp_path):
+    """170,000 stray keys (a 5 MB 'recipe'): 20 named with their hints per object, the rest counted."""
+    stray = {f"learning_rat{i}": i for i in range(170_000)}
+    path = write_json(tmp_path / "huge.json", {"name": "x", "training": stray, **{f"k{i}": 1 for i in range(50)}})
+    outcome = cli("validate", path)
+    assert_user_error(outcome, "/training: 169,980 more unknown keys (not listed)", "/: 30 more unknown keys",
+                      "/training/learning_rat0: unknown key", "did you mean 'learning_rate'?")
+    assert len(outcome.stderr.splitlines()) < 100

@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     quantize.add_argument("--out", help="output directory, which must not exist (default: RUN_DIR-<bits>bit)")
     launch.add_parsers(sub, _add_set)
     sub.add_parser("docs", help="print the recipe reference (Markdown) generated from the schema")
+    top.allow_abbrev = False
+    for command in sub.choices.values():  # `--over` is not `--overwrite`: the resume command repeats options exactly
+        command.allow_abbrev = False
     return top
 
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USER_ERROR
         argv.insert(0, "run")
     args = parser().parse_args(argv)
+    args.argv = [sys.argv[0], *argv]  # as run.json records it (also when main() is called in-process)
     try:
         return COMMAND_FUNCTIONS[args.command](args)
     except RecipeError as err:
@@ -157,7 +161,7 @@ def cmd_run(args) -> int:
     plan = build_plan(load_recipe(args.recipe, overrides), from_environment())
     if args.resume:
         require_run_to_resume(plan)
-    run(plan)
+    run(plan, args.argv)
     return 0
 
 
@@ -165,11 +169,12 @@ def require_run_to_resume(plan: dict) -> None:
     """--resume means a run exists to continue; the recipe's `if_exists: resume` also starts one where none is."""
     from pathlib import Path
 
+    from .claim import CLAIM
     from .errors import Problem
     from .outputs import MANIFEST
 
     run_dir = Path(plan["output_dir"])
-    if not (run_dir / MANIFEST).is_file():
+    if not (run_dir / MANIFEST).is_file() and not (run_dir / CLAIM).exists():  # a run starting there: "in use"
         where = "does not exist" if not run_dir.exists() else f"holds no {MANIFEST}"
         raise RecipeError([Problem("/output/dir", f"--resume: there is no run to continue: {run_dir} {where}",
                                    "resume with the command the interrupted run printed (its run.json keeps it as "
@@ -212,7 +217,8 @@ def cmd_predict(args) -> int:
     if not all(text.strip() for text in texts):
         from .errors import Problem
 
-        raise RecipeError([Problem("", "an input is empty (--text '', or an empty field in --input): there is nothing to answer or classify",
+        raise RecipeError([Problem("", "an input is empty (--text '', or an empty field in --input): there is "
+                                       "nothing to answer or classify",
                                    "give the text to run the model on, e.g. --text 'What is the capital of France?'")])
     for result in predict(Path(args.run_dir).absolute(), texts, args.max_new_tokens):
         print(json.dumps(result, ensure_ascii=False))

@@ -188,14 +188,20 @@ def on_main(state, cpu_group, work):
         return work()
     import torch.distributed as dist
 
-    outcome = [None]
+    outcome, failure = [None], None
     if state.is_main_process:
         try:
             outcome = [("ok", work())]
         except RecipeError as err:
             outcome = [("error", err.problems)]
+        except BaseException as exc:  # still tell the others, then stop here with the real error
+            outcome, failure = [("failed", f"{type(exc).__name__} on the main process")], exc
     dist.broadcast_object_list(outcome, src=0, group=cpu_group)
+    if failure is not None:
+        raise failure
     kind, value = outcome[0]
     if kind == "error":
         raise RecipeError(value)
+    if kind == "failed":
+        raise RuntimeError(f"{value}; see its log")
     return value

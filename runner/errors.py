@@ -49,17 +49,16 @@ def did_you_mean(word: str, choices) -> str | None:
     return f"did you mean '{matches[0]}'?" if matches else None
 
 
-# errno -> what to do, for faults of the machine rather than of the recipe
+# errno -> what to do, for faults of the machine rather than of the recipe. Kept to errors a runner bug cannot
+# cause (a wrong path it built gives ENOENT, ENOTDIR or EACCES: those stay tracebacks, except EACCES on a named file)
 ENVIRONMENT_FAULTS = {
     "ENOSPC": "free space on that filesystem (df -h), or choose an output.dir elsewhere; finished files are kept",
     "EDQUOT": "your disk quota is used up: free space, or choose an output.dir elsewhere",
     "EROFS": "the filesystem is read-only: choose an output.dir on a writable one",
-    "EACCES": "you may not write or read there: fix the permissions, or choose another path",
-    "EPERM": "the operation is not permitted there: fix the permissions, or choose another path",
-    "ELOOP": "a symbolic link points (through others) back to itself: fix or remove the link",
-    "ENOTDIR": "a part of the path is a file, not a directory",
     "EIO": "the disk reported an I/O error: check the device, then run again",
-    "ENAMETOOLONG": "shorten the path",
+    "ESTALE": "the network filesystem lost the file (stale handle): check the mount, then run again",
+    "ELOOP": "a symbolic link points (through others) back to itself: fix or remove the link",
+    "EACCES": "you may not write or read that file: fix its permissions, or choose another path",
 }
 
 
@@ -76,7 +75,7 @@ def environment_fault(exc: BaseException) -> RecipeError | None:
             return None
         exc = OSError(int(found.group(1)), str(exc).strip().splitlines()[0])
     name = errno.errorcode.get(exc.errno or 0)
-    if name not in ENVIRONMENT_FAULTS:
+    if name not in ENVIRONMENT_FAULTS or (name == "EACCES" and not exc.filename):
         return None
     where = f": {exc.filename}" if exc.filename else ""
     return RecipeError([Problem("", f"{exc.strerror or exc}{where}", ENVIRONMENT_FAULTS[name])])

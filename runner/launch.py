@@ -189,14 +189,21 @@ def _positive(text: str) -> int:
 
 
 def cmd_launch(args) -> int:
+    import json
+    import os
     import subprocess
+    import sys
+
+    from .invocation import LAUNCHED_BY
 
     _check_recipe(args)
     command = launch_command(args)
     print(render(command), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(command)
+    # the processes' resume command repeats this launch (with its options), not their own accelerate command
+    launched = json.dumps([sys.executable, "-m", "runner", *args.argv[1:]])
+    return subprocess.call(command, env={**os.environ, LAUNCHED_BY: launched})
 
 
 def cmd_slurm(args) -> int:

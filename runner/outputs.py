@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from .claim import CLAIM
+from .invocation import resume_command
 from .errors import Problem, RecipeError
 from .secrets import redact
 
@@ -27,8 +28,17 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "
 
 
 RUNNER = "recipe-runner"  # run.json's "runner": what tells a run directory of ours from another tool's
-# written into a run directory by the libraries while training, before run.json can list them
-TRAINING_ENTRIES = re.compile(r"checkpoint-\d+|runs|base_model|\.replaced-\d+")
+# Everything a run of the runner writes at the top of its run directory, the libraries' files included (TRL writes
+# README.md at every checkpoint; `eval` adds eval-*.json; a kill can leave a record's temporary file). Only these
+# are replaced by --overwrite; anything else there is the user's, and the directory is refused.
+RUN_ENTRIES = re.compile("|".join((
+    r"run\.json|recipe\.json|plan\.json|metrics\.json|report\.md|loss_curves\.png|README\.md|eval-[0-9T]+\.json",
+    r"(model|adapter_model)(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model\.bin|training_args\.bin",
+    r"config\.json|generation_config\.json|adapter_config\.json|chat_template\.(jinja|json)",
+    r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)",
+    r"merges\.txt|spiece\.model|sentencepiece\.bpe\.model|preprocessor_config\.json",
+    r"checkpoint-\d+|runs|base_model|\.replaced-\d+|\..+\.tmp|\.runner-claim.*",
+)))
 
 
 def check_run_dir(output_dir: str, if_exists: str) -> None:
@@ -61,9 +71,7 @@ def check_output_path(path: Path) -> None:
 
 def entries(path: Path) -> list[str]:
     """What a run directory holds, the ownership claim left out."""
-    from .claim import CLAIM
-
-    return sorted(p.name for p in path.iterdir() if p.name != CLAIM)
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(CLAIM))
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -82,11 +90,9 @@ def read_manifest(path: Path) -> dict | None:
 
 def foreign_entries(path: Path) -> list[str]:
     """Entries of `path` that no run of the runner wrote: all of them when run.json is not the runner's."""
-    manifest = read_manifest(path)
-    if manifest is None:
+    if read_manifest(path) is None:
         return entries(path)
-    known = set(manifest.get("files") or ()) | {MANIFEST, "recipe.json", "plan.json"}
-    return [name for name in entries(path) if name not in known and not TRAINING_ENTRIES.fullmatch(name)]
+    return [name for name in entries(path) if not RUN_ENTRIES.fullmatch(name)]
 
 
 def start_run_dir(output_dir: str) -> Path | None:
@@ -94,6 +100,11 @@ def start_run_dir(output_dir: str) -> Path | None:
     only once this run succeeds; nothing is written outside the run directory."""
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
+    foreign = foreign_entries(path)
+    if foreign:  # a file put there since check_run_dir looked, while the model loaded
+        raise RecipeError([Problem("/output/dir", f"{path} now holds {', '.join(foreign[:5])}, which the runner "
+                                                  "did not write; nothing was moved or replaced",
+                                   "choose another output.dir")])
     earlier = [path / name for name in entries(path) if not name.startswith(REPLACED)]
     if not earlier:
         return None
@@ -189,64 +200,30 @@ def new_manifest(plan: dict, hw: dict, argv: list[str]) -> dict:
     }
 
 
-RESUME_FLAGS = ("--overwrite", "--resume")
-
-
-def resume_command(argv: list[str], cwd: str, world_size: int, recipe_file: str) -> str:
-    """The command line that continues this run: the one it was started with (every --set kept, the recipe by its
-    absolute path, --overwrite and if_exists overrides dropped) plus --resume, under the same number of processes.
-    """
-    args = list(argv[1:])
-    if args[:1] == ["run"]:
-        args = args[1:]
-    kept, recipe, i = [], None, 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--set" and i + 1 < len(args):
-            if not args[i + 1].startswith("output.if_exists="):
-                kept += [arg, args[i + 1]]
-            i += 2
-            continue
-        if not (arg in RESUME_FLAGS or arg.startswith("--set=output.if_exists=")):
-            if recipe is None and not arg.startswith("-"):
-                recipe, arg = arg, str(Path(cwd, arg))
-            kept.append(arg)
-        i += 1
-    if recipe is None:  # not started from the command line (tests, notebooks): the recipe file it was planned from
-        kept.insert(0, recipe_file)
-    launcher = ["python", "-m", "runner"] if world_size <= 1 else \
-        ["accelerate", "launch", "--num_processes", str(world_size), "-m", "runner"]
-    command = shlex.join(launcher + kept + ["--resume"])
-    # --set values that are paths were resolved against the directory the run started in
-    return f"cd {shlex.quote(cwd)} && {command}" if "--set" in kept else command
-
-
 class RecordsNotWritten(RecipeError):
     """Some of a run's final records could not be written (disk full, filesystem gone read-only)."""
 
 
 BRIEF_KEYS = ("runner", "name", "status", "error", "started_at", "finished_at", "command", "cwd", "resume_command",
-              "recipe_file", "output_dir", "versions", "resumed_from", "files")
+              "recipe_file", "output_dir", "versions", "resumed_from")
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
-    """run.json, listing what the run directory holds (what a later --overwrite may replace).
-
-    When it cannot be replaced atomically (no room for the new file), the run.json written at the start is
-    overwritten in place by the status alone: that is shorter than it, so it needs no new disk blocks, and
-    run.json never keeps saying `running` for a process that has gone."""
-    manifest["files"] = sorted(set(entries(run_dir)) | {MANIFEST})
+    """run.json, atomically. When there is no room for the new file, the run.json written at the start is
+    overwritten in place by the status alone, padded to its old length with spaces (valid JSON at every moment
+    of the write, no truncation): on most filesystems that needs no new blocks, and run.json does not keep saying
+    `running` for a process that has gone. A read-only filesystem allows neither; the error raised says so."""
     try:
         write_json(run_dir / MANIFEST, manifest)
     except OSError:
-        brief = json.dumps(redact({key: manifest.get(key) for key in BRIEF_KEYS}), indent=1, default=str) + "\n"
+        brief = json.dumps(redact({key: manifest.get(key) for key in BRIEF_KEYS}), default=str)
         try:
             with open(run_dir / MANIFEST, "r+") as handle:
-                if len(brief) <= os.fstat(handle.fileno()).st_size:
-                    handle.write(brief)
-                    handle.truncate()
+                size = os.fstat(handle.fileno()).st_size
+                if len(brief.encode()) <= size:
+                    handle.write(brief.ljust(size))  # ASCII: characters are bytes
         except OSError:
-            pass  # nothing more can be written there; the error raised says what happened
+            pass
         raise
 
 
@@ -268,50 +245,16 @@ def write_records(run_dir: Path, manifest: dict, writers: dict) -> None:
         missing.append(f"{MANIFEST} ({exc.strerror or exc}; reduced to the status alone where possible)")
     if missing:
         saved = "the trained model is saved there; " if (run_dir / "config.json").is_file() else ""
-        raise RecordsNotWritten([Problem("/output/dir", f"could not write {', '.join(missing)} in {run_dir}",
+        cause = f" (the run had failed first: {manifest['error']})" if " after: " in manifest.get("error", "") else ""
+        raise RecordsNotWritten([Problem("/output/dir", f"could not write {', '.join(missing)} in {run_dir}{cause}",
                                          f"{saved}free space or write permission on that filesystem "
                                          f"(df -h {run_dir}) before running again")])
 
 
 def readable_like_records(run_dir: Path) -> None:
-    """Give saved weights the mode the records have (umask applied): some writers create them 0600, which a
-    cluster group sharing the run directory cannot read."""
+    """Give saved weights the mode the records have (the umask applied): safetensors' writer creates its files
+    0600 whatever the umask, which a cluster group sharing the run directory cannot read."""
     mode = 0o666 & ~_umask()
-    for path in run_dir.iterdir():
-        if path.is_file() and (path.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+    for path in run_dir.rglob("*.safetensors"):
+        if path.is_file() and (path.stat().st_mode & 0o777) == 0o600 != mode:
             path.chmod(mode)
-
-
-# bytes per saved weight, and the optimizer's per trainable parameter (AdamW: two fp32 moments)
-SAVED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, None: 4, "auto": 4}
-OPTIMIZER_BYTES = 8
-
-
-def space_needed(plan: dict) -> int | None:
-    """Bytes the run will write at most: the final model (or adapter) plus the checkpoints kept. None: unknown
-    (a Hub model whose config is not cached)."""
-    params = plan.get("parameters") or {}
-    if not params.get("known"):
-        return None
-    config = plan["trainer"]["config"]
-    weights = params["trainable"] if plan["peft"] is not None else params["total"]
-    model = weights * SAVED_BYTES.get(plan["model"].get("dtype"), 4)
-    checkpoint = model + OPTIMIZER_BYTES * params["trainable"]
-    saves = 0
-    if config.get("save_strategy") not in ("no", None):
-        steps = config.get("max_steps") or 0
-        saves = max(1, steps // max(1, config.get("save_steps") or 1)) if steps > 0 else 1
-        saves = min(saves, config.get("save_total_limit") or saves)
-    return model + saves * checkpoint
-
-
-def warn_if_short_of_space(plan: dict, show: bool) -> None:
-    """Before the model loads: say so when the output filesystem has less room than the run will write."""
-    needed = space_needed(plan)
-    if needed is None or not show:
-        return
-    free = shutil.disk_usage(plan["output_dir"]).free
-    if free < needed:
-        print(f"warning: {plan['output_dir']} has {free / 2**20:,.1f} MiB free; this run writes up to about "
-              f"{needed / 2**20:,.1f} MiB (model and checkpoints): it may fail when saving. Free space, lower "
-              "training.save_total_limit, or choose another output.dir", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Plan -> trained model and run records. The only stage that touches weights.
 
-Two steps: `prepare` does everything that can fail on the user's input (output directory, data,
-model, trainer construction) and writes nothing; `train` then claims the run directory, trains
-and writes the records. Works unchanged in one process or under `accelerate launch` with
+Two steps: `prepare` claims the run directory (one run owns it at a time) and does everything that
+can fail on the user's input (output directory, data, model, trainer construction), writing nothing
+else there; `train` then trains, writes the records and releases the claim. Works unchanged in one process or under `accelerate launch` with
 several: every process prepares and trains; only the main process writes.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import claim, data, deepspeed_json, distributed, evaluation, fast, models, outputs, report, resume
+from . import claim, data, deepspeed_json, diskspace, distributed, evaluation, fast, models, outputs, report, resume
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import check_chat_template
@@ -46,7 +46,8 @@ def run(plan: dict, argv: list[str] | None = None) -> dict:
 
 
 def prepare(plan: dict) -> Prepared:
-    """Check the output directory, load data and model, build the trainer. Writes nothing in the run directory."""
+    """Claim and check the output directory, load data and model, build the trainer. Writes nothing else there;
+    released again when it fails."""
     from accelerate import PartialState
 
     hw = outputs.hardware()
@@ -77,7 +78,7 @@ def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
     state.wait_for_everyone()  # no process writes before every process has checked
     if resume_from is not None and (run_dir / "plan.json").is_file():  # a resumed run keeps its first decisions
         fast.check_same_decisions(plan, json.loads((run_dir / "plan.json").read_text()))
-    outputs.warn_if_short_of_space(plan, show=state.is_main_process)
+    diskspace.warn_if_short_of_space(plan, show=state.is_main_process)
 
     seed = plan["recipe"]["training"]["seed"]
     splits, derived = data.load_all(plan)
@@ -191,10 +192,15 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     except resume.RunInterrupted as exc:
         manifest["status"] = "interrupted"
         exc.resume_with = manifest["resume_command"]
-        finish(manifest, results, trainer, plan, started, state.is_main_process)
-        # every rank stopped at the same step; none exits (non-zero) before rank 0 has written the records, or the
-        # launcher would kill rank 0 on the first rank's exit
-        state.wait_for_everyone()
+        try:
+            finish(manifest, results, trainer, plan, started, state.is_main_process)
+        except outputs.RecordsNotWritten as err:
+            print(exc, file=sys.stderr)  # the checkpoint is whole: how to continue it matters most
+            raise err from None
+        finally:
+            # every rank stopped at the same step; none exits (non-zero) before rank 0 has written the records, or
+            # the launcher would kill rank 0 on the first rank's exit
+            state.wait_for_everyone()
         if moved is not None:
             print(f"the earlier run in {run_dir} is kept in {moved} until this one finishes", file=sys.stderr)
         raise
@@ -202,9 +208,10 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
         raise  # run.json already says failed, and why (finish wrote what it could)
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        finish(manifest, results, trainer, plan, started, state.is_main_process and run_dir.is_dir())
         if moved is not None:
             print(f"the earlier run in {run_dir} was kept at {moved}", file=sys.stderr)
+        # records that cannot be written either are reported with this error, which is the cause
+        finish(manifest, results, trainer, plan, started, state.is_main_process and run_dir.is_dir())
         raise
     if state.is_main_process:
         outputs.finish_replacing(run_dir)
@@ -232,6 +239,7 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
         return
     run_dir = Path(plan["output_dir"])
     resolved = {**plan["recipe"], "data": {**plan["recipe"]["data"], "format": plan["data"]["format"]}}
+    outputs.readable_like_records(run_dir)  # the model and every checkpoint
     outputs.write_records(run_dir, manifest, {
         "metrics.json": lambda: outputs.write_json(run_dir / "metrics.json", results),
         "report.md": lambda: report.write_report(run_dir, redact(manifest), redact(resolved), redact(results)),
@@ -257,7 +265,6 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
         raise resume.RunInterrupted(prepared.watcher.received, checkpoint)
     stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
-    outputs.readable_like_records(Path(plan["output_dir"]))
     before, retention_before = results["before"], early.get("retention")
     if before and "loss" in before and not early.get("in_train"):
         # train() starts a fresh log; keep the baseline as its step-0 point

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -57,14 +58,14 @@ def stop(process: subprocess.Popen) -> tuple[str, str]:
 
 
 def as_printed(hint: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a printed command line through the shell, as a user pastes it (this interpreter for `python`)."""
-    return subprocess.run(hint.replace("python -m runner", f"{sys.executable} -m runner"), shell=True, cwd=cwd,
+    """Run a printed command line through the shell, as a user pastes it."""
+    return subprocess.run(hint, shell=True, cwd=cwd,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
 
 
 def test_the_printed_resume_command_keeps_every_override_and_continues_the_same_run(tmp_path):
     out = tmp_path / "elsewhere" / "run-b"
-    process = long_run(tmp_path, out, "--set", "training.seed=7", steps=400)
+    process = long_run(tmp_path, out, "--set", "training.seed=7", steps=120)
     wait_for(lambda: (out / "checkpoint-20" / "runner_checkpoint.json").is_file(), "the first checkpoint")
     _, stderr = stop(process)
     assert process.returncode == 128 + signal.SIGTERM, stderr
@@ -83,17 +84,32 @@ def test_the_printed_resume_command_keeps_every_override_and_continues_the_same_
     assert not (tmp_path / "run").exists(), "nothing trained in the recipe's default output.dir"
 
 
-def test_the_resume_command_continues_from_the_checkpoint_it_names(tmp_path):
+def test_run_json_records_the_command_and_a_finished_runs_resume_command_is_refused(tmp_path):
     out = tmp_path / "run-c"
-    recipe = recipe_in(tmp_path, training={"max_steps": 6, "save_strategy": "steps", "save_steps": 2,
-                                           "learning_rate": 1e-3})
-    first = cli(recipe, "--set", f"output.dir={out}", "--set", "training.seed=5")
+    recipe = recipe_in(tmp_path, training={"max_steps": 2})
+    first = cli("run", recipe, "--set", f"output.dir={out}", "--set", "training.seed=5", "--overwrite")
     assert first.code == 0, first
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["command"][1:] == [str(recipe), "--set", f"output.dir={out}", "--set", "training.seed=5"]
+    assert manifest["command"][1:] == ["run", str(recipe), "--set", f"output.dir={out}", "--set", "training.seed=5",
+                                       "--overwrite"]
     assert manifest["cwd"] == str(ROOT)
-    # the run finished: its resume command is refused, and says why
-    assert_user_error(cli(*manifest["resume_command"].split("&& ", 1)[1].split()[3:]), "already finished")
+    assert manifest["resume_command"] == f"cd {shlex.quote(str(ROOT))} && " + shlex.join(
+        [sys.executable, "-m", "runner", str(recipe), "--set", f"output.dir={out}", "--set", "training.seed=5",
+         "--resume"])
+    resumed = as_printed(manifest["resume_command"], cwd=tmp_path)
+    assert resumed.returncode == 2 and "already finished" in resumed.stderr and "Traceback" not in resumed.stderr
+
+
+def test_the_resume_command_of_a_run_with_the_default_output_dir_works_from_anywhere(tmp_path):
+    """No --set: output.dir defaults to runs/<name> in the directory the run started in."""
+    recipe = write_json(tmp_path / "r.json", {**base_recipe(tmp_path, training={"max_steps": 2}), "output": {}})
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    started_in = tmp_path / "project"
+    started_in.mkdir()
+    assert cli(recipe, cwd=started_in).code == 0
+    manifest = json.loads((started_in / "runs" / "t" / "run.json").read_text())
+    resumed = as_printed(manifest["resume_command"], cwd=tmp_path)
+    assert resumed.returncode == 2 and "already finished" in resumed.stderr, resumed.stderr[-2000:]
 
 
 def test_resume_of_a_directory_with_no_run_is_refused_and_creates_nothing(tmp_path):
@@ -112,27 +128,56 @@ def test_resume_of_a_directory_with_no_run_is_refused_and_creates_nothing(tmp_pa
 # --- one owner per run directory ----------------------------------------------------------------------------------
 
 
-def test_two_runs_into_one_directory_started_together_one_is_refused(tmp_path):
+def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_finishes_untouched(tmp_path):
     out = tmp_path / "shared-run"
-    recipe = recipe_in(tmp_path, training={"max_steps": 30})
-    command = [sys.executable, "-m", "runner", str(recipe), "--set", f"output.dir={out}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(command + ["--set", "training.seed=1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    second = subprocess.Popen(command + ["--set", "training.seed=2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    outcomes = [(p.returncode, *p.communicate(timeout=300)) for p in (first, second)]
-    outcomes = [(p.returncode, out_, err) for p, (_, out_, err) in zip((first, second), outcomes)]
-    codes = sorted(code for code, _, _ in outcomes)
-    assert codes == [0, 2], outcomes
-    loser = next(err for code, _, err in outcomes if code == 2)
-    assert "in use by another run" in loser and socket.gethostname() in loser and "Traceback" not in loser, loser
-    winner_seed = 1 if outcomes[0][0] == 0 else 2
-    manifest = json.loads((out / "run.json").read_text())
-    assert manifest["status"] == "finished" and f"training.seed={winner_seed}" in manifest["command"]
-    assert json.loads((out / "recipe.json").read_text())["training"]["seed"] == winner_seed
+    first = long_run(tmp_path, out, "--set", "training.seed=1", steps=600)
+    try:
+        wait_for(lambda: (out / "run.json").is_file(), "the first run's records")
+        second = cli(tmp_path / "long.json", "--set", f"output.dir={out}", "--set", "training.seed=2",
+                     "--set", "training.max_steps=3")
+        assert_user_error(second, "in use by another run", f"process {first.pid} on host {socket.gethostname()}")
+    finally:
+        _, stderr = stop(first)
+    assert json.loads((out / "recipe.json").read_text())["training"]["seed"] == 1, "the first run's own records"
+    assert json.loads((out / "run.json").read_text())["status"] in ("interrupted", "finished"), stderr[-2000:]
     assert not (out / ".runner-claim").exists(), "the claim is released when the run ends"
+
+
+def _race_for(run_dir: str, barrier, results) -> None:
+    from runner.claim import claim
+    from runner.errors import RecipeError
+
+    barrier.wait()
+    try:
+        claim(Path(run_dir))
+        results.put("won")
+    except RecipeError as err:
+        results.put(err.problems[0].message)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["empty-directory", "stale-claim"])
+def test_runs_racing_for_one_directory_exactly_one_wins(tmp_path, stale):
+    """Eight processes released by one barrier claim the same directory (empty, or holding a dead owner's claim):
+    one owns it, the seven others are refused naming the winner."""
+    import multiprocessing
+
+    run_dir = tmp_path / "run"
+    if stale:
+        run_dir.mkdir()
+        (run_dir / ".runner-claim").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 5,
+                                                           "nonce": "dead"}))
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(8), context.Queue()
+    racers = [context.Process(target=_race_for, args=(str(run_dir), barrier, results)) for _ in range(8)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in racers)
+    assert outcomes.count("won") == 1, outcomes
+    winner = json.loads((run_dir / ".runner-claim").read_text())["pid"]
+    assert all(f"in use by another run: process {winner} " in o for o in outcomes if o != "won"), outcomes
+    assert [p.name for p in run_dir.iterdir()] == [".runner-claim"], "no stale or staged claim files left"
 
 
 def test_resume_while_the_owner_still_trains_is_refused_and_touches_nothing(tmp_path):
@@ -154,9 +199,9 @@ def test_resume_while_the_owner_still_trains_is_refused_and_touches_nothing(tmp_
 @pytest.mark.parametrize("owner,taken_over", [
     ({"host": socket.gethostname(), "pid": 2**22 + 17}, True),  # a pid no process has: the owner crashed
     ({"host": socket.gethostname(), "pid": 1, "pid_started": "0"}, True),  # pid reused since it claimed
-    ("{not json", True),  # a claim half-written by a process that died while writing it
+    ("{not json", True),  # a damaged claim (claims are written whole, then linked into place)
     ({"host": "node-17.cluster", "pid": 4242, "since": "2026-12-04T10:00:00"}, False),  # cannot be checked here
-], ids=["dead-pid", "reused-pid", "half-written", "other-host"])
+], ids=["dead-pid", "reused-pid", "damaged", "other-host"])
 def test_a_stale_claim_is_taken_over_and_a_live_or_unknown_one_refuses(tmp_path, owner, taken_over):
     out = tmp_path / "run"
     out.mkdir()
@@ -311,22 +356,23 @@ def test_disk_full_after_the_model_is_saved_leaves_run_json_failed_and_the_model
         run(plan, argv=["test"])
     message = info.value.render()
     assert "could not write metrics.json (No space left on device)" in message and "model is saved" in message
+    assert "run.json (No space left on device; reduced to the status alone" in message
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "failed" and "No space left on device" in manifest["error"], manifest
+    assert "hardware" not in manifest, "the brief status record written in place of the full one"
     assert load_file(out / "model.safetensors"), "the model saved before the disk filled is whole"
     assert not (out / ".runner-claim").exists()
 
 
 def test_model_files_are_as_readable_as_the_records(tmp_path):
-    assert cli(recipe_in(tmp_path)).code == 0
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir() if p.is_file()}
-    assert modes["model.safetensors"] == modes["run.json"] == 0o666 & ~current_umask(), modes
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Under a group-sharing umask (027) every file of the run directory gets the same mode (0640)."""
+    recipe = recipe_in(tmp_path, training={"save_strategy": "steps", "save_steps": 1})
+    done = subprocess.run(f"umask 027 && {shlex.quote(sys.executable)} -m runner {shlex.quote(str(recipe))}",
+                          shell=True, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert any(name.endswith("checkpoint-2/model.safetensors") for name in modes), sorted(modes)
+    assert set(modes.values()) == {0o640}, modes  # safetensors writes 0600 whatever the umask
 
 
 def test_a_recipe_path_that_is_a_symlink_loop(tmp_path):

@@ -227,3 +227,29 @@ def test_predict_on_a_whole_checkpoint_answers_and_on_a_damaged_one_names_the_fi
     outcome = in_process(capsys, "predict", run_dir / "checkpoint-2", "--text", "reverse abc =")
     assert_user_error(outcome, f"{run_dir / 'checkpoint-2'} is damaged", "model.safetensors is", "truncated")
     before.assert_unchanged()
+
+
+def test_a_marker_of_an_earlier_runner_is_resumed_unverified_with_a_warning(copy, capsys):
+    """Runs interrupted before markers listed their files still resume (as that runner would), and say so."""
+    from runner.recipe import load_recipe
+    from runner.resume import COMPLETE, resume_point
+
+    path, run_dir = copy
+    marker = json.loads((run_dir / "checkpoint-4" / COMPLETE).read_text())
+    del marker["files"], marker["max_steps"]
+    write_json(run_dir / "checkpoint-4" / COMPLETE, marker)
+    assert resume_point(run_dir, load_recipe(path).to_dict()) == run_dir / "checkpoint-4"
+    err = capsys.readouterr().err
+    assert "checkpoint-4 was saved by an earlier runner that did not record its files" in err
+    assert "resuming from checkpoint-4 (step 4)" in err
+
+
+def test_a_checkpoint_damaged_again_is_set_aside_beside_the_first_one(copy):
+    from runner.resume import set_aside_newer
+
+    path, run_dir = copy
+    (run_dir / "damaged-checkpoint-4").mkdir()  # from an earlier resume
+    kept = files_of(run_dir / "checkpoint-4")
+    set_aside_newer(run_dir, 2)
+    assert files_of(run_dir / "damaged-checkpoint-4.1") == kept and not (run_dir / "checkpoint-4").exists()
+    assert (run_dir / "checkpoint-2").is_dir()

@@ -159,6 +159,7 @@ def check_finished(run_dir: Path, manifest: dict, where: str, suggest_checkpoint
         return  # a finished run without its model is load_trained's error
     checkpoint, _ = resume.whole_checkpoint(run_dir)
     command = f"python -m runner {manifest.get('recipe_file') or 'RECIPE'}"
+    resume_it = manifest.get("resume_command") or f"{command} --resume"  # run.json's own, where the run wrote one
     why = f"{run_dir} holds no trained model: the run did not finish (run.json status '{status}'" + \
         (": still training, or killed before it could record why)" if status == "running" else ")")
     if checkpoint is None:
@@ -169,7 +170,7 @@ def check_finished(run_dir: Path, manifest: dict, where: str, suggest_checkpoint
         if suggest_checkpoint else ""
     raise RecipeError([Problem(where, f"{why}; its newest whole checkpoint is {checkpoint.name} "
                                       f"({resume.progress(marker, checkpoint)})",
-                               f"finish the run with: {command} --resume{also}")])
+                               f"finish the run with: {resume_it}{also}")])
 
 
 def generate_texts(model, tokenizer, plan: dict, texts: list[str], settings: dict) -> list[dict]:

@@ -1,4 +1,8 @@
-"""Use a finished run: evaluate it again (`eval`) or look at what it does with new inputs (`predict`)."""
+"""Use a finished run: evaluate it again (`eval`) or look at what it does with new inputs (`predict`).
+
+`predict` also takes a whole checkpoint of a run (RUN_DIR/checkpoint-N), e.g. of an interrupted run:
+its weights and tokenizer are in the checkpoint, the plan and records in the run directory above it.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,7 +11,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import data, evaluation, fast, models, outputs
+from . import data, evaluation, fast, models, outputs, resume
 from .errors import Problem, RecipeError
 from .run import with_runner_settings
 from .tasks import import_dotted
@@ -82,6 +86,9 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
         raise RecipeError([Problem("/evaluation", "nothing to evaluate: the recipe has no evaluation data",
                                    "add data.eval, data.eval_fraction or evaluation.data (e.g. with --set)")])
     check_same_run(plan, run_dir)
+    manifest_file = run_dir / outputs.MANIFEST
+    check_finished(run_dir, json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}, "--model",
+                   suggest_checkpoint=False)
     hw = outputs.hardware()
     state = PartialState(cpu=not hw["gpus"])
     plan = fast.resolve(plan, hw, show=False)
@@ -105,19 +112,65 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
 
 
 def predict(run_dir: Path, texts: list[str], max_new_tokens: int | None = None) -> list[dict]:
-    """What the run's model makes of each text: generated text, or a label with class probabilities."""
-    plan_file = run_dir / "plan.json"
+    """What the run's model makes of each text: generated text, or a label with class probabilities.
+
+    `run_dir`: a finished run's directory, or one whole checkpoint of a run (RUN_DIR/checkpoint-N)."""
+    records = records_dir(run_dir)
+    plan_file = records / "plan.json"
     if not plan_file.is_file():
         raise RecipeError([Problem("RUN_DIR", f"{run_dir} has no plan.json: not a run directory")])
     plan = json.loads(plan_file.read_text())
-    manifest = json.loads((run_dir / outputs.MANIFEST).read_text()) if (run_dir / outputs.MANIFEST).is_file() else {}
+    manifest = json.loads((records / outputs.MANIFEST).read_text()) if (records / outputs.MANIFEST).is_file() else {}
+    if records == run_dir:
+        check_finished(run_dir, manifest, "RUN_DIR", suggest_checkpoint=True)
+    else:
+        check_whole(run_dir)
     plan["data_shape"] = manifest.get("data_shape") or {"conversational": False}
     tokenizer = saved_tokenizer(plan, run_dir, "RUN_DIR")
-    model = load_trained(run_dir, plan)
+    model = load_trained(run_dir, plan, manifest.get("config_updates"))
     settings = dict(plan["evaluation"]["generation"])
     if max_new_tokens is not None:
         settings["max_new_tokens"] = max_new_tokens
     return import_dotted(plan["predict"])(model, tokenizer, plan, texts, settings)
+
+
+def records_dir(model_dir: Path) -> Path:
+    """The directory with the run's plan.json and run.json: `model_dir` itself, or the run of a checkpoint."""
+    name = model_dir.name
+    if name.startswith("checkpoint-") and name[11:].isdigit() and (model_dir.parent / "plan.json").is_file():
+        return model_dir.parent
+    return model_dir
+
+
+def check_whole(checkpoint: Path) -> None:
+    """A checkpoint is used only when its files are those its marker lists (see resume.damage)."""
+    problems = resume.damage(checkpoint)
+    if problems:
+        raise RecipeError([Problem("RUN_DIR", f"{checkpoint} is damaged: {'; '.join(problems)}",
+                                   "use another checkpoint of the run (its files are left as they are)")])
+
+
+def check_finished(run_dir: Path, manifest: dict, where: str, suggest_checkpoint: bool) -> None:
+    """A run that stopped before saving its model (interrupted, failed, killed) is named as such, with its newest
+    whole checkpoint and how to go on, instead of failing on the missing files (a tokenizer error first)."""
+    saved = (run_dir / "config.json").is_file() or (run_dir / "adapter_config.json").is_file()
+    status = manifest.get("status")
+    if saved or status in (None, "finished"):
+        return  # a finished run without its model is load_trained's error
+    checkpoint, _ = resume.whole_checkpoint(run_dir)
+    command = f"python -m runner {manifest.get('recipe_file') or 'RECIPE'}"
+    resume_it = manifest.get("resume_command") or f"{command} --resume"  # run.json's own, where the run wrote one
+    why = f"{run_dir} holds no trained model: the run did not finish (run.json status '{status}'" + \
+        (": still training, or killed before it could record why)" if status == "running" else ")")
+    if checkpoint is None:
+        raise RecipeError([Problem(where, f"{why} and has no whole checkpoint",
+                                   f"train it again: {command} --overwrite")])
+    marker, _ = resume.read_marker(checkpoint)
+    also = f"; or predict with the checkpoint as it is: python -m runner predict {checkpoint}" \
+        if suggest_checkpoint else ""
+    raise RecipeError([Problem(where, f"{why}; its newest whole checkpoint is {checkpoint.name} "
+                                      f"({resume.progress(marker, checkpoint)})",
+                               f"finish the run with: {resume_it}{also}")])
 
 
 def generate_texts(model, tokenizer, plan: dict, texts: list[str], settings: dict) -> list[dict]:

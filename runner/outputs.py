@@ -29,15 +29,16 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "
 
 RUNNER = "recipe-runner"  # run.json's "runner": what tells a run directory of ours from another tool's
 # Everything a run of the runner writes at the top of its run directory, the libraries' files included (TRL writes
-# README.md at every checkpoint; `eval` adds eval-*.json; a kill can leave a record's temporary file). Only these
-# are replaced by --overwrite; anything else there is the user's, and the directory is refused.
+# README.md at every checkpoint; `eval` adds eval-*.json; resume renames damaged checkpoints; a kill can leave a
+# record's temporary file). Only these are replaced by --overwrite; anything else there is the user's, and the
+# directory is refused.
 RUN_ENTRIES = re.compile("|".join((
     r"run\.json|recipe\.json|plan\.json|metrics\.json|report\.md|loss_curves\.png|README\.md|eval-[0-9T]+\.json",
     r"(model|adapter_model)(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model\.bin|training_args\.bin",
     r"config\.json|generation_config\.json|adapter_config\.json|chat_template\.(jinja|json)",
     r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)",
     r"merges\.txt|spiece\.model|sentencepiece\.bpe\.model|preprocessor_config\.json",
-    r"checkpoint-\d+|runs|base_model|\.replaced-\d+|\..+\.tmp|\.runner-claim.*",
+    r"(damaged-)?checkpoint-\d+(\.\d+)?|runs|base_model|\.replaced-\d+|\..+\.tmp|\.runner-claim.*",
 )))
 
 

@@ -1,10 +1,12 @@
 """Local data files as users write them: what is wrong with one, said with its line and the fix.
 
-`datasets` reports a bad file as whatever its parser raised (a pyarrow error with a row number
-inside a block, "StopIteration", a UnicodeDecodeError from a worker); these checks read the file
-the way a person would and name the line, the byte offset and what to do. The cheap ones run
-before every load (`check_file`); the line-by-line JSON scan only once a load has failed
-(`diagnose`), so a good file is read once by us (the encoding scan) and once by `datasets`.
+`datasets` reports a bad file as whatever its parser raised ("StopIteration" for an empty file,
+'Instruction "train" corresponds to no data!' for a header-only CSV) or not at all: pyarrow
+takes Latin-1 bytes into a string column, and the UnicodeDecodeError comes later, as a traceback,
+when the rows are read. These checks read the file the way a person would and name the line, the
+byte offset and what to do. The cheap ones run before every load (`check_file`: one pass over the
+bytes, like the sha256 the tokenization cache takes); the line-by-line JSON scan only once a load
+has failed (`diagnose`).
 """
 from __future__ import annotations
 
@@ -73,16 +75,17 @@ def _encoding_hint(path: Path) -> str:
             "and point the recipe at the new file")
 
 
-TABLE_FIX = ("each line needs as many cells as the header row; quote a cell that holds the separator or a line "
-             "break (\"a, b\")")
+TABLE_FIX = ("each line needs as many cells as the header row, and every opening quote a closing one; quote a cell "
+             "that holds the separator or a line break (\"a, b\")")
 
 
 def diagnose(path: Path, where: str, cause: str) -> Problem | None:
     """Why `datasets` could not read a file that passed check_file (`cause`: what its parser said), when a person
     can say it better; it answers a file without rows with 'Instruction "train" corresponds to no data!'."""
-    if path.suffix in (".csv", ".tsv"):  # pandas names the line itself ("Expected 1 fields in line 3, saw 2")
-        return no_rows(path, where) if not _data_lines(path) else Problem(where, f"cannot read {path}: {cause}",
-                                                                           TABLE_FIX)
+    if path.suffix in (".csv", ".tsv"):
+        if not _data_lines(path):
+            return no_rows(path, where)
+        return Problem(where, f"cannot read {path}: {cause}", TABLE_FIX)  # pandas names the line ("in line 3")
     if path.suffix not in (".json", ".jsonl"):
         return None
     message = json_problem(path)

@@ -8,13 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import data_files
 from .errors import Problem, RecipeError, did_you_mean
 from .rows import row_problems
 from .tasks import import_dotted
 
 # file suffix -> (datasets builder, its options)
-BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}),
-            ".parquet": ("parquet", {})}
+# CSV/TSV: a BOM-tolerant read (spreadsheets write one, and it would become part of the first column's name), and
+# cells read as written: pandas' default turns "NA", "None", "null" and empty cells into missing values, which
+# a text column must never lose.
+TABLE = {"encoding": "utf-8-sig", "keep_default_na": False}
+BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", TABLE),
+            ".tsv": ("csv", {**TABLE, "delimiter": "\t"}), ".parquet": ("parquet", {})}
 
 
 @dataclass
@@ -61,19 +66,12 @@ def split_off_eval(splits: Splits, fraction: float, seed: int) -> Splits:
     return replace(splits, train=parts["train"], eval=parts["test"])
 
 
-def load_source(source: dict, where: str):
-    import datasets
-
-    try:
-        if "path" in source:
-            builder, options = BUILDERS[Path(source["path"]).suffix]
-            dataset = datasets.load_dataset(builder, data_files=source["path"], split=source["split"], **options)
-        else:
-            dataset = datasets.load_dataset(source["hub"], source["subset"], split=source["split"],
-                                            revision=source["revision"])
-    except Exception as exc:  # datasets raises many types for unreadable or unreachable data
-        key = "path" if "path" in source else "hub"
-        raise RecipeError([Problem(f"{where}/{key}", f"cannot load {_name(source)}: {_first_line(exc)}")]) from None
+def load_source(source: dict, where: str, text_columns: tuple = ()):
+    """One source as a dataset; `text_columns` of a CSV/TSV file are read as strings (see load_file)."""
+    if "path" in source:
+        dataset = load_file(Path(source["path"]), source["split"], f"{where}/path", text_columns)
+    else:
+        dataset = load_hub(source, where)
     if source["limit"] is not None:
         dataset = dataset.select(range(min(source["limit"], len(dataset))))
     if len(dataset) == 0:
@@ -81,8 +79,47 @@ def load_source(source: dict, where: str):
     return dataset
 
 
+def load_file(path: Path, split: str, where: str, text_columns: tuple):
+    """A local file; what is wrong with it named with its line and the fix (runner/data_files.py).
+
+    A CSV/TSV column is typed from its cells, so a text column of digits only ("123") would arrive as integers
+    and be refused as "not text": the format's text columns are read as strings, as written. Other columns
+    (a label) keep the types their cells give them.
+    """
+    import datasets
+
+    problem = data_files.check_file(path, where)
+    if problem:
+        raise RecipeError([problem])
+    builder, options = BUILDERS[path.suffix]
+    if builder == "csv" and text_columns:
+        options = {**options, "converters": dict.fromkeys(text_columns, str)}
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split=split, **options)
+    except Exception as exc:  # datasets raises many types for unreadable data
+        found = data_files.diagnose(path, where, _cause(exc))
+        raise RecipeError([found or Problem(where, f"cannot load {path}: {_cause(exc)}")]) from None
+    if len(dataset) == 0:
+        raise RecipeError([data_files.no_rows(path, where)])
+    problem = data_files.one_object(path, len(dataset), where)
+    if problem:
+        raise RecipeError([problem])
+    return dataset
+
+
+def load_hub(source: dict, where: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(source["hub"], source["subset"], split=source["split"],
+                                     revision=source["revision"])
+    except Exception as exc:  # datasets raises many types for unreachable data
+        raise RecipeError([Problem(f"{where}/hub", f"cannot load {source['hub']}: {_cause(exc)}")]) from None
+
+
 def load_canonical(source: dict, spec: dict, where: str):
-    return canonical(load_source(source, where), spec, where, _name(source))
+    text_columns = tuple(col for field, col in spec["columns"].items() if field != "label")
+    return canonical(load_source(source, where, text_columns), spec, where, _name(source))
 
 
 def canonical(dataset, spec: dict, where: str, name: str):
@@ -120,6 +157,10 @@ def _name(source: dict) -> str:
     return source.get("path") or source["hub"]
 
 
-def _first_line(exc: Exception) -> str:
+def _cause(exc: BaseException) -> str:
+    """The first line of the innermost error: datasets wraps the parser's own words ("An error occurred while
+    generating the dataset") around the one that says what is wrong."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]

@@ -16,12 +16,25 @@ def check_source(source: dict | None, where: str) -> list[Problem]:
         found = Path(source["path"]).is_file()
     except OSError as exc:  # e.g. a name too long for the file system
         return [Problem(f"{where}/path", f"not a usable path: {exc.strerror}")]
-    if not found:
+    if not found and Path(source["path"]).is_dir():
+        problems.append(directory_problem(Path(source["path"]), f"{where}/path"))
+    elif not found:
         problems.append(Problem(f"{where}/path", f"file not found: {source['path']}",
                                 "a relative path is resolved against the recipe's directory"))
     problems += [Problem(f"{where}/{key}", "only applies to Hub datasets ('hub')")
                  for key in ("subset", "revision") if source[key] is not None]
     return problems
+
+
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
+
+
+def directory_problem(path: Path, where: str) -> Problem:
+    """A folder where a data file belongs: say so (not "file not found"), with the data files it holds."""
+    files = sorted(p.name for p in path.iterdir() if p.suffix in DATA_SUFFIXES)
+    shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+    return Problem(where, f"{path} is a directory, not a data file", "name one file inside it"
+                   + (f" (it holds {shown})" if files else "") + "; each source reads one file")
 
 
 def has_eval_data(doc: dict) -> bool:

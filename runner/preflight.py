@@ -12,6 +12,7 @@ import statistics
 
 from . import chat_masks, data, models
 from .errors import Problem, RecipeError
+from .preflight_report import render, shown_rows, warnings  # noqa: F401  (render: `check-data` prints it)
 from .tasks import TASKS
 
 SHOW = 5  # duplicate rows named in a warning
@@ -48,18 +49,21 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     config = chat_masks.loss_options(plan)
     token_loss = TASKS[plan["task"]].causal_lm
     max_length = config.get("max_length")
-    rows = splits.train if sample is None else splits.train.select(range(min(sample, len(splits.train))))
+    rows = _first(splits.train, sample)
     masks = token_masks(rows, tokenizer, config)
     lengths = [len(mask) for mask in masks]
     cut = max_length if max_length and truncates_each_example(config) else None
+    loss = loss_tokens(masks, cut, drops_emptied_examples(config)) if token_loss else None
     report = {
         "examples": {name: len(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
                      if getattr(splits, name) is not None},
         "token_lengths": length_stats(lengths),
         "max_length": max_length,
         "measured_rows": len(lengths),
-        "truncated": sum(n > cut for n in lengths) if cut else 0,
-        "loss_tokens": loss_tokens(masks, cut) if token_loss else None,
+        # examples cut to max_length that still train (those left without a loss token are counted in loss_tokens)
+        "truncated": sum(n > cut for n in lengths) - (loss["emptied"] if loss else 0) if cut else 0,
+        "loss_tokens": loss,
+        "eval_loss_tokens": eval_loss_tokens(splits.eval, sample, tokenizer, config, cut) if token_loss else None,
         "leakage": leakage(splits.train, splits.eval),
         "preview": preview(splits.train[0], tokenizer, config),
     }
@@ -69,9 +73,26 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     return report
 
 
+def _first(dataset, sample: int | None):
+    return dataset if sample is None else dataset.select(range(min(sample, len(dataset))))
+
+
 def truncates_each_example(config: dict) -> bool:
     """TRL cuts each example to max_length unless packing splits or wraps it (bfd packing truncates too)."""
     return not config.get("packing") or config.get("packing_strategy", "bfd") == "bfd"
+
+
+def drops_emptied_examples(config: dict) -> bool:
+    """TRL's SFTTrainer leaves out examples that truncation leaves without a loss token (its filter after
+    truncating); packed, such an example stays in its pack and adds no loss."""
+    return not config.get("packing")
+
+
+def eval_loss_tokens(held_out, sample: int | None, tokenizer, config: dict, cut: int | None) -> dict | None:
+    """loss_tokens of the evaluation examples: TRL truncates and drops them as it does training examples."""
+    if held_out is None or cut is None:
+        return None
+    return loss_tokens(token_masks(_first(held_out, sample), tokenizer, config), cut, drops_emptied_examples(config))
 
 
 DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run
@@ -85,24 +106,34 @@ def refuse_training_on_nothing(report: dict) -> None:
         raise RecipeError([Problem("/data/train", f"no token of the {measured} examples measured carries loss{cause}: "
                                    "training would learn nothing", fix if loss["all"] else
                                    "check data.format and the loss options (assistant_only_loss, completion_only_loss)")])
-    if loss["dropped"] > DROPPED_SHARE * measured:
-        raise RecipeError([Problem("/training/max_length", f"{loss['dropped']} of {measured} examples measured "
-                                   f"({loss['dropped'] / measured:.0%}) would lose every token that carries loss to "
+    if loss["emptied"] > DROPPED_SHARE * measured:
+        raise RecipeError([Problem("/training/max_length", f"{loss['emptied']} of {measured} examples measured "
+                                   f"({loss['emptied'] / measured:.0%}) would lose every token that carries loss to "
                                    f"truncation at max_length {report['max_length']} (rows "
-                                   f"{_shown(loss['dropped_rows'], loss['dropped'])})", fix)])
+                                   f"{shown_rows(loss['emptied_rows'], loss['emptied'])})", fix)])
+    held_out = report["eval_loss_tokens"]
+    if held_out and held_out["dropped"] == held_out["examples"]:
+        raise RecipeError([Problem("/training/max_length", f"all {held_out['examples']} evaluation examples measured "
+                                   f"lose every token that carries loss to truncation at max_length "
+                                   f"{report['max_length']}: the trainer would drop them all and have nothing to "
+                                   "evaluate on", fix)])
 
 
-def loss_tokens(masks: list[list[int]], cut: int | None) -> dict:
+def loss_tokens(masks: list[list[int]], cut: int | None, drops: bool = True) -> dict:
     """Tokens with loss in the measured rows and in what truncation to `cut` keeps (TRL keeps the start of each
-    example); the rows left with none."""
+    example). `emptied`: the examples truncation leaves with no loss token; `dropped`: the examples the trainer
+    leaves out (`drops`: unpacked, TRL filters out every example with no loss token left, also one that had none)."""
     total = kept = 0
-    dropped = []
+    emptied, dropped = [], []
     for number, mask in enumerate(masks, start=1):
         window = mask if cut is None else mask[:cut]
         total, kept = total + sum(mask), kept + sum(window)
         if sum(mask) and not sum(window):
+            emptied.append(number)
+        if drops and cut is not None and not sum(window):
             dropped.append(number)
-    return {"all": total, "kept": kept, "tokens": sum(len(m) for m in masks), "dropped": len(dropped),
+    return {"all": total, "kept": kept, "tokens": sum(len(m) for m in masks), "examples": len(masks),
+            "emptied": len(emptied), "emptied_rows": emptied[:SHOW], "dropped": len(dropped),
             "dropped_rows": dropped[:SHOW]}
 
 
@@ -194,56 +225,37 @@ def _key(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False)
 
 
-def preview(row: dict, tokenizer, config: dict) -> str:
-    """The first example as the model sees it; text in ⟦ ⟧ carries no loss."""
+PREVIEW_CHARS = 2000  # of the example shown: its start and its end (where the answer usually is), half each
+
+
+def preview(row: dict, tokenizer, config: dict, limit: int = PREVIEW_CHARS) -> str:
+    """The first example as the model sees it; text in ⟦ ⟧ carries no loss. A long one is cut in the middle
+    (a 3 MB example is not a preview), saying where and how much was left out."""
     ids, mask = encode(row, tokenizer, config)
     parts, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or mask[i] != mask[start]:
-            text = tokenizer.decode(ids[start:i])
-            parts.append(text if mask[start] else f"⟦{text}⟧")
+            parts.append((tokenizer.decode(ids[start:i]), bool(mask[start])))
             start = i
-    return "".join(parts)
+    total = sum(len(text) for text, _ in parts)
+    if total <= limit:
+        return _marked(parts)
+    head, tail = _take(parts, limit // 2), _take([(t[::-1], m) for t, m in reversed(parts)], limit // 2)
+    tail = [(t[::-1], m) for t, m in reversed(tail)]
+    return (f"{_marked(head)} [... cut after character {limit // 2:,}: {total - 2 * (limit // 2):,} of "
+            f"{total:,} characters not shown ...] {_marked(tail)}")
 
 
-def _shown(rows: list[int], count: int) -> str:
-    return ", ".join(map(str, rows)) + (", ..." if count > len(rows) else "")
+def _take(parts: list[tuple[str, bool]], budget: int) -> list[tuple[str, bool]]:
+    """The leading parts holding `budget` characters (the last one cut to fit)."""
+    taken = []
+    for text, trained in parts:
+        if budget <= 0:
+            break
+        taken.append((text[:budget], trained))
+        budget -= len(taken[-1][0])
+    return taken
 
 
-def warnings(report: dict) -> list[str]:
-    found = []
-    if report["truncated"]:
-        share = report["truncated"] / report["measured_rows"]
-        found.append(f"{report['truncated']} of {report['measured_rows']} training examples measured ({share:.1%}) "
-                     f"are longer than max_length {report['max_length']} and will be truncated")
-    loss = report["loss_tokens"]
-    if loss and loss["dropped"]:
-        found.append(f"{loss['dropped']} of {report['measured_rows']} training examples measured lose every token "
-                     f"that carries loss to truncation: they train on nothing (rows "
-                     f"{_shown(loss['dropped_rows'], loss['dropped'])})")
-    if report["leakage"] and report["leakage"]["count"]:
-        leak = report["leakage"]
-        found.append(f"{leak['count']} evaluation rows also appear in the training data (eval rows "
-                     f"{leak['eval_rows']}, train rows {leak['train_rows']}): metrics on them are inflated")
-    return found
-
-
-def loss_line(report: dict) -> list[str]:
-    loss = report["loss_tokens"]
-    if loss is None:
-        return []
-    share = loss["all"] / loss["tokens"] if loss["tokens"] else 0.0
-    kept = f", {loss['kept']} of them within max_length" if loss["kept"] != loss["all"] else ""
-    return [f"tokens that carry loss: {loss['all']} of {loss['tokens']} ({share:.1%}){kept}; examples whose every "
-            f"loss token is cut off: {loss['dropped']}"]
-
-
-def render(report: dict) -> str:
-    stats = report["token_lengths"]
-    lines = [f"examples: {', '.join(f'{k} {v}' for k, v in report['examples'].items())}",
-             f"training tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, "
-             f"max {stats['max']} (max_length {report['max_length']})",
-             *loss_line(report),
-             "first training example (text in ⟦ ⟧ carries no loss):", "  " + report["preview"].replace("\n", "\n  ")]
-    lines += [f"warning: {w}" for w in report["warnings"]] or ["no warnings"]
-    return "\n".join(lines)
+def _marked(parts: list[tuple[str, bool]]) -> str:
+    return "".join(text if trained else f"⟦{text}⟧" for text, trained in parts)

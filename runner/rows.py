@@ -68,9 +68,17 @@ def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str)
                 if reason:
                     found.setdefault((field, reason), []).append(row)
     return [
-        Problem(where, f"{len(rows)} rows {reason}: rows {_shown(rows)} (column {columns.get(field, field)}) in {name}")
+        Problem(where, f"{len(rows)} rows {reason}: rows {_shown(rows)} (column {columns.get(field, field)}) in {name}",
+                HINTS.get(reason))
         for (field, reason), rows in found.items()
     ]
+
+
+HINTS = {
+    "are not text": "write them as strings (in JSON \"42\", not 42; CSV and TSV cells of the format's text columns "
+                    "are read as strings already)",
+    "are empty": "fill them in or remove those rows",
+}
 
 
 def _shown(rows: list[int]) -> str:

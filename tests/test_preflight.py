@@ -24,8 +24,8 @@ def test_leakage_truncation_and_preview(tmp_path, recipe_file):
     assert report["token_lengths"] == {"min": 16, "median": 20, "p95": 24, "max": 24}
     assert report["truncated"] == 3
     # completions keep 4+1, 4 (of " cba" + end), 2 (of " olleh"), 1 (of " ytrewq") tokens within 17
-    assert report["loss_tokens"] == {"all": 4 + 5 + 7 + 8, "kept": 4 + 4 + 2 + 1, "tokens": 80, "dropped": 0,
-                                     "dropped_rows": []}
+    assert report["loss_tokens"] == {"all": 4 + 5 + 7 + 8, "kept": 4 + 4 + 2 + 1, "tokens": 80, "examples": 4,
+                                     "emptied": 0, "emptied_rows": [], "dropped": 0, "dropped_rows": []}
     assert report["leakage"] == {"count": 2, "eval_rows": [1, 3], "train_rows": [2, 4]}
     assert report["preview"] == "⟦reverse abc =⟧ cba<|end|>"
     assert any("2 evaluation rows also appear in the training data" in w for w in report["warnings"])
@@ -146,8 +146,8 @@ def test_a_few_answers_cut_away_are_named_in_a_warning(tmp_path, recipe_file):
     recipe = base_recipe(tmp_path, data={"format": "prompt_completion"}, training={"max_length": 32})
     report = check_data(build_plan(load_recipe(recipe_file(recipe))))
     assert report["loss_tokens"]["dropped"] == 1
-    assert ("1 of 21 training examples measured lose every token that carries loss to truncation: they train on "
-            "nothing (rows 1)") in report["warnings"]
+    assert ("1 of the 21 training examples will be dropped by the trainer: truncation at max_length 32 cuts away "
+            "every token that carries loss (rows 1); it trains on the other 20") in report["warnings"]
 
 
 def test_data_where_no_token_carries_loss_is_refused(tmp_path, recipe_file):
@@ -171,4 +171,5 @@ def test_check_data_shows_the_share_of_tokens_that_carry_loss(tmp_path, recipe_f
                          text=True)
     assert out.returncode == 0, out.stderr
     # <|user|>hi<|end|><|assistant|>yo<|end|>: 8 tokens, of which "yo<|end|>" (3) carry loss
-    assert "tokens that carry loss: 3 of 8 (37.5%); examples whose every loss token is cut off: 0" in out.stdout
+    assert ("tokens that carry loss: 3 of 8 (37.5%); examples truncated: 0; examples dropped (every loss token cut "
+            "off): 0") in out.stdout

@@ -80,7 +80,7 @@ def test_source_needs_exactly_one_of_path_or_hub(recipe_file, tmp_path):
 def test_unsupported_data_file_type(recipe_file, tmp_path):
     path = recipe_file(base_recipe(tmp_path, data={"train": {"path": "a.txt"}}))
     (where, message, _), = problems_of(path)
-    assert where == "/data/train/path" and "does not match" in message
+    assert where == "/data/train/path" and "a.txt': must end in .json, .jsonl, .csv, .tsv or .parquet" in message
 
 
 def test_json_syntax_error_names_line_and_column(tmp_path):

@@ -134,7 +134,7 @@ def test_unreadable_data_file(tmp_path, recipe_file):
     with pytest.raises(RecipeError) as info:
         run(plan, argv=["test"])
     assert info.value.problems[0].path == "/data/train/path"
-    assert info.value.problems[0].message.startswith(f"cannot load {tmp_path / 'train.jsonl'}")
+    assert info.value.problems[0].message.startswith(f"line 2 of {tmp_path / 'train.jsonl'} is not one JSON object")
 
 
 def test_existing_run_is_refused_then_replaced_with_overwrite(tmp_path, recipe_file):

@@ -171,6 +171,8 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
                     trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
                     config_updates=prepared.config_updates, data_shape=prepared.data_shape,
                     data_warnings=prepared.data_warnings, resumed_from=resumed_from(prepared.resume_from),
+                    # rows the trainer holds after TRL's preparation: examples it dropped are gone (packed: rows)
+                    trainer_rows={"train": _rows(trainer.train_dataset), "eval": _rows(trainer.eval_dataset)},
                     # what the trainer's accelerator really runs ("bf16" autocast, "fp16" or "no"), beside the
                     # decision and its reason in plan.json (fast_defaults) and the CPU flag in hardware.cpu_bf16
                     mixed_precision=str(trainer.accelerator.mixed_precision))
@@ -220,6 +222,13 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     if state.num_processes > 1:
         state.destroy_process_group()  # else rank 0 sometimes aborts at exit with gloo
     return manifest
+
+
+def _rows(dataset) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # None, or a streamed dataset
+        return None
 
 
 def resumed_from(checkpoint: Path | None) -> dict | None:

@@ -218,6 +218,7 @@ def test_a_run_says_how_many_examples_are_dropped_and_records_it(tmp_path):
     assert f"warning: {DROPPED}" in out.stderr and f"warning: {TRUNCATED}" in out.stderr, out
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert DROPPED in record["data_warnings"] and TRUNCATED in record["data_warnings"]
+    assert record["examples"]["train"] == 25 and record["trainer_rows"]["train"] == 23, "loaded, then trained on"
     user_files.assert_unchanged()
 
 

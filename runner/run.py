@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import claim, data, deepspeed_json, diskspace, distributed, evaluation, fast, models, outputs, report, resume
+from . import (claim, data, deepspeed_json, diskspace, distributed, evaluation, fast, model_card, models, outputs,
+               report, resume)
 from .secrets import redact
 from .errors import Problem, RecipeError
 from .preflight import check_chat_template
@@ -252,6 +253,9 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
     outputs.write_records(run_dir, manifest, {
         "metrics.json": lambda: outputs.write_json(run_dir / "metrics.json", results),
         "report.md": lambda: report.write_report(run_dir, redact(manifest), redact(resolved), redact(results)),
+        # after the libraries' own README.md (written at each save): the model card replaces their template
+        "README.md": lambda: report.write_text_atomic(run_dir / "README.md", redact(
+            model_card.render_card(manifest, plan, resolved, results))),
     })
 
 

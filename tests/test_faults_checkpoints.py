@@ -18,25 +18,11 @@ import pytest
 from assets import reverse_rows
 from conftest import base_recipe, write_json, write_jsonl
 from faults import Outcome, Snapshot, assert_user_error, cli
+from test_train import _interrupt_at
 
 STEPS, SAVE_EVERY, STOP_AT = 6, 2, 4
 TRAINING = {"max_steps": STEPS, "save_strategy": "steps", "save_steps": SAVE_EVERY, "learning_rate": 5e-3,
             "per_device_train_batch_size": 8, "logging_steps": 1, "dataloader_num_workers": 0}
-
-
-def _interrupt_at(step: int):
-    """A callback that sends this process SIGINT at the end of `step`, as Ctrl-C would."""
-    import os
-    import signal
-
-    from transformers import TrainerCallback
-
-    class Interrupt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    return Interrupt()
 
 
 @pytest.fixture(scope="module")

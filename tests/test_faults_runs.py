@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -293,15 +294,21 @@ def test_read_only_output_filesystem_is_found_before_the_model_loads(tmp_path, r
     before.assert_unchanged()
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    folder = tmp_path / "small"
+@contextmanager
+def tmpfs(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` (created) for the block's duration."""
     folder.mkdir()
-    mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder))
+    mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
     try:
         yield folder
     finally:
         umount(folder)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    with tmpfs(tmp_path / "small", "256k") as folder:
+        yield folder
 
 
 def test_a_full_disk_is_announced_then_reported_without_a_traceback(tmp_path, small_filesystem):
@@ -316,13 +323,8 @@ def test_a_full_disk_is_announced_then_reported_without_a_traceback(tmp_path, sm
 
 @pytest.fixture
 def roomy_filesystem(tmp_path):
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder))
-    try:
+    with tmpfs(tmp_path / "disk", "16m") as folder:
         yield folder
-    finally:
-        umount(folder)
 
 
 def test_disk_full_after_the_model_is_saved_leaves_run_json_failed_and_the_model_whole(tmp_path, monkeypatch,

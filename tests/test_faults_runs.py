@@ -406,3 +406,23 @@ def test_a_huge_file_of_unknown_keys_is_reported_briefly(tmp_path):
     assert_user_error(outcome, "/training: 169,980 more unknown keys (not listed)", "/: 30 more unknown keys",
                       "/training/learning_rat0: unknown key", "did you mean 'learning_rate'?")
     assert len(outcome.stderr.splitlines()) < 100
+
+
+def test_two_processes_into_a_directory_in_use_both_stop_with_the_message(tmp_path):
+    """Under `accelerate launch` only the main process claims; the refusal reaches every rank (no rank waits at a
+    barrier for a main process that stopped), and the launch exits non-zero within the timeout."""
+    from test_cli import free_port
+
+    out = tmp_path / "run"
+    out.mkdir()
+    owner = {"host": "node-3.cluster", "pid": 777, "since": "2026-12-05T00:00:00", "nonce": "x"}
+    (out / ".runner-claim").write_text(json.dumps(owner))
+    before = Snapshot(out)
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+         "-m", "runner", str(recipe_in(tmp_path))], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr.split("exitcode")[0], done.stderr[-3000:]
+    assert done.stderr.count("in use by another run: process 777 on host node-3.cluster") == 2, done.stderr[-3000:]
+    before.assert_unchanged()

@@ -160,11 +160,14 @@ def check_finished(run_dir: Path, manifest: dict, where: str, suggest_checkpoint
     checkpoint, _ = resume.whole_checkpoint(run_dir)
     command = f"python -m runner {manifest.get('recipe_file') or 'RECIPE'}"
     resume_it = manifest.get("resume_command") or f"{command} --resume"  # run.json's own, where the run wrote one
+    # the same command (every --set, so the same output.dir) starting over; never the recipe's bare default
+    again = resume_it.removesuffix(" --resume") + " --overwrite" if manifest.get("resume_command") else \
+        f"{command} --set output.dir={run_dir} --overwrite"
     why = f"{run_dir} holds no trained model: the run did not finish (run.json status '{status}'" + \
         (": still training, or killed before it could record why)" if status == "running" else ")")
     if checkpoint is None:
         raise RecipeError([Problem(where, f"{why} and has no whole checkpoint",
-                                   f"train it again: {command} --overwrite")])
+                                   f"train it again: {again}")])
     marker, _ = resume.read_marker(checkpoint)
     also = f"; or predict with the checkpoint as it is: python -m runner predict {checkpoint}" \
         if suggest_checkpoint else ""

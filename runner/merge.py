@@ -37,6 +37,10 @@ def free_output(out: Path, where: str = "--out") -> Path:
     if out.exists():
         raise RecipeError([Problem(where, f"{out} already exists; refusing to write into it",
                                    "choose another --out, or move the earlier result away")])
+    inside = next((p for p in out.parents if outputs.read_manifest(p) is not None), None)
+    if inside is not None:  # a later --overwrite of that run would take it along, a --resume refuse the run
+        raise RecipeError([Problem(where, f"{out} is inside the run directory {inside}",
+                                   "choose an --out outside any run directory, e.g. beside it")])
     return out
 
 

@@ -62,8 +62,12 @@ def check_run_dir(output_dir: str, if_exists: str) -> None:
 
 
 def check_output_path(path: Path) -> None:
-    """The run directory can be made: nothing on its path is a file."""
-    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    """The run directory can be made: nothing on its path is a file, and the name is one the filesystem takes."""
+    try:
+        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    except OSError as exc:  # e.g. a name longer than 255 bytes
+        raise RecipeError([Problem("/output/dir", f"{str(path)[:200]} is not a usable path: {exc.strerror}",
+                                   "choose a shorter output.dir")]) from None
     if blocker is not None and not blocker.is_dir():
         where = "" if blocker == path else f", so {path} cannot be created below it"
         raise RecipeError([Problem("/output/dir", f"{blocker} is a file, not a directory{where}",
@@ -89,11 +93,44 @@ def read_manifest(path: Path) -> dict | None:
     return manifest
 
 
+# inside a checkpoint (besides the model files of RUN_ENTRIES): trainer state, DeepSpeed's shards, the marker
+CHECKPOINT_FILES = re.compile(r"optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json|"
+                              r"runner_checkpoint\.json|latest|zero_to_fp32\.py|global_step\d+/.+|\..+\.tmp")
+
+
 def foreign_entries(path: Path) -> list[str]:
-    """Entries of `path` that no run of the runner wrote: all of them when run.json is not the runner's."""
+    """Entries of `path` that no run of the runner wrote (all of them when run.json is not the runner's), looking
+    inside the folders a run makes too: a note left in a checkpoint is the user's as much as one beside it."""
     if read_manifest(path) is None:
         return entries(path)
-    return [name for name in entries(path) if not RUN_ENTRIES.fullmatch(name)]
+    found = []
+    for name in entries(path):
+        if not RUN_ENTRIES.fullmatch(name):
+            found.append(name)
+        elif (path / name).is_dir():
+            found += [f"{name}/{inner}" for inner in _foreign_inside(path / name)]
+    return found
+
+
+def _foreign_inside(folder: Path) -> list[str]:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    if folder.name == "runs":  # TensorBoard's event files, in one folder per run
+        return [f for f in files if not Path(f).name.startswith("events.out.tfevents.")]
+    if folder.name.startswith(REPLACED):  # an earlier run being replaced: judged as a run directory
+        return [] if read_manifest(folder) is None else foreign_entries(folder)
+    if folder.name == "base_model":
+        return [f for f in files if not RUN_ENTRIES.fullmatch(f)]
+    listed = _checkpoint_files(folder)
+    return [f for f in files if not (f in listed or CHECKPOINT_FILES.fullmatch(f) or RUN_ENTRIES.fullmatch(f))]
+
+
+def _checkpoint_files(folder: Path) -> set[str]:
+    """The files a checkpoint's completeness marker lists (runner/resume.py writes it)."""
+    try:
+        files = json.loads((folder / "runner_checkpoint.json").read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return set(files) if isinstance(files, dict) else set()
 
 
 def start_run_dir(output_dir: str) -> Path | None:

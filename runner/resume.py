@@ -282,9 +282,16 @@ def checkpoint_callbacks(recipe: dict, cpu_group=None):
             self.previous = {}
             self.agreement = None
 
+        def watch(self):
+            """Catch the signals from now on: `train` calls it before it writes anything, so that a Ctrl-C while
+            the records are written or the trainer starts stops the run at its first step instead of being lost
+            in whatever Python code it lands in (a KeyboardInterrupt inside a weakref callback is ignored)."""
+            if not self.previous:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.previous[sig] = signal.signal(sig, self._note)
+
         def on_train_begin(self, args, state, control, **kwargs):
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._note)
+            self.watch()
             self.agreement = None if cpu_group is None else RankAgreement(cpu_group)
 
         def _note(self, signum, frame):

@@ -159,6 +159,7 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     try:
         return _train(plan, prepared, argv)
     finally:
+        prepared.watcher.restore()  # idempotent: training restores them itself, an earlier failure does not
         if prepared.state.is_main_process:
             claim.release(Path(plan["output_dir"]))
 
@@ -180,6 +181,7 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     results = {"train": None, "before": None, "after": None, "retention": None}
     moved = None
     started = time.monotonic()
+    prepared.watcher.watch()  # from here a signal stops the run cleanly (after its first step at the earliest)
     try:
         if state.is_main_process:
             moved = None if prepared.resume_from else outputs.start_run_dir(plan["output_dir"])
@@ -210,7 +212,13 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     except outputs.RecordsNotWritten:
         raise  # run.json already says failed, and why (finish wrote what it could)
     except BaseException as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C outside the training loop (measuring, writing records)
+            saved = (run_dir / "config.json").is_file() or (run_dir / "adapter_config.json").is_file()
+            manifest.update(status="interrupted", error="Ctrl-C outside the training loop" + (
+                f"; the trained model was already saved in {run_dir}" if saved else ""))
+            print(f"interrupted: {manifest['error']}", file=sys.stderr)
+        else:
+            manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         if moved is not None:
             print(f"the earlier run in {run_dir} was kept at {moved}", file=sys.stderr)
         # records that cannot be written either are reported with this error, which is the cause

@@ -426,3 +426,48 @@ def test_two_processes_into_a_directory_in_use_both_stop_with_the_message(tmp_pa
     assert done.returncode != 0 and "Traceback" not in done.stderr.split("exitcode")[0], done.stderr[-3000:]
     assert done.stderr.count("in use by another run: process 777 on host node-3.cluster") == 2, done.stderr[-3000:]
     before.assert_unchanged()
+
+
+def test_a_note_left_inside_a_checkpoint_stops_overwrite(tmp_path):
+    recipe = recipe_in(tmp_path, training={"save_strategy": "steps", "save_steps": 1})
+    assert cli(recipe).code == 0
+    (tmp_path / "run" / "checkpoint-2" / "MY_NOTES.txt").write_text("why step 2 matters")
+    before = Snapshot(tmp_path / "run")
+    assert_user_error(cli(recipe, "--overwrite"), "checkpoint-2/MY_NOTES.txt", "which the runner did not write")
+    before.assert_unchanged()
+
+
+def test_merge_into_a_run_directory_is_refused(tmp_path):
+    recipe = recipe_in(tmp_path, peft={"method": "lora", "r": 4, "lora_alpha": 8})
+    assert cli(recipe).code == 0
+    before = Snapshot(tmp_path / "run")
+    assert_user_error(cli("merge", tmp_path / "run", "--out", tmp_path / "run" / "base_model" / "merged"),
+                      "--out", "is inside the run directory", "outside any run directory")
+    before.assert_unchanged()
+
+
+def test_an_output_dir_name_too_long_for_the_filesystem(tmp_path):
+    assert_user_error(cli(recipe_in(tmp_path), "--set", f"output.dir={tmp_path / ('é' * 200)}"),
+                      "/output/dir", "File name too long", "choose a shorter output.dir")
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-run", "overwrite"])
+def test_ctrl_c_as_soon_as_the_records_appear_stops_the_run_cleanly(tmp_path, overwrite):
+    """SIGINT the moment plan.json is written (before training starts): the run stops after its first step with a
+    checkpoint and the resume command, never trains on to the end; an earlier run being replaced is kept."""
+    out = tmp_path / "run"
+    if overwrite:
+        assert cli(recipe_in(tmp_path, training={"max_steps": 2}), "--set", f"output.dir={out}").code == 0
+        (out / "plan.json").unlink()  # so that the new run's plan.json is what the test waits for
+        earlier = Snapshot(out / "model.safetensors")
+    process = long_run(tmp_path, out, *(["--overwrite"] if overwrite else []), steps=400)
+    wait_for(lambda: (out / "plan.json").is_file(), "the run's records")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "resume with: " in stderr, stderr[-3000:]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["history"][-1]["step"] < 40, manifest["history"][-1:]
+    if overwrite:
+        (kept,) = out.glob(".replaced-*")
+        assert Snapshot(kept / "model.safetensors").files.values().__iter__().__next__() == \
+            next(iter(earlier.files.values())), "the earlier run's model is kept until the new one finishes"

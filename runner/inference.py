@@ -165,6 +165,10 @@ def check_finished(run_dir: Path, manifest: dict, where: str, suggest_checkpoint
         f"{command} --set output.dir={run_dir} --overwrite"
     why = f"{run_dir} holds no trained model: the run did not finish (run.json status '{status}'" + \
         (": still training, or killed before it could record why)" if status == "running" else ")")
+    kept = sorted(run_dir.glob(".replaced-*"))
+    if kept:  # an --overwrite that did not finish: the run it was replacing is still there, whole
+        why += (f"; it was replacing an earlier run, which is kept in {kept[-1]} (an --overwrite deletes it "
+                f"once a new run finishes: to keep it, move it out first, e.g. mv {kept[-1]} {run_dir}-earlier)")
     if checkpoint is None:
         raise RecipeError([Problem(where, f"{why} and has no whole checkpoint",
                                    f"train it again: {again}")])

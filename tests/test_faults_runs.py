@@ -471,3 +471,18 @@ def test_ctrl_c_as_soon_as_the_records_appear_stops_the_run_cleanly(tmp_path, ov
         (kept,) = out.glob(".replaced-*")
         assert Snapshot(kept / "model.safetensors").files.values().__iter__().__next__() == \
             next(iter(earlier.files.values())), "the earlier run's model is kept until the new one finishes"
+
+
+def test_predict_on_an_overwrite_killed_midway_names_the_earlier_run_it_kept(tmp_path):
+    out = tmp_path / "run"
+    assert cli(recipe_in(tmp_path, training={"max_steps": 2}), "--set", f"output.dir={out}").code == 0
+    (out / "plan.json").unlink()
+    process = long_run(tmp_path, out, "--overwrite", steps=400)
+    wait_for(lambda: (out / "plan.json").is_file(), "the new run's records")
+    process.kill()  # SIGKILL: no records, no cleanup
+    process.communicate(timeout=60)
+    (kept,) = out.glob(".replaced-*")
+    before = Snapshot(kept)
+    assert_user_error(cli("predict", out, "--text", "abc"), "status 'running'", "it was replacing an earlier run",
+                      f"kept in {kept}", f"mv {kept} {out}-earlier")
+    before.assert_unchanged()

@@ -63,7 +63,7 @@ def cache_root(setting) -> Path | None:
     return Path(base).expanduser().absolute() / "tokenized"
 
 
-def check_location(doc: dict) -> list:
+def check_location(doc: dict, output_dir: str | None = None) -> list:
     """The cache is never put among the user's data files (the plan reports it at data.tokenization_cache)."""
     from .errors import Problem
 
@@ -71,10 +71,15 @@ def check_location(doc: dict) -> list:
     sources = [doc["data"]["train"], doc["data"]["eval"], doc["evaluation"].get("data"),
                doc["evaluation"].get("retention")]
     folders = {Path(s["path"]).absolute().parent for s in sources if s and "path" in s}
-    if root is None or not any(root == folder or folder in root.parents for folder in folders):
+    within = lambda folder: root == folder or folder in root.parents  # noqa: E731
+    hint = "choose a directory of its own, e.g. ~/.cache/recipe-runner/tokenized (the default: null)"
+    if root is None:
         return []
-    return [Problem("/data/tokenization_cache", f"{root} is inside the data's directory",
-                    "choose a directory of its own, e.g. ~/.cache/recipe-runner/tokenized (the default: null)")]
+    if output_dir is not None and within(Path(output_dir).absolute()):  # its entries would be foreign files there
+        return [Problem("/data/tokenization_cache", f"{root} is inside the run directory {output_dir}", hint)]
+    if not any(within(folder) for folder in folders):
+        return []
+    return [Problem("/data/tokenization_cache", f"{root} is inside the data's directory", hint)]
 
 
 class TokenCache:

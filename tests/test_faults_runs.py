@@ -486,3 +486,11 @@ def test_predict_on_an_overwrite_killed_midway_names_the_earlier_run_it_kept(tmp
     assert_user_error(cli("predict", out, "--text", "abc"), "status 'running'", "it was replacing an earlier run",
                       f"kept in {kept}", f"mv {kept} {out}-earlier")
     before.assert_unchanged()
+
+
+def test_a_tokenization_cache_inside_the_run_directory_is_refused_before_anything_runs(tmp_path):
+    recipe = recipe_in(tmp_path, data={"train": {"path": "train.jsonl"},
+                                       "tokenization_cache": str(tmp_path / "run" / "cache")})
+    assert_user_error(cli("validate", recipe), "/data/tokenization_cache", "is inside the run directory",
+                      "choose a directory of its own")
+    assert not (tmp_path / "run").exists()

@@ -34,9 +34,9 @@ def render_card(manifest: dict, plan: dict, recipe: dict, metrics: dict) -> str:
 def _header(plan: dict) -> str:
     model, peft = plan["model"], plan.get("peft")
     lines = ["---", f"base_model: {json.dumps(model['name_or_path'])}",
-             f"library_name: {'peft' if peft else 'transformers'}",
+             f"library_name: {'peft' if peft and 'kwargs' in peft else 'transformers'}",
              "tags:", "- recipe-runner", f"- {plan['task']}"]
-    lines += [f"- {peft['method']}"] if peft else []
+    lines += [f"- {peft['method']}"] if peft else []  # lora, prompt_tuning, partial, ...
     return "\n".join(lines + ["---", ""])
 
 
@@ -46,15 +46,19 @@ def _model_lines(manifest: dict, model: dict, peft: dict | None) -> list[str]:
                                                           f"{manifest.get('weights_dtype')})" if model.get("gguf_file")
                                                           else ""),
              f"- class: `{model['class']}`"]
+    adapter = bool(peft) and "kwargs" in peft  # partial tuning trains some of the model's own weights
     if model.get("init") == "random":
-        lines.append("- weights: randomly initialised from that config (seeded); the start weights are kept in "
-                     "`base_model/`")
-    if peft:
+        lines.append("- weights: randomly initialised from that config (seeded)"
+                     + ("; the start weights are kept in `base_model/`" if peft else ""))
+    if adapter:
         settings = ", ".join(f"{k} {v}" for k, v in peft["kwargs"].items() if k in ("r", "lora_alpha",
                                                                                      "target_modules",
                                                                                      "num_virtual_tokens"))
         lines.append(f"- tuning: {peft['method']}" + (f" ({settings})" if settings else "")
                      + "; this directory holds the adapter, loaded on top of the base model")
+    elif peft:
+        lines.append(f"- tuning: {peft['method']} ({', '.join(map(str, peft.get('trainable') or []))} trained, the "
+                     "rest frozen); this directory holds the whole model")
     else:
         lines.append("- tuning: the model's own weights (this directory holds the whole model)")
     if model.get("quantization"):

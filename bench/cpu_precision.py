@@ -3,7 +3,7 @@
     .venv/bin/python bench/cpu_precision.py trl [--steps 12] [--rounds 2] [--work DIR] [--out bench/results]
     .venv/bin/python bench/cpu_precision.py steps [--steps 12] [--work DIR] [--out bench/results]
 
-The measurement behind the CPU rule for `training.bf16: null` (runner/fast.py, runner/cpu.py). LoRA (r 16,
+The measurement behind the CPU rule for `training.bf16: null` (runner/launch/decide.py, runner/launch/cpu.py). LoRA (r 16,
 all linear layers) on SmolLM2-135M-Instruct (bench/smollm2.py converts it once into --work), batch 4 x
 max_length 128, the same rows and seed on both sides.
 - trl: plain TRL as a user runs it (bench/plain_trl_smollm2.py, every setting spelled out, only `bf16`

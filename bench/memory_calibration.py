@@ -1,4 +1,4 @@
-"""Measure peak GPU memory of plain TRL SFT steps, and compare it with `runner.memory`'s estimate.
+"""Measure peak GPU memory of plain TRL SFT steps, and compare it with `runner.plan.memory`'s estimate.
 
 Two parts, so the GPU time is spent only on measuring:
 
@@ -85,7 +85,7 @@ def measure(args) -> None:
                       "quantized": quantized, "activation_checkpointing": ckpt, "runner_path": runner_path}
             fast = {}
             if runner_path:  # what the runner's fast defaults decide on a GPU with varlen and Liger
-                from runner import attention
+                from runner.train import attention
 
                 attention.register()
                 config._attn_implementation = attention.NAME  # on the CPU: its per-document fallback
@@ -175,8 +175,8 @@ def tiny_tokenizer():
 
 
 def estimate_for(record: dict, batch: int, length: int, optim: str = "adamw_torch") -> float:
-    """runner.memory's estimate of the peak allocated GiB for one measured case."""
-    from runner import memory
+    """runner.plan.memory's estimate of the peak allocated GiB for one measured case."""
+    from runner.plan import memory
 
     runner_path = record.get("runner_path", False)
     settings = memory.Settings(

@@ -47,7 +47,7 @@ def smollm2_sides(work: Path, steps: int, compare: str) -> dict:
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # this checkout's runner (the one the runner side runs)
     import smollm2
 
-    from runner.outputs import hardware
+    from runner.launch.machine import hardware
 
     model = smollm2.convert(work / "smollm2")
     rows = smollm2.write_rows(work / "alpaca.jsonl", 4 * steps)

@@ -69,9 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.run import prepare
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import prepare
 
     gpu = torch.cuda.is_available()
     result: dict = {"steps_asked": args.steps, "shape": "tiny" if args.tiny else "Llama-3.1-8B"}
@@ -92,7 +92,7 @@ def main() -> None:
         prepared = prepare(plan)
         result["prepare_s"] = round(time.perf_counter() - started, 1)
         trainer = prepared.trainer
-        from runner.models import count_parameters
+        from runner.train.models import count_parameters
 
         result["parameters"] = count_parameters(trainer.model)
         if gpu:

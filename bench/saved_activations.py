@@ -1,4 +1,4 @@
-"""Bytes saved for backward per decoder layer per token, measured on the CPU, beside runner.memory's count.
+"""Bytes saved for backward per decoder layer per token, measured on the CPU, beside runner.plan.memory's count.
 
     python bench/saved_activations.py            # a Markdown table (a few seconds)
     python bench/saved_activations.py --json     # the same figures as JSON
@@ -7,14 +7,14 @@ A real transformers Llama built from a config (random weights, nothing downloade
 under `torch.autograd.graph.saved_tensors_hooks`. Every tensor autograd keeps for the backward pass is
 recorded once (deduplicated by its storage), attributed to the decoder layer running when it was first
 saved (forward pre/post hooks), and summed. Tensors with a parameter's shape (the weights themselves,
-autocast's bf16 copies of fp32 weights) are left out: runner.memory counts them as weights / copies.
+autocast's bf16 copies of fp32 weights) are left out: runner.plan.memory counts them as weights / copies.
 Layer 0 also holds what all layers share (RoPE's cos/sin), so the per-layer figure is the mean of layers
 1..n-1. The LM head is TRL 1.16's fused chunked log-prob head (`trl.trainer.utils.add_fused_lm_head`,
 what SFTTrainer installs), measured as the "head" region (final norm + head).
 
 Where the CPU differs from a GPU: sdpa runs PyTorch's CPU flash kernel, which saves what the CUDA
 flash / memory-efficient kernels save (q, k, v, output, fp32 log-sum-exp); Liger's Triton kernels and
-the varlen kernel do not run here, so those are counted from their source in runner.memory only.
+the varlen kernel do not run here, so those are counted from their source in runner.plan.memory only.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SMALL = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
          "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False,
          "max_position_embeddings": 1024, "rms_norm_eps": 1e-5}
-# lora_dropout 0: on the CPU dropout keeps a mask in the input's dtype, on CUDA a 1-byte one (runner.memory's count)
+# lora_dropout 0: on the CPU dropout keeps a mask in the input's dtype, on CUDA a 1-byte one (runner.plan.memory's count)
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 # name -> (weights dtype, LoRA, attention, rows: "full" (the tokens as one row, no mask: what a padded batch of
 # one, or flash / varlen attention, sees), "padded" (2 rows, an attention mask) or "packed" (2 documents in one
@@ -191,8 +191,8 @@ def rows_of(rows: str, batch: int, length: int) -> tuple[int, int]:
 
 
 def estimate(case: str, config: dict = SMALL, batch: int = 2, length: int = 512) -> dict:
-    """runner.memory's count for the same case: bytes per token per layer, and in the head."""
-    from runner import memory
+    """runner.plan.memory's count for the same case: bytes per token per layer, and in the head."""
+    from runner.plan import memory
 
     dtype_name, lora, attention, rows, ckpt = CASES[case]
     batch, length = rows_of(rows, batch, length)
@@ -246,11 +246,12 @@ def main(argv=None) -> None:
               f"{est['per_layer_per_token'] / r['per_layer_per_token']:.3f} | {r['head_per_token']:.1f} | "
               f"{est['head_per_token']:.1f} |")
     if layer_rows:
-        from runner import activations, memory
+        from runner.plan import activations
+        from runner.plan import memory
 
         print("\nOne bf16 layer, 1 x 2048 tokens, B/token: how far backward rises above the end of forward (weight "
               "grads excluded), + the incoming gradient (r h, allocated before backward, counted in the workspace), "
-              "vs runner.activations' workspace:\n")
+              "vs runner.plan.activations' workspace:\n")
         for r in layer_rows:
             s = memory.Settings(batch=1, length=2048, attention=r["attention"])
             print(f"- {r['attention']}: measured {r['backward_rise_per_token']:.0f} + r h = "
@@ -258,7 +259,7 @@ def main(argv=None) -> None:
                   f"{activations.layer_backward_bytes(config, s)}")
     if args.peak:
         mib = 2**20
-        print("\nAllocated above the weights, MiB (CPU allocator timeline vs runner.memory's moments, no optimizer):\n")
+        print("\nAllocated above the weights, MiB (CPU allocator timeline vs runner.plan.memory's moments, no optimizer):\n")
         print("| case | end of forward: measured | estimate | peak: measured | estimate | peak ratio |")
         print("|---|---|---|---|---|---|")
         for r in rows:

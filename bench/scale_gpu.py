@@ -54,10 +54,10 @@ def worker(recipe: str, result_file: str) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.run import prepare, train
-    from runner.topology import from_environment
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import prepare, train
+    from runner.plan.topology import from_environment
 
     times: list[float] = []
 
@@ -103,7 +103,7 @@ def with_checkpointing_name(plan: dict) -> dict:
 
 
 def main(out: Path, steps: int, configs: list[str], shape: dict, inputs: Path | None = None) -> None:
-    from runner import launch
+    from runner.launch import launcher as launch
 
     out.mkdir(parents=True, exist_ok=True)
     recipe = write_inputs(inputs or out / "inputs", steps, shape)

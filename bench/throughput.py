@@ -93,8 +93,9 @@ def runner_worker(assets: str, mode: str, steps: int, warmup: int, overrides: st
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     from meter import FirstStep, TokenMeter, report
-    from runner import plan as plan_module, run
-    from runner.recipe import load_recipe
+    from runner.plan import build as plan_module
+    from runner.commands import run
+    from runner.recipe.load import load_recipe
 
     compatible_with_older_transformers()
     recipe = runner_recipe(Path(assets), mode, steps, json.loads(overrides))
@@ -115,7 +116,7 @@ def compatible_with_older_transformers() -> None:
     (the runner needs >= 5.23): rename the key for such a version, so the bench runs there unchanged otherwise."""
     import dataclasses
 
-    from runner import trainer
+    from runner.train import trainer
     from trl import SFTConfig
 
     if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}:

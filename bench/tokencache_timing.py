@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, time
-from runner import tokencache
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.run import prepare
+from runner.data import tokencache
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.commands.run import prepare
 import trl, transformers  # imported before the clock starts
 started = time.perf_counter()
 prepare(build_plan(load_recipe(sys.argv[1])))

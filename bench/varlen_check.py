@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, ".")
-from runner import attention  # noqa: E402
+from runner.train import attention  # noqa: E402
+from runner.launch import machine  # noqa: E402
 
 
 def packed_models(dtype=torch.float32, device="cpu"):
@@ -79,7 +80,7 @@ def kernel_check() -> dict:
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     q, k, v = (torch.randn(total, heads, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for heads in (32, 4, 4))
-    kernel = attention.varlen_kernel()
+    kernel = machine.varlen_kernel()
     options = attention._kernel_options(kernel, q, k, 64 ** -0.5)
     doc = torch.repeat_interleave(torch.arange(15, device="cuda"), torch.tensor(lengths, device="cuda"))
     mask = (doc[:, None] == doc[None, :]) & torch.ones(total, total, dtype=torch.bool, device="cuda").tril()

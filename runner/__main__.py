@@ -8,9 +8,9 @@ import argparse
 import os
 import sys
 
-from . import launch
-from .errors import RecipeError, did_you_mean, environment_fault
-from .resume import RunInterrupted
+from runner.launch import launcher as launch
+from runner.errors import RecipeError, did_you_mean, environment_fault
+from runner.train.resume import RunInterrupted
 
 COMMANDS = ("run", "validate", "plan", "check-data", "eval", "predict", "launch", "slurm", "merge", "quantize",
             "docs")
@@ -126,8 +126,8 @@ def unknown_command(word: str) -> str | None:
 
 
 def cmd_validate(args) -> int:
-    from .plan import build_plan
-    from .recipe import load_recipe
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
 
     failed = 0
     for path in args.recipes:
@@ -141,8 +141,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import build_plan, to_json
-    from .recipe import load_recipe
+    from runner.plan.build import build_plan, to_json
+    from runner.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     print(to_json(build_plan(recipe, launch.plan_topology(args.world_size, args.accelerate_config))))
@@ -150,13 +150,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .plan import build_plan
-    from .recipe import load_recipe
-    from .run import run
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import run
 
     overrides = args.overrides + (["output.if_exists=overwrite"] if args.overwrite else []) \
         + (["output.if_exists=resume"] if args.resume else [])
-    from .topology import from_environment
+    from runner.plan.topology import from_environment
 
     plan = build_plan(load_recipe(args.recipe, overrides), from_environment())
     if args.resume:
@@ -169,9 +169,9 @@ def require_run_to_resume(plan: dict) -> None:
     """--resume means a run exists to continue; the recipe's `if_exists: resume` also starts one where none is."""
     from pathlib import Path
 
-    from .claim import CLAIM
-    from .errors import Problem
-    from .outputs import MANIFEST
+    from runner.records.claim import CLAIM
+    from runner.errors import Problem
+    from runner.records.outputs import MANIFEST
 
     run_dir = Path(plan["output_dir"])
     if not (run_dir / MANIFEST).is_file() and not (run_dir / CLAIM).exists():  # a run starting there: "in use"
@@ -185,9 +185,10 @@ def require_run_to_resume(plan: dict) -> None:
 def cmd_check_data(args) -> int:
     import json
 
-    from .plan import build_plan
-    from .preflight import check_data, render
-    from .recipe import load_recipe
+    from runner.plan.build import build_plan
+    from runner.commands.check_data import check_data
+    from runner.data.check import render
+    from runner.recipe.load import load_recipe
 
     report = check_data(build_plan(load_recipe(args.recipe, args.overrides)))
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else render(report))
@@ -198,9 +199,9 @@ def cmd_eval(args) -> int:
     import json
     from pathlib import Path
 
-    from .inference import evaluate_run
-    from .plan import build_plan
-    from .recipe import load_recipe
+    from runner.commands.inference import evaluate_run
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
 
     results = evaluate_run(build_plan(load_recipe(args.recipe, args.overrides)), Path(args.model).absolute())
     print(json.dumps(results, indent=2, default=str))
@@ -211,11 +212,11 @@ def cmd_predict(args) -> int:
     import json
     from pathlib import Path
 
-    from .inference import predict, read_inputs
+    from runner.commands.inference import predict, read_inputs
 
     texts = args.text or read_inputs(Path(args.input))
     if not all(text.strip() for text in texts):
-        from .errors import Problem
+        from runner.errors import Problem
 
         raise RecipeError([Problem("", "an input is empty (--text '', or an empty field in --input): there is "
                                        "nothing to answer or classify",
@@ -229,7 +230,7 @@ def cmd_merge(args) -> int:
     import json
     from pathlib import Path
 
-    from .merge import merge
+    from runner.commands.merge import merge
 
     record = merge(Path(args.run_dir).absolute(), Path(args.out) if args.out else None)
     print(f"{record['note']} -> {record['output_dir']}", file=sys.stderr)
@@ -241,7 +242,7 @@ def cmd_quantize(args) -> int:
     import json
     from pathlib import Path
 
-    from .quantize import quantize
+    from runner.commands.quantize import quantize
 
     record = quantize(Path(args.run_dir).absolute(), args.bits, Path(args.out) if args.out else None)
     print(json.dumps(record, indent=2, default=str))
@@ -249,7 +250,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_docs(args) -> int:
-    from .docs import reference
+    from runner.recipe.docs import reference
 
     print(reference(), end="")
     return 0

@@ -30,7 +30,7 @@ def record(trainer, seen: list) -> None:
 
 def record_answers() -> list:
     """The answers each call of the runner's generate_across_ranks returned (before and after training)."""
-    from runner import evaluation
+    from runner.evaluate import measure as evaluation
 
     calls, original = [], evaluation.generate_across_ranks
 
@@ -56,10 +56,10 @@ def engine(trainer) -> dict:
 
 
 def probe(recipe: str, out: Path) -> int:
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.run import prepare, train
-    from runner.topology import from_environment
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import prepare, train
+    from runner.plan.topology import from_environment
 
     plan = build_plan(load_recipe(recipe), from_environment())
     prepared = prepare(plan)

@@ -11,7 +11,7 @@ import sys
 
 from transformers import TrainerCallback
 
-from runner import run as run_module
+from runner.commands import run as run_module
 from runner.__main__ import main
 
 SIGNAL_AT_STEP = 3

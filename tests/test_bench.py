@@ -5,9 +5,11 @@ import ast
 
 import pytest
 
-from runner import fast
-from runner.plan import build_plan
-from runner.recipe import load_recipe
+from runner.launch import decide as fast
+
+from runner.plan import decisions
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
 from conftest import ROOT
 
 from test_fast import CPU, H100
@@ -24,7 +26,7 @@ def test_overhead_recipe_resolves_to_the_plain_scripts_settings_on_cpu_and_gpu()
     plan = build_plan(load_recipe(str(ROOT / "bench" / "recipes" / "overhead.json")))
     plain = plain_script_settings()
     for machine in (CPU, H100):
-        assert fast.decide(plan, machine) == {}, "a fast default left open would differ from the plain script"
+        assert decisions.decide(plan, machine) == {}, "a fast default left open would differ from the plain script"
     config = plan["trainer"]["config"]
     differ = {k: (config.get(k), v) for k, v in plain.items() if config.get(k) != v}
     assert differ == {}
@@ -35,7 +37,7 @@ def test_overhead_sides_build_the_same_sft_config_but_for_named_equivalents(tmp_
     """Every SFTConfig field, defaults included, so a default the runner sets differently cannot slip in."""
     from trl import SFTConfig
 
-    from runner.trainer import launch_config
+    from runner.train.trainer import launch_config
 
     plan = build_plan(load_recipe(str(ROOT / "bench" / "recipes" / "overhead.json")))
     runner = SFTConfig(**{**launch_config(plan, {"gpus": [], "bf16": False}), "output_dir": str(tmp_path)}).to_dict()
@@ -71,11 +73,11 @@ def test_real_model_sides_build_the_same_configs_in_equal_mode(tmp_path, bf16):
     from peft import LoraConfig
     from trl import SFTConfig
 
-    from runner.trainer import launch_config
+    from runner.train.trainer import launch_config
 
     recipe = load_recipe(str(ROOT / "bench" / "recipes" / "smollm2_lora.json"), [f"training.bf16={str(bf16).lower()}"])
     plan = build_plan(recipe)
-    config = launch_config(fast.apply(plan, fast.decide(plan, CPU)), {"gpus": [], "bf16": False})
+    config = launch_config(fast.apply(plan, decisions.decide(plan, CPU)), {"gpus": [], "bf16": False})
     settings, lora = plain_smollm2_settings(bf16)
     runner = SFTConfig(**{**config, "output_dir": str(tmp_path)}).to_dict()
     plain = SFTConfig(**settings, output_dir=str(tmp_path), max_steps=config["max_steps"]).to_dict()
@@ -83,7 +85,7 @@ def test_real_model_sides_build_the_same_configs_in_equal_mode(tmp_path, bf16):
         "completion_only_loss": (True, None),  # None: on for prompt/completion data, which this is
         "ddp_find_unused_parameters": (False, None),  # one process: no DDP
     }
-    assert plan["model"]["dtype"] is None and fast.decide(plan, CPU)["/model/dtype"]["value"] == "auto"  # fp32, as plain
+    assert plan["model"]["dtype"] is None and decisions.decide(plan, CPU)["/model/dtype"]["value"] == "auto"  # fp32, as plain
     runner_lora, plain_lora = LoraConfig(**plan["peft"]["kwargs"]).to_dict(), LoraConfig(**lora).to_dict()
     assert {k: (runner_lora[k], plain_lora[k]) for k in runner_lora if runner_lora[k] != plain_lora[k]} == {
         "revision": ("main", None),  # the base model's revision; None loads main

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from real_models import smollm2  # noqa: F401 - a fixture
-from runner import chat_masks
+from runner.data import chat_masks
 
 TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
 MARKERS = re.compile(r"<[|｜]?[A-Za-z0-9_▁/|｜]+[|｜]?>|\[[A-Za-z]+\]")  # <|eot_id|>, <end_of_turn>, <｜Assistant｜>, [gMASK]
@@ -146,9 +146,9 @@ def test_the_headline_qlora_recipe_trains_llama_3_1_conversations_on_the_assista
     from transformers import AutoTokenizer
 
     from conftest import ROOT, TINY_MODEL, write_jsonl
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.run import prepare, train
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import prepare, train
 
     model_dir = tmp_path / "stand-in-llama-3.1"
     shutil.copytree(TINY_MODEL, model_dir)

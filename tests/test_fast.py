@@ -5,9 +5,15 @@ import json
 import pytest
 import torch
 
-from runner import attention, cpu, fast, plan as plan_module
-from runner.recipe import load_recipe
-from runner.topology import Topology
+from runner.train import attention
+
+from runner.launch import machine
+from runner.launch import cpu
+from runner.launch import decide as fast
+from runner.plan import decisions
+from runner.plan import build as plan_module
+from runner.recipe.load import load_recipe
+from runner.plan.topology import Topology
 
 from conftest import TINY_MODEL, base_recipe, load_bench, write_jsonl
 
@@ -34,7 +40,7 @@ def test_plan_lists_every_open_setting_with_its_rule(tmp_path, recipe_file):
 
 
 def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
-    decided = values(fast.decide(planned(tmp_path, recipe_file), H100))
+    decided = values(decisions.decide(planned(tmp_path, recipe_file), H100))
     assert decided == {"/training/bf16": True, "/model/dtype": "bfloat16", "/training/packing": True,
                        "/model/attn_implementation": "runner_varlen", "/training/pad_to_multiple_of": None,
                        "/training/activation_checkpointing": False,  # the tiny model's estimate fits easily
@@ -43,7 +49,7 @@ def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
 
 
 def test_on_cpu_every_rule_falls_back_to_the_plain_setting(tmp_path, recipe_file):
-    decided = values(fast.decide(planned(tmp_path, recipe_file), CPU))
+    decided = values(decisions.decide(planned(tmp_path, recipe_file), CPU))
     assert decided == {"/training/bf16": False, "/model/dtype": "auto", "/training/packing": False,
                        "/training/pad_to_multiple_of": None,
                        "/training/activation_checkpointing": False, "/training/use_liger_kernel": False,
@@ -70,7 +76,7 @@ def on_cpu(cpuinfo: str) -> dict:
     (SKYLAKE, False, None), (GRAVITON2, False, None), ("", False, None),
 ])
 def test_cpu_bf16_follows_the_cpu_flag_that_says_it_is_native(tmp_path, recipe_file, cpuinfo, bf16, feature):
-    decided = fast.decide(planned(tmp_path, recipe_file), on_cpu(cpuinfo))
+    decided = decisions.decide(planned(tmp_path, recipe_file), on_cpu(cpuinfo))
     assert decided["/training/bf16"]["value"] is bf16
     reason = decided["/training/bf16"]["reason"]
     assert (f"{feature} in /proc/cpuinfo" in reason) if bf16 else ("no native bf16" in reason)
@@ -84,13 +90,13 @@ def test_deepspeed_on_a_cpu_keeps_fp32(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "hello"}] * 4)
     recipe = load_recipe(str(recipe_file(base_recipe(tmp_path))))
     for topology, bf16 in ((Topology(2, 1, "deepspeed", 3), False), (Topology(2, 1, "ddp"), True)):
-        decision = fast.decide(plan_module.build_plan(recipe, topology), on_cpu(EPYC_ZEN4))["/training/bf16"]
+        decision = decisions.decide(plan_module.build_plan(recipe, topology), on_cpu(EPYC_ZEN4))["/training/bf16"]
         assert decision["value"] is bf16 and ("DeepSpeed" in decision["reason"]) is not bf16
 
 
 def test_fp16_in_the_recipe_keeps_bf16_off(tmp_path, recipe_file):
     for machine in (H100, on_cpu(EPYC_ZEN4)):
-        decision = fast.decide(planned(tmp_path, recipe_file, training={"fp16": True}), machine)["/training/bf16"]
+        decision = decisions.decide(planned(tmp_path, recipe_file, training={"fp16": True}), machine)["/training/bf16"]
         assert decision == {"value": False, "reason": "fp16 is on in the recipe"}
 
 
@@ -105,7 +111,7 @@ def test_recipe_values_are_never_overridden(tmp_path, recipe_file):
     plan = planned(tmp_path, recipe_file, model={"dtype": "float32"},
                    training={"bf16": False, "packing": False, "optim": "adamw_torch", "activation_checkpointing": False,
                              "use_liger_kernel": False, "dataloader_num_workers": 1, "pad_to_multiple_of": 16})
-    decided = fast.decide(plan, H100)
+    decided = decisions.decide(plan, H100)
     assert decided == {}  # nothing left open; packing off so no varlen either
     resolved = fast.apply(plan, decided)
     assert resolved["trainer"]["config"]["pad_to_multiple_of"] == 16 and resolved["model"]["dtype"] == "float32"
@@ -113,31 +119,31 @@ def test_recipe_values_are_never_overridden(tmp_path, recipe_file):
 
 def test_gpu_without_varlen_pads_to_a_bucketed_multiple(tmp_path, recipe_file):
     plan = planned(tmp_path, recipe_file, training={"max_length": 2048})
-    decided = fast.decide(plan, {**H100, "varlen": False})
+    decided = decisions.decide(plan, {**H100, "varlen": False})
     assert values(decided)["/training/packing"] is False and "/model/attn_implementation" not in decided
     assert values(decided)["/training/pad_to_multiple_of"] == 256
-    assert fast.pad_multiple(1024, True, False)[0] == 128 and fast.pad_multiple(64, True, False)[0] == 8
+    assert decisions.pad_multiple(1024, True, False)[0] == 128 and decisions.pad_multiple(64, True, False)[0] == 8
 
 
 @pytest.mark.parametrize("needed, expected", [(30.0, False), (75.0, True)])
 def test_checkpointing_follows_the_memory_estimate(tmp_path, recipe_file, needed, expected):
     plan = planned(tmp_path, recipe_file)
     plan["memory"] = {"per_device_gib": {"activation_checkpointing_off": needed, "activation_checkpointing_on": 20.0}}
-    decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
+    decision = decisions.decide(plan, H100)["/training/activation_checkpointing"]
     assert decision["value"] is expected and f"{needed:.1f} GiB" in decision["reason"]
 
 
 def test_checkpointing_stays_on_without_a_memory_estimate(tmp_path, recipe_file):
     plan = planned(tmp_path, recipe_file)
     del plan["memory"]  # a plan.json written before the estimate existed
-    decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
+    decision = decisions.decide(plan, H100)["/training/activation_checkpointing"]
     assert decision["value"] is True and "no memory estimate" in decision["reason"]
 
 
 def test_prefix_tuning_never_gets_activation_checkpointing(tmp_path, recipe_file):
     plan = planned(tmp_path, recipe_file, peft={"method": "prefix_tuning", "num_virtual_tokens": 4})
     plan["memory"]["per_device_gib"]["activation_checkpointing_off"] = 500.0  # would otherwise turn it on
-    decision = fast.decide(plan, H100)["/training/activation_checkpointing"]
+    decision = decisions.decide(plan, H100)["/training/activation_checkpointing"]
     assert decision["value"] is False and "prefix tuning" in decision["reason"]
 
 
@@ -152,17 +158,17 @@ def test_memory_estimate_assumes_the_fast_dtype_and_optimizer_when_left_null(tmp
 
 def test_packing_is_refused_where_documents_could_mix(tmp_path, recipe_file):
     eager = planned(tmp_path, recipe_file, model={"attn_implementation": "sdpa"})
-    assert values(fast.decide(eager, H100))["/training/packing"] is False
+    assert values(decisions.decide(eager, H100))["/training/packing"] is False
     windowed = copy.deepcopy(planned(tmp_path, recipe_file))
     windowed["fast_defaults"]["facts"]["sliding_window"] = True
-    assert values(fast.decide(windowed, H100))["/training/packing"] is False
+    assert values(decisions.decide(windowed, H100))["/training/packing"] is False
 
 
 def test_dpo_has_no_packing_to_decide(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "yes", "rejected": "no"}] * 4)
     recipe = base_recipe(tmp_path, task="dpo", data={"train": {"path": "train.jsonl"}, "format": "preference"})
     plan = plan_module.build_plan(load_recipe(str(recipe_file(recipe))))
-    decided = fast.decide(plan, H100)
+    decided = decisions.decide(plan, H100)
     assert "/training/packing" not in decided and "/model/attn_implementation" not in decided
     assert decided["/training/use_liger_kernel"]["value"] is False
 
@@ -177,7 +183,7 @@ def test_liger_asked_for_but_missing_is_a_recipe_error(tmp_path, recipe_file):
 
 
 def test_a_cpu_run_records_its_decisions(tmp_path, recipe_file):
-    from runner import run
+    from runner.commands import run
 
     plan = planned(tmp_path, recipe_file, training={"max_steps": 2, "save_strategy": "no"})
     run.run(plan, argv=["test"])
@@ -223,20 +229,20 @@ def test_checkpointing_is_decided_on_the_estimate_for_the_decided_kernels(tmp_pa
     assert planned_off > 0.9 * A100_40["gpu_memory_gib"]  # padded, no Liger: would not fit a 40 GB GPU
     # with varlen and Liger, the launch recomputes: padding-free rows, Liger layers (measured on an H100: 27.1 GiB
     # peak allocated with checkpointing off), which fit in 90% of 40 GB: checkpointing off
-    decision = fast.decide(plan, A100_40)["/training/activation_checkpointing"]
+    decision = decisions.decide(plan, A100_40)["/training/activation_checkpointing"]
     assert decision["value"] is False, decision
     assert "liger True" in decision["reason"] and "padding_free True" in decision["reason"]
     needed = float(decision["reason"].split("estimated ")[1].split(" GiB")[0])
     assert 27.1 * 1.1 <= needed < planned_off  # at least the measured peak plus allocator slack
     # the same GPU without the kernels: the decided settings are the plan's, which do not fit
-    plain = fast.decide(plan, {**A100_40, "varlen": False, "liger": False})["/training/activation_checkpointing"]
+    plain = decisions.decide(plan, {**A100_40, "varlen": False, "liger": False})["/training/activation_checkpointing"]
     assert plain["value"] is True and "liger False" in plain["reason"]
 
 
 def test_a_gpu_without_bf16_recomputes_with_the_weights_auto_loads(tmp_path, recipe_file):
     # V100-like: no bf16, so dtype is decided `auto` (fp32 for a random init) and training runs without autocast
     plan = tinyllama_plan(tmp_path, recipe_file)
-    decided = fast.decide(plan, {**A100_40, "bf16": False, "varlen": False, "liger": False})
+    decided = decisions.decide(plan, {**A100_40, "bf16": False, "varlen": False, "liger": False})
     assert decided["/model/dtype"]["value"] == "auto"
     reason = decided["/training/activation_checkpointing"]["reason"]
     assert "weights_dtype float32" in reason and "mixed_precision no" in reason
@@ -246,7 +252,7 @@ def test_a_gpu_without_bf16_recomputes_with_the_weights_auto_loads(tmp_path, rec
 def test_recipe_settings_enter_the_recomputed_estimate(tmp_path, recipe_file):
     # the recipe fixes Liger off and padded rows: the launch has nothing to change, so the plan's figure decides
     plan = tinyllama_plan(tmp_path, recipe_file, use_liger_kernel=False, packing=False)
-    decided = fast.memory_as_decided(plan, fast.decide(plan, A100_40), True, False)
+    decided = decisions.memory_as_decided(plan, decisions.decide(plan, A100_40), True, False)
     assert decided["per_device_gib"] == plan["memory"]["per_device_gib"]
     assert not any("use_liger_kernel null" in a for a in plan["memory"]["assumptions"])
 
@@ -292,7 +298,7 @@ def test_padded_batches_take_the_sdpa_path():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen flash kernel needs a CUDA GPU")
 def test_varlen_kernel_matches_per_document_sdpa_on_gpu():
-    assert attention.kernel_available()
+    assert machine.kernel_available()
     found = VARLEN_BENCH.model_check()  # 4 documents in one padding-free row vs each alone, bf16
     assert found["max_abs_diff_vs_per_document"] < 0.05 and found["grad_nonzero"]
 
@@ -310,8 +316,8 @@ def test_flash_dtype_turns_fp32_inputs_into_the_autocast_half_dtype():
 def test_a_resolved_plan_decides_the_same_again(tmp_path, recipe_file):
     # quantize and eval resolve the run's saved (already resolved) plan once more
     plan = planned(tmp_path, recipe_file)
-    once = fast.apply(plan, fast.decide(plan, H100))
-    twice = fast.apply(once, fast.decide(once, H100))
+    once = fast.apply(plan, decisions.decide(plan, H100))
+    twice = fast.apply(once, decisions.decide(once, H100))
     assert twice["model"] == once["model"] and twice["trainer"]["config"] == once["trainer"]["config"]
     assert once["trainer"]["config"]["packing"] is True and once["model"]["attn_implementation"] == "runner_varlen"
     fast.check_same_decisions(twice, once)
@@ -321,44 +327,44 @@ def test_resuming_where_the_rules_decide_otherwise_is_refused(tmp_path, recipe_f
     from runner.errors import RecipeError
 
     plan = planned(tmp_path, recipe_file)
-    on_h100 = fast.apply(plan, fast.decide(plan, H100))
-    on_a_cpu = fast.apply(plan, fast.decide(plan, CPU))
+    on_h100 = fast.apply(plan, decisions.decide(plan, H100))
+    on_a_cpu = fast.apply(plan, decisions.decide(plan, CPU))
     with pytest.raises(RecipeError) as found:
         fast.check_same_decisions(on_a_cpu, on_h100)
     paths = [p.path for p in found.value.problems]
     assert "/training/packing" in paths and "/model/dtype" in paths
     # a CPU run resumed on a CPU without native bf16 would change precision in the middle: refused
     with pytest.raises(RecipeError) as found:
-        fast.check_same_decisions(on_a_cpu, fast.apply(plan, fast.decide(plan, on_cpu(EPYC_ZEN4))))
+        fast.check_same_decisions(on_a_cpu, fast.apply(plan, decisions.decide(plan, on_cpu(EPYC_ZEN4))))
     assert [p.path for p in found.value.problems] == ["/training/bf16"]
     # another GPU's memory or CPU count changes checkpointing or workers, not what is computed: resumable
-    small = fast.apply(plan, fast.decide(plan, {**H100, "gpu_memory_gib": 0.5, "cpus": 3}))
+    small = fast.apply(plan, decisions.decide(plan, {**H100, "gpu_memory_gib": 0.5, "cpus": 3}))
     assert decided(small, "/training/activation_checkpointing") != decided(on_h100, "/training/activation_checkpointing")
     assert decided(small, "/training/dataloader_num_workers") != decided(on_h100, "/training/dataloader_num_workers")
     fast.check_same_decisions(small, on_h100)
 
 
 def decided(plan: dict, path: str):
-    return fast.decided_values(plan)[path]
+    return decisions.decided_values(plan)[path]
 
 
 def test_only_documents_kept_apart_get_packing(tmp_path, recipe_file):
     wrapped = planned(tmp_path, recipe_file, training={"packing_strategy": "wrapped"})
-    decision = fast.decide(wrapped, H100)["/training/packing"]
+    decision = decisions.decide(wrapped, H100)["/training/packing"]
     assert decision["value"] is False and "wrapped" in decision["reason"]
 
 
 def test_a_4bit_base_keeps_its_compute_dtype_and_no_worker_persists(tmp_path, recipe_file):
     plan = planned(tmp_path, recipe_file, peft={"method": "lora"},
                    model={"quantization": {"method": "bnb_4bit", "bnb_4bit_compute_dtype": "float16"}})
-    decisions = fast.decide(plan, H100)
-    assert decisions["/model/dtype"]["value"] == "float16"
+    decided = decisions.decide(plan, H100)
+    assert decided["/model/dtype"]["value"] == "float16"
     # persistent workers would make transformers reuse one cached eval dataloader for every eval dataset
     from trl import SFTConfig
 
-    from runner.trainer import launch_config
+    from runner.train.trainer import launch_config
 
-    config = launch_config(fast.apply(plan, decisions), {"gpus": [], "bf16": False})
+    config = launch_config(fast.apply(plan, decided), {"gpus": [], "bf16": False})
     assert config["dataloader_num_workers"] == 4
     assert SFTConfig(**{**config, "output_dir": str(tmp_path / "out")}).dataloader_persistent_workers is False
 

@@ -28,10 +28,10 @@ TRAINING = {"max_steps": STEPS, "save_strategy": "steps", "save_steps": SAVE_EVE
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory) -> Path:
     """A folder with train.jsonl and run/: an interrupted run with checkpoint-2 and checkpoint-4. Read only."""
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.resume import RunInterrupted
-    from runner.run import prepare, train
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.train.resume import RunInterrupted
+    from runner.commands.run import prepare, train
 
     made = tmp_path_factory.mktemp("interrupted")
     write_jsonl(made / "train.jsonl", [{"text": r["prompt"] + r["completion"]} for r in reverse_rows(64, seed=5)])
@@ -115,8 +115,8 @@ def files_of(folder: Path) -> dict:
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_a_damaged_newest_checkpoint_is_named_and_the_previous_whole_one_chosen(copy, kind, capsys):
     """The decision, for every kind: in-process (no training), so the table stays fast."""
-    from runner.recipe import load_recipe
-    from runner.resume import resume_point
+    from runner.recipe.load import load_recipe
+    from runner.train.resume import resume_point
 
     path, run_dir = copy
     damage, name, what = DAMAGE[kind]
@@ -180,7 +180,7 @@ def test_resume_continues_from_the_previous_whole_checkpoint_to_the_same_losses(
 
 
 def test_the_marker_lists_every_file_of_the_checkpoint_with_size_and_sha256(interrupted):
-    from runner.resume import COMPLETE
+    from runner.train.resume import COMPLETE
 
     folder = interrupted / "run" / "checkpoint-4"
     marker = json.loads((folder / COMPLETE).read_text())
@@ -217,8 +217,8 @@ def test_predict_on_a_whole_checkpoint_answers_and_on_a_damaged_one_names_the_fi
 
 def test_a_marker_of_an_earlier_runner_is_resumed_unverified_with_a_warning(copy, capsys):
     """Runs interrupted before markers listed their files still resume (as that runner would), and say so."""
-    from runner.recipe import load_recipe
-    from runner.resume import COMPLETE, resume_point
+    from runner.recipe.load import load_recipe
+    from runner.train.resume import COMPLETE, resume_point
 
     path, run_dir = copy
     marker = json.loads((run_dir / "checkpoint-4" / COMPLETE).read_text())
@@ -231,7 +231,7 @@ def test_a_marker_of_an_earlier_runner_is_resumed_unverified_with_a_warning(copy
 
 
 def test_a_checkpoint_damaged_again_is_set_aside_beside_the_first_one(copy):
-    from runner.resume import set_aside_newer
+    from runner.train.resume import set_aside_newer
 
     path, run_dir = copy
     (run_dir / "damaged-checkpoint-4").mkdir()  # from an earlier resume

@@ -224,10 +224,10 @@ def test_a_run_says_how_many_examples_are_dropped_and_records_it(tmp_path):
 
 def test_the_counts_are_what_the_trainer_does(tmp_path):
     """The trainer's prepared datasets hold exactly the examples the preflight said it would keep (train and eval)."""
-    from runner.plan import build_plan
-    from runner.preflight import check_data
-    from runner.recipe import load_recipe
-    from runner.run import prepare
+    from runner.plan.build import build_plan
+    from runner.commands.check_data import check_data
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import prepare
 
     write_jsonl(tmp_path / "eval.jsonl", truncation_rows(long=1, medium=1, short=3))
     path = truncation_recipe(tmp_path)
@@ -292,7 +292,7 @@ def test_check_data_shows_a_huge_example_cut_saying_where_and_how_much(tmp_path)
 
 
 def test_a_long_preview_keeps_its_no_loss_marks_balanced():
-    from runner.preflight import _marked, _take
+    from runner.data.check import _marked, _take
 
     parts = [("p" * 10, False), ("answer", True)]
     assert _marked(_take(parts, 12)) == "⟦pppppppppp⟧an"
@@ -326,7 +326,7 @@ SECRET_SHAPES = {
 
 @pytest.mark.parametrize("case", SECRET_SHAPES)
 def test_redact_masks_each_key_shape(case):
-    from runner.secrets import MASK, redact
+    from runner.records.secrets import MASK, redact
 
     pasted, secret = SECRET_SHAPES[case]
     masked = redact(f"tried it with {pasted}, then gave up", secrets=[])
@@ -335,7 +335,7 @@ def test_redact_masks_each_key_shape(case):
 
 
 def test_a_url_keeps_its_user_and_host():
-    from runner.secrets import redact
+    from runner.records.secrets import redact
 
     assert redact("https://alice:pw123456@host.example/x", secrets=[]) == "https://alice:***@host.example/x"
 
@@ -362,14 +362,14 @@ NOT_SECRETS = {
 
 @pytest.mark.parametrize("case", NOT_SECRETS)
 def test_redact_keeps_what_only_looks_like_a_secret(case):
-    from runner.secrets import redact
+    from runner.records.secrets import redact
 
     value = NOT_SECRETS[case]
     assert redact(value, secrets=[]) == value
 
 
 def test_a_commit_in_free_text_is_masked_where_a_revision_field_keeps_it():
-    from runner.secrets import redact
+    from runner.records.secrets import redact
 
     record = {"description": f"wandb key {SHA}", "model": {"revision": SHA}}
     assert redact(record, secrets=[]) == {"description": "wandb key ***", "model": {"revision": SHA}}

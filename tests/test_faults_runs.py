@@ -145,7 +145,7 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_finishes_
 
 
 def _race_for(run_dir: str, barrier, results) -> None:
-    from runner.claim import claim
+    from runner.records.claim import claim
     from runner.errors import RecipeError
 
     barrier.wait()
@@ -333,11 +333,11 @@ def test_disk_full_after_the_model_is_saved_leaves_run_json_failed_and_the_model
     room; run.json is rewritten in place with the status and the reason, and the saved model stays loadable."""
     from safetensors.torch import load_file
 
-    from runner import evaluation
-    from runner.outputs import RecordsNotWritten
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.run import run
+    from runner.evaluate import measure as evaluation
+    from runner.records.outputs import RecordsNotWritten
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import run
 
     measure = evaluation.measure
 

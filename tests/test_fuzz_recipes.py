@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, TINY_MODEL, write_json, write_jsonl
-from runner import schema
+from runner.recipe import schema
 from runner.errors import RecipeError, pointer
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.tasks import TASKS, trained_format
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.plan.tasks import TASKS, trained_format
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,10 +14,11 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY_MODEL, base_recipe, write_jsonl
-from runner import estimate, gguf_file
+from runner.plan import estimate
+from runner.plan import gguf_file
 from runner.errors import RecipeError
-from runner.plan import build_plan
-from runner.recipe import load_recipe
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
 
 gguf = pytest.importorskip("gguf")  # installed with the test extra; transformers needs it to read GGUF files
 
@@ -92,7 +93,7 @@ def test_the_tokenizer_comes_from_the_same_file_unless_named(tmp_path, recipe_fi
     plan = plan_of(recipe_file, recipe)
     assert plan["model"]["tokenizer"] == str(folder) and plan["model"]["tokenizer_gguf_file"] == NAME
     # a soft prompt initialised from text: peft tokenizes it with the same file's tokenizer
-    from runner.adapters import peft_config
+    from runner.train.adapters import peft_config
 
     config = peft_config(plan["peft"])
     assert config.tokenizer_name_or_path == str(folder) and config.tokenizer_kwargs == {"gguf_file": NAME}
@@ -176,9 +177,9 @@ def test_full_fine_tuning_of_a_gguf_model_saves_plain_safetensors(tmp_path, reci
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from runner import models
-    from runner.inference import predict
-    from runner.run import run
+    from runner.train import models
+    from runner.commands.inference import predict
+    from runner.commands.run import run
 
     plan, source = tiny_run_plan(tmp_path, recipe_file)
     loaded = models.load_model(plan["model"], seed=0)
@@ -201,9 +202,9 @@ def test_full_fine_tuning_of_a_gguf_model_saves_plain_safetensors(tmp_path, reci
 def test_a_lora_adapter_on_a_gguf_base_reloads_for_eval_predict_and_merge(tmp_path, recipe_file):
     import torch
 
-    from runner.inference import evaluate_run, load_trained, predict
-    from runner.merge import merge
-    from runner.run import run
+    from runner.commands.inference import evaluate_run, load_trained, predict
+    from runner.commands.merge import merge
+    from runner.commands.run import run
     from test_methods import PROBE, logits, logits_without_peft
 
     plan, _ = tiny_run_plan(tmp_path, recipe_file, peft={"method": "lora", "r": 4},

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from runner import memory
-from runner.memory import GIB, Settings
-from runner.memory_fit import memory_section, need_gib
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.topology import Topology
+from runner.plan import memory
+from runner.plan.memory import GIB, Settings
+from runner.plan.memory_fit import memory_section, need_gib
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.plan.topology import Topology
 from conftest import ROOT, base_recipe, load_bench, write_json, write_jsonl
 
 # Small enough to count by hand: per layer q,k,v,o 64x64 + gate,up,down 64x128 = 40,960 linear weights and
@@ -312,7 +312,7 @@ def test_classification_drops_the_lm_head_and_tolerates_a_head_target():
 
 
 def test_layer_count_matches_saved_tensors_of_a_real_model():
-    """runner.activations' per-layer and LM-head counts against what autograd really keeps: a transformers Llama
+    """runner.plan.activations' per-layer and LM-head counts against what autograd really keeps: a transformers Llama
     (h 128, i 344, 4 heads, 2 KV heads, 3 layers; rows of 2 x 160 tokens; and a Qwen3) under bf16 autocast,
     one forward pass through TRL's fused head, every saved tensor recorded by saved_tensors_hooks
     (bench/saved_activations.py). The HF layers only: Liger and the varlen kernel need a GPU. Tolerance 1% (the count is exact on these cases; the head's int64 indices
@@ -349,7 +349,7 @@ def test_an_8bit_base_keeps_its_linear_inputs_and_a_4bit_base_does_not():
     """The count's arithmetic for what bitsandbytes 0.50 keeps (read from its source, not run here):
     MatMul8bitLt keeps its input A in ctx.tensors, MatMul4Bit only the packed weight. Per token per layer the 8-bit
     base keeps the two norm outputs (fp32 behind k-bit preparation) and down_proj's input (fp32 MLP) more."""
-    from runner import activations
+    from runner.plan import activations
 
     shapes = memory.counts.linear_shapes(SMALL)
     base = Settings("float32", peft={"method": "lora", "r": 8, "lora_dropout": 0.0}, batch=2, length=8)
@@ -360,7 +360,7 @@ def test_an_8bit_base_keeps_its_linear_inputs_and_a_4bit_base_does_not():
 
 def test_dpo_pairs_make_two_padded_rows_even_at_batch_one():
     """Chosen and rejected are stacked: sdpa gets a padding mask (k/v repeated to every head, a bias over the row)."""
-    from runner import activations
+    from runner.plan import activations
 
     shapes = memory.counts.linear_shapes(SMALL)
     sft = Settings("bfloat16", batch=1, length=64)
@@ -370,11 +370,12 @@ def test_dpo_pairs_make_two_padded_rows_even_at_batch_one():
 
 
 def test_the_plan_estimates_a_4bit_base_in_the_dtype_the_launch_decides():
-    """model.dtype null under 4-bit: fast.decide loads the unquantized parts in bnb_4bit_compute_dtype; so does
+    """model.dtype null under 4-bit: decisions.decide loads the unquantized parts in bnb_4bit_compute_dtype; so does
     the plan's estimate (it assumed bf16 before)."""
-    from runner import fast
+    from runner.launch import decide as fast
+    from runner.plan import decisions
 
     plan = build_plan(load_recipe(str(ROOT / "recipes" / "tiny_qlora.json")))
-    decided = fast.decide(plan, {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True,
+    decided = decisions.decide(plan, {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True,
                                  "liger": False})["/model/dtype"]["value"]
     assert decided == "float32" == plan["memory"]["estimate_inputs"]["settings"]["weights_dtype"]

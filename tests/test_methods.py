@@ -15,14 +15,15 @@ import torch
 
 from assets import reverse_rows
 from conftest import ROOT, base_recipe, write_jsonl
-from runner import estimate, models
+from runner.plan import estimate
+from runner.train import models
 from runner.errors import RecipeError
-from runner.inference import load_trained
-from runner.merge import merge
-from runner.plan import build_plan
-from runner.quantize import quantize
-from runner.recipe import load_recipe
-from runner.run import prepare, train
+from runner.commands.inference import load_trained
+from runner.commands.merge import merge
+from runner.plan.build import build_plan
+from runner.commands.quantize import quantize
+from runner.recipe.load import load_recipe
+from runner.commands.run import prepare, train
 
 ROWS = reverse_rows(48, seed=11)
 DATA = {"format": "prompt_completion", "train": {"path": "train.jsonl"}}
@@ -238,8 +239,8 @@ def test_adapter_parameter_counts_match_peft(shape, index):
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from runner.methods import ADAPTERS
-    from runner.tasks import import_dotted
+    from runner.plan.methods import ADAPTERS
+    from runner.plan.tasks import import_dotted
 
     raw, peft = SHAPES[shape], dict(COUNTED[index])
     defaults = {"bias": "none", "init_lora_weights": True, "modules_to_save": None, "encoder_hidden_size": None}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import metrics
-from runner.metrics import bleu, classification_metrics, exact_match, generation_metrics, perplexity, rouge
+from runner.evaluate import metrics
+from runner.evaluate.metrics import bleu, classification_metrics, exact_match, generation_metrics, perplexity, rouge
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,7 +184,7 @@ def test_generation_metrics_rejects_unknown_name():
 
 def test_import_is_cheap():
     # `validate` and `plan` may import this module; the scoring libraries must load only when used
-    code = ("import runner.metrics, sys; "
+    code = ("import runner.evaluate.metrics, sys; "
             "assert 'rouge_score' not in sys.modules and 'sacrebleu' not in sys.modules "
             "and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from runner import estimate
+from runner.plan import estimate
 from runner.errors import RecipeError
-from runner.plan import build_plan
-from runner.recipe import load_recipe
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
 from conftest import ROOT, TINY_MODEL, base_recipe, write_json
 
 RECIPES = sorted((ROOT / "recipes").glob("*.json"))

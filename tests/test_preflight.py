@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from runner.plan import build_plan
-from runner.preflight import check_data, length_stats
-from runner.recipe import load_recipe
+from runner.plan.build import build_plan
+from runner.commands.check_data import check_data
+from runner.data.check import length_stats
+from runner.recipe.load import load_recipe
 from conftest import ROOT, base_recipe, write_jsonl
 
 
@@ -60,7 +61,7 @@ def test_check_data_command(tmp_path, recipe_file):
 def test_a_run_reports_leakage_in_its_records(tmp_path, recipe_file):
     import json
 
-    from runner.run import run
+    from runner.commands.run import run
 
     rows = [{"text": f"example number {i}"} for i in range(12)]
     write_jsonl(tmp_path / "train.jsonl", rows)
@@ -75,7 +76,7 @@ def test_a_run_reports_leakage_in_its_records(tmp_path, recipe_file):
 
 def test_preflight_lengths_match_what_trl_builds(tmp_path, recipe_file):
     """For conversational prompt/completion, the counted tokens and the trained ones are TRL's own."""
-    from runner.run import prepare
+    from runner.commands.run import prepare
 
     rows = [{"prompt": [{"role": "user", "content": f"reverse {w} ="}],
              "completion": [{"role": "assistant", "content": w[::-1]}]} for w in ("abc", "hello", "xy")]
@@ -101,7 +102,7 @@ def test_packing_truncates_each_example_only_with_bfd(tmp_path, recipe_file, str
 def test_batched_token_lengths_equal_the_row_by_row_encoding(tmp_path):
     """The batch path (plain strings) gives exactly encode()'s tokens and loss masks: text, prompt/completion,
     preference pairs, labelled text; conversations keep the row-by-row path."""
-    from runner.preflight import encode, token_masks
+    from runner.data.check import encode, token_masks
     from conftest import TINY_MODEL
 
     from transformers import AutoTokenizer

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import write_json, write_jsonl
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.run import run
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.commands.run import run
 
 pytestmark = pytest.mark.real
 
@@ -146,8 +146,8 @@ def test_merge_of_the_real_adapter_matches_base_plus_adapter(pretrained_run, tmp
     Measured: merged vs base + adapter differ by at most 6.2e-5 in the logits; the adapter moves them by 8.6."""
     import torch
 
-    from runner.inference import load_trained, saved_tokenizer
-    from runner.merge import merge
+    from runner.commands.inference import load_trained, saved_tokenizer
+    from runner.commands.merge import merge
 
     plan, _, run_dir = pretrained_run
     record = merge(run_dir, tmp_path / "merged")
@@ -168,7 +168,7 @@ def test_quantize_to_8_bits_keeps_held_out_loss(pretrained_run, tmp_path):
     """Measured: held-out loss 3.5331 -> 3.5461 (+0.4%) with bnb 8-bit weights, files 0.41 of the float32 size;
     the tolerance is 2% of the loss."""
     _, _, run_dir = pretrained_run
-    from runner.quantize import quantize
+    from runner.commands.quantize import quantize
 
     record = quantize(run_dir, 8, tmp_path / "q8")
     before, after = record["metrics"]["before"]["loss"], record["metrics"]["after"]["loss"]

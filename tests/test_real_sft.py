@@ -12,9 +12,9 @@ import pytest
 
 from conftest import base_recipe, write_jsonl
 from real_models import alpaca_rows, as_messages, smollm2  # noqa: F401 - smollm2 is a fixture
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.run import prepare, train
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.commands.run import prepare, train
 
 pytestmark = pytest.mark.real
 
@@ -48,7 +48,7 @@ def trained_runs(trainer, example) -> list[str]:
 
 
 def answer(model, tokenizer, plan) -> str:
-    from runner.inference import generate_texts
+    from runner.commands.inference import generate_texts
 
     shaped = {**plan, "data_shape": {"conversational": True}}
     settings = {**plan["evaluation"]["generation"], "max_new_tokens": 16}
@@ -56,8 +56,8 @@ def answer(model, tokenizer, plan) -> str:
 
 
 def test_messages_lora_trains_the_assistant_turns_and_keeps_the_model_fluent(tmp_path, recipe_file, smollm2):
-    from runner import models
-    from runner.inference import predict
+    from runner.train import models
+    from runner.commands.inference import predict
 
     rows = [as_messages(r) for r in alpaca_rows(48)]
     write_jsonl(tmp_path / "train.jsonl", rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from runner.errors import RecipeError
-from runner.recipe import load_recipe
+from runner.recipe.load import load_recipe
 from conftest import base_recipe, write_json
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runner.report import loss_curves_png, metric_table, render_report, write_report
+from runner.records.report import loss_curves_png, metric_table, render_report, write_report
 from conftest import ROOT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,7 +143,7 @@ def test_a_report_without_metrics_says_so():
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    code = "import runner.report, sys; assert 'matplotlib' not in sys.modules"
+    code = "import runner.records.report, sys; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -155,9 +155,9 @@ def test_the_run_directory_readme_is_a_model_card_whose_loading_code_works(tmp_p
 
     from assets import reverse_rows
     from conftest import base_recipe, write_json, write_jsonl
-    from runner.plan import build_plan
-    from runner.recipe import load_recipe
-    from runner.run import run
+    from runner.plan.build import build_plan
+    from runner.recipe.load import load_recipe
+    from runner.commands.run import run
 
     write_jsonl(tmp_path / "train.jsonl", [{"text": r["prompt"] + r["completion"]} for r in reverse_rows(32, 1)])
     recipe = base_recipe(tmp_path, peft={"method": "lora", "r": 4, "lora_alpha": 8},

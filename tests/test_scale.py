@@ -24,13 +24,16 @@ import pytest
 
 from assets import reverse_rows
 from conftest import ROOT, base_recipe, write_json, write_jsonl
-from runner import distributed, launch, resume, scale
-from runner.schema import _fill
+from runner.launch import ranks as distributed
+from runner.launch import launcher as launch
+from runner.train import resume
+from runner.plan import scale
+from runner.recipe.schema import _fill
 from runner.errors import RecipeError
-from runner.plan import build_plan
-from runner.recipe import load_recipe, thaw
-from runner.resume import COMPLETE, resume_point
-from runner.topology import Topology, from_accelerate_config, from_environment
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe, thaw
+from runner.train.resume import COMPLETE, resume_point
+from runner.plan.topology import Topology, from_accelerate_config, from_environment
 from test_cli import cli, free_port
 
 CONFIGS = ROOT / "accelerate_configs"
@@ -287,7 +290,7 @@ def test_hand_set_deepspeed_values_are_flagged_exactly_when_transformers_flags_t
     from transformers import TrainingArguments
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-    from runner import deepspeed_json
+    from runner.plan import deepspeed_json
 
     write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
     plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"learning_rate": 0.002, "bf16": False}))))
@@ -305,7 +308,7 @@ def test_hand_set_deepspeed_values_are_flagged_exactly_when_transformers_flags_t
 
 
 def test_a_bf16_decided_at_launch_is_checked_against_the_deepspeed_json_before_the_model_loads(tmp_path):
-    from runner import deepspeed_json
+    from runner.plan import deepspeed_json
 
     doc = _doc(bf16=None)
     topology = _user_deepspeed(tmp_path, bf16={"enabled": True})
@@ -329,7 +332,7 @@ def test_deepspeed_sections_that_would_silently_replace_the_recipes_schedule_or_
 
 
 def test_the_shipped_deepspeed_files_agree_with_every_shipped_recipe():
-    from runner import deepspeed_json
+    from runner.plan import deepspeed_json
 
     for config in CONFIGS.glob("deepspeed_*.yaml"):
         topology = from_accelerate_config(str(config), 8)
@@ -495,14 +498,15 @@ def test_mismatching_ranks_are_named_with_the_fields_they_differ_in():
 def test_ranks_whose_machines_decide_other_fast_defaults_are_named(tmp_path, recipe_file):
     """A node without PyTorch's varlen kernel decides padded batches where the others pack: refused, not trained
     with per-rank batch shapes. Worker counts may differ (they change neither batches nor collectives)."""
-    from runner import fast
+    from runner.launch import decide as fast
+    from runner.plan import decisions
 
     write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
     plan = build_plan(load_recipe(recipe_file(base_recipe(tmp_path))))
     machine = {"gpus": 8, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 64, "varlen": True, "liger": False}
 
     def found(*machines):
-        ranks = [fast.apply(plan, fast.decide(plan, m)) for m in machines]
+        ranks = [fast.apply(plan, decisions.decide(plan, m)) for m in machines]
         return [{**distributed.fingerprint(p), "doc": p["recipe"], "decided": distributed.agreed_decisions(p)}
                 for p in ranks]
 
@@ -606,7 +610,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(config, tmp_pat
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.evaluation import generate, prompt_completion
+    from runner.evaluate.measure import generate, prompt_completion
 
     reference_dir, reference = one_process
     _engine_recipe(tmp_path, PER_DEVICE)

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 from jsonschema import Draft202012Validator
 
-from runner import docs, schema
+from runner.recipe import docs
+from runner.recipe import schema
 from conftest import ROOT
 
 OPEN_MAPS = {"config_overrides"}  # free-form maps of Hugging Face config keys, checked against the config
@@ -80,7 +81,7 @@ def test_every_default_validates_against_its_own_subschema():
 @pytest.mark.parametrize("task", ["sft", "pretrain", "dpo", "classification"])
 def test_training_keys_are_real_config_fields(task):
     """TRL renames things (max_seq_length -> max_length): a stale key must fail here, not in a user's run."""
-    from runner.tasks import TASKS, import_dotted
+    from runner.plan.tasks import TASKS, import_dotted
 
     spec = TASKS[task]
     fields = {f.name for f in dataclasses.fields(import_dotted(spec.config_class))}
@@ -142,7 +143,7 @@ def test_installed_wheel_carries_the_schema(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         assert "runner/schemas/recipe.schema.json" in zf.namelist()
         zf.extractall(tmp_path / "site")
-    probe = "import runner.schema as s; p = s.schema_path(); print(p); assert 'site' in str(p); s.load_schema()"
+    probe = "import runner.recipe.schema as s; p = s.schema_path(); print(p); assert 'site' in str(p); s.load_schema()"
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(tmp_path / "site" / "runner" / "schemas" / "recipe.schema.json")

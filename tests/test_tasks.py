@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from assets import reverse_rows
-from runner import classification, models
+from runner.train import classification
+from runner.train import models
 from runner.errors import RecipeError
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.run import prepare, run
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.commands.run import prepare, run
 from conftest import ROOT, base_recipe, write_jsonl
 
 ROWS = reverse_rows(48, seed=5)
@@ -223,7 +224,7 @@ def test_separate_evaluation_data_and_generation_metrics(tmp_path, recipe_file):
 
 def test_eval_and_predict_a_finished_run(tmp_path, recipe_file):
     """`eval` re-measures a saved run without training; `predict` shows what it answers."""
-    from runner.inference import evaluate_run, predict
+    from runner.commands.inference import evaluate_run, predict
 
     plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
                                                         "eval": {"path": "train.jsonl"}},
@@ -240,7 +241,7 @@ def test_eval_and_predict_a_finished_run(tmp_path, recipe_file):
 
 
 def test_predict_labels_with_a_lora_classifier(tmp_path, recipe_file):
-    from runner.inference import predict
+    from runner.commands.inference import predict
 
     plan = classify(tmp_path, recipe_file, peft={"method": "lora", "r": 4})
     run(plan, argv=["test"])
@@ -313,7 +314,7 @@ def test_conversational_preference_pairs_and_a_named_chat_template(tmp_path, rec
 
 
 def test_a_failure_while_measuring_keeps_the_trained_model(tmp_path, recipe_file, monkeypatch):
-    from runner import evaluation
+    from runner.evaluate import measure as evaluation
 
     plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
                                                         "eval": {"path": "train.jsonl"}})
@@ -333,7 +334,7 @@ def test_a_failure_while_measuring_keeps_the_trained_model(tmp_path, recipe_file
 
 def test_dpo_lora_reference_is_the_adapter_free_base(tmp_path, recipe_file):
     """Before training the policy is the reference (LoRA B starts at zero): margins are exactly 0; after, not."""
-    from runner.inference import evaluate_run
+    from runner.commands.inference import evaluate_run
 
     plan = plan_for(tmp_path, recipe_file, preference_rows(), task="dpo",
                     data={"train": {"path": "train.jsonl"}, "eval": {"path": "train.jsonl"}},
@@ -348,7 +349,7 @@ def test_dpo_lora_reference_is_the_adapter_free_base(tmp_path, recipe_file):
 
 
 def test_eval_refuses_a_recipe_that_does_not_match_the_run(tmp_path, recipe_file):
-    from runner.inference import evaluate_run
+    from runner.commands.inference import evaluate_run
 
     plan = plan_for(tmp_path, recipe_file, ROWS, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
                                                         "eval": {"path": "train.jsonl"}})
@@ -362,7 +363,7 @@ def test_eval_refuses_a_recipe_that_does_not_match_the_run(tmp_path, recipe_file
 
 
 def test_eval_of_a_weighted_classifier_reproduces_its_loss(tmp_path, recipe_file):
-    from runner.inference import evaluate_run
+    from runner.commands.inference import evaluate_run
 
     plan = classify(tmp_path, recipe_file, training={"class_weights": "balanced", "max_steps": 6})
     manifest = run(plan, argv=["test"])
@@ -418,8 +419,8 @@ def test_precomputed_reference_needs_the_eval_set_up_front(tmp_path, recipe_file
 
 def test_conversational_prompt_completion_is_evaluated_and_predicted_through_the_template(
         tmp_path, recipe_file, monkeypatch):
-    from runner import evaluation
-    from runner.inference import predict
+    from runner.evaluate import measure as evaluation
+    from runner.commands.inference import predict
 
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "completion": [{"role": "assistant", "content": r["completion"]}]} for r in ROWS[:16]]

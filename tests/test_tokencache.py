@@ -15,11 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from assets import reverse_rows
-from runner import data, models, tokencache
+from runner.data import load as data
+from runner.train import models
+from runner.data import tokencache
 from runner.errors import RecipeError
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.run import prepare, run
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.commands.run import prepare, run
 from conftest import TINY_MODEL, base_recipe, write_jsonl
 from test_tasks import labelled_rows, preference_rows
 

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from assets import reverse_rows
-from runner import models
+from runner.train import models
 from runner.errors import RecipeError
-from runner.plan import build_plan
-from runner.recipe import load_recipe
-from runner.run import prepare, run
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+from runner.commands.run import prepare, run
 from conftest import base_recipe, write_jsonl
 
 ROWS = reverse_rows(64, seed=3)
@@ -252,7 +252,7 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_message(tmp_path, recipe_fi
     assert not (tmp_path / "run" / "model.safetensors").exists(), "diverged weights are not saved as the result"
     step = int(problem.message.split(" at step ")[1].split(";")[0])
     assert step < 30, "training stopped at the first non-finite loss"
-    from runner.resume import latest_complete_checkpoint
+    from runner.train.resume import latest_complete_checkpoint
 
     good = latest_complete_checkpoint(tmp_path / "run")
     if good is not None:  # a checkpoint offered for resuming never holds diverged weights
@@ -315,7 +315,7 @@ def _interrupt_at(step: int):
 
 def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe_file):
     """Ctrl-C mid-run saves a checkpoint and stops; --resume finishes with what an uninterrupted run gives."""
-    from runner.resume import RunInterrupted
+    from runner.train.resume import RunInterrupted
 
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     training = {"max_steps": 8, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "logging_steps": 1,
@@ -327,7 +327,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe
     path = recipe_file(base_recipe(tmp_path, training=training, output={"dir": str(tmp_path / "b")}), "b.json")
     prepared = prepare(build_plan(load_recipe(path)))
     prepared.trainer.add_callback(_interrupt_at(3))
-    from runner.run import train
+    from runner.commands.run import train
     with pytest.raises(RunInterrupted) as info:
         train(prepared.plan, prepared, ["test"])
     assert info.value.code == 130 and "--resume" in str(info.value)
@@ -347,7 +347,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe
 
 
 def test_a_checkpoint_cut_short_is_skipped(tmp_path):
-    from runner.resume import COMPLETE, latest_complete_checkpoint
+    from runner.train.resume import COMPLETE, latest_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -378,7 +378,7 @@ def test_out_of_memory_names_the_settings_that_reduce_memory(tmp_path, recipe_fi
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"max_steps": 5})))))
     prepared.trainer.add_callback(Exhaust())
-    from runner.run import train
+    from runner.commands.run import train
     with pytest.raises(RecipeError) as info:
         train(prepared.plan, prepared, ["test"])
     (problem,) = info.value.problems
@@ -392,7 +392,7 @@ def test_a_signal_after_the_last_step_still_completes_the_run(tmp_path, recipe_f
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"max_steps": 3})))))
     prepared.trainer.add_callback(_interrupt_at(3))
-    from runner.run import train
+    from runner.commands.run import train
     manifest = train(prepared.plan, prepared, ["test"])
     assert manifest["status"] == "finished" and (tmp_path / "run" / "model.safetensors").is_file()
 
@@ -410,15 +410,15 @@ def test_signal_handlers_are_restored_when_training_fails(tmp_path, recipe_file)
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path)))))
     prepared.trainer.add_callback(Boom())
-    from runner.run import train
+    from runner.commands.run import train
     with pytest.raises(RuntimeError):
         train(prepared.plan, prepared, ["test"])
     assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_resume_compares_the_masked_recipe_and_notices_changed_data(tmp_path, recipe_file, monkeypatch):
-    from runner.outputs import write_json
-    from runner.resume import COMPLETE, data_files, resume_point
+    from runner.records.outputs import write_json
+    from runner.train.resume import COMPLETE, data_files, resume_point
 
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     monkeypatch.setenv("TEAM_KEY_PREFIX", str(tmp_path))  # a "secret" that happens to be part of a path

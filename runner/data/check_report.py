@@ -1,0 +1,77 @@
+"""The preflight report in words: the warnings a run prints and records, and what `check-data` shows.
+
+Counts are said in the trainer's terms (runner/data/check.py measures them the way TRL then builds the data): an
+example cut to max_length still trains; one whose every loss token is cut away is dropped (unpacked) or trains on
+nothing in its pack.
+"""
+from __future__ import annotations
+
+
+def shown_rows(rows: list[int], count: int) -> str:
+    return ", ".join(map(str, rows)) + (", ..." if count > len(rows) else "")
+
+
+def warnings(report: dict) -> list[str]:
+    found = truncation_warnings(report)
+    held_out = report.get("eval_loss_tokens")
+    if held_out and held_out["dropped"]:
+        count, measured = held_out["dropped"], held_out["examples"]
+        found.append(f"{_of(count, measured, report['examples'].get('eval'))} evaluation examples will be dropped by "
+                     f"the trainer: truncation at max_length {report['max_length']} cuts away every token that "
+                     f"carries loss (rows {shown_rows(held_out['dropped_rows'], count)}); the evaluation loss is "
+                     f"measured on the other {measured - count}")
+    if report["leakage"] and report["leakage"]["count"]:
+        leak = report["leakage"]
+        found.append(f"{leak['count']} evaluation rows also appear in the training data (eval rows "
+                     f"{leak['eval_rows']}, train rows {leak['train_rows']}): metrics on them are inflated")
+    return found
+
+
+def truncation_warnings(report: dict) -> list[str]:
+    """What truncation does to the training examples, in the trainer's terms: cut and still trained, dropped
+    (unpacked: TRL leaves them out), or kept in a pack with nothing to learn."""
+    found, measured, limit = [], report["measured_rows"], report["max_length"]
+    total = report["examples"].get("train")
+    if report["truncated"]:
+        share = report["truncated"] / measured
+        found.append(f"{_of(report['truncated'], measured, total)} training examples ({share:.1%}) are longer than "
+                     f"max_length {limit} and will be truncated to it (the start is kept and still carries loss)")
+    loss = report["loss_tokens"]
+    if loss and loss["dropped"]:
+        found.append(f"{_of(loss['dropped'], measured, total)} training examples will be dropped by the trainer: "
+                     f"truncation at max_length {limit} cuts away every token that carries loss (rows "
+                     f"{shown_rows(loss['dropped_rows'], loss['dropped'])}); it trains on the other "
+                     f"{measured - loss['dropped']}" + ("" if total == measured else " measured"))
+    elif loss and loss["emptied"]:
+        found.append(f"{_of(loss['emptied'], measured, total)} training examples lose every token that carries loss "
+                     f"to truncation at max_length {limit}: packed, they stay in the data and train on nothing "
+                     f"(rows {shown_rows(loss['emptied_rows'], loss['emptied'])})")
+    return found
+
+
+def _of(count: int, measured: int, total: int | None) -> str:
+    """'3 of the 25' when every example was measured, else '3 of the first 2000 measured (of 50000)'."""
+    return f"{count} of the {measured}" if total in (None, measured) else \
+        f"{count} of the first {measured} measured (of {total})"
+
+
+def loss_line(report: dict) -> list[str]:
+    loss = report["loss_tokens"]
+    if loss is None:
+        return []
+    share = loss["all"] / loss["tokens"] if loss["tokens"] else 0.0
+    kept = f", {loss['kept']} of them within max_length" if loss["kept"] != loss["all"] else ""
+    packed = f"; packed with every loss token cut off: {loss['emptied']}" if loss["emptied"] > loss["dropped"] else ""
+    return [f"tokens that carry loss: {loss['all']} of {loss['tokens']} ({share:.1%}){kept}; examples truncated: "
+            f"{report['truncated']}; examples dropped (every loss token cut off): {loss['dropped']}{packed}"]
+
+
+def render(report: dict) -> str:
+    stats = report["token_lengths"]
+    lines = [f"examples: {', '.join(f'{k} {v}' for k, v in report['examples'].items())}",
+             f"training tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, "
+             f"max {stats['max']} (max_length {report['max_length']})",
+             *loss_line(report),
+             "first training example (text in ⟦ ⟧ carries no loss):", "  " + report["preview"].replace("\n", "\n  ")]
+    lines += [f"warning: {w}" for w in report["warnings"]] or ["no warnings"]
+    return "\n".join(lines)

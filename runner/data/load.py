@@ -1,0 +1,166 @@
+"""Load the plan's data sources and map them to the task's canonical columns.
+
+Every user-data problem (unreadable file, missing column, empty split) becomes a RecipeError
+naming the recipe path of the source, before any model is loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from runner.data import files as data_files
+from runner.errors import Problem, RecipeError, did_you_mean
+from runner.data.rows import row_problems
+from runner.plan.tasks import import_dotted
+
+# file suffix -> (datasets builder, its options)
+# CSV/TSV: a BOM-tolerant read (spreadsheets write one, and it would become part of the first column's name), and
+# cells read as written: pandas' default turns "NA", "None", "null" and empty cells into missing values, which
+# a text column must never lose.
+TABLE = {"encoding": "utf-8-sig", "keep_default_na": False}
+BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", TABLE),
+            ".tsv": ("csv", {**TABLE, "delimiter": "\t"}), ".parquet": ("parquet", {})}
+
+
+@dataclass
+class Splits:
+    """The canonical datasets of a run (rows in the format the trainer reads)."""
+
+    train: object
+    eval: object | None  # evaluated during training and for the final loss
+    evaluation: object | None  # what evaluation metrics are computed on (evaluation.data, else eval)
+    retention: object | None  # general text measured before and after training
+
+
+def load_all(plan: dict) -> tuple[Splits, dict]:
+    """The run's datasets, plus what the task's data step derived from them (a label map, class weights).
+
+    The task's data step sees whole files: `eval_fraction` is split off only after it, so its
+    problems name rows of the files the user has.
+    """
+    spec, evaluation = plan["data"], plan["evaluation"]
+    train = load_canonical(spec["train"], spec, "/data/train")
+    held_out = load_canonical(spec["eval"], spec, "/data/eval") if spec["eval"] is not None else None
+    chosen = None
+    if evaluation["data"] is not None:
+        chosen = load_canonical(evaluation["data"], spec, "/evaluation/data")
+    retention = None
+    if evaluation["retention"] is not None:
+        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [], "convert": None,
+                     "column_hint": "retention data needs a 'text' column of plain text"}
+        retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
+    splits, derived = Splits(train, held_out, chosen, retention), {"config": {}, "settings": {}}
+    if spec["prepare"]:
+        splits, derived = import_dotted(spec["prepare"])(plan, splits)
+    if spec["eval_fraction"] is not None:
+        splits = split_off_eval(splits, spec["eval_fraction"], plan["recipe"]["training"]["seed"])
+    if splits.evaluation is None:
+        splits = replace(splits, evaluation=splits.eval)
+    return splits, derived
+
+
+def split_off_eval(splits: Splits, fraction: float, seed: int) -> Splits:
+    if len(splits.train) < 2:
+        raise RecipeError([Problem("/data/eval_fraction", "the training data has too few rows to split")])
+    parts = splits.train.train_test_split(test_size=fraction, seed=seed)
+    return replace(splits, train=parts["train"], eval=parts["test"])
+
+
+def load_source(source: dict, where: str, text_columns: tuple = ()):
+    """One source as a dataset; `text_columns` of a CSV/TSV file are read as strings (see load_file)."""
+    if "path" in source:
+        dataset = load_file(Path(source["path"]), source["split"], f"{where}/path", text_columns)
+    else:
+        dataset = load_hub(source, where)
+    if source["limit"] is not None:
+        dataset = dataset.select(range(min(source["limit"], len(dataset))))
+    if len(dataset) == 0:
+        raise RecipeError([Problem(where, f"no rows in {_name(source)}")])
+    return dataset
+
+
+def load_file(path: Path, split: str, where: str, text_columns: tuple):
+    """A local file; what is wrong with it named with its line and the fix (runner/data/files.py).
+
+    A CSV/TSV column is typed from its cells, so a text column of digits only ("123") would arrive as integers
+    and be refused as "not text": the format's text columns are read as strings, as written. Other columns
+    (a label) keep the types their cells give them.
+    """
+    import datasets
+
+    problem = data_files.check_file(path, where)
+    if problem:
+        raise RecipeError([problem])
+    builder, options = BUILDERS[path.suffix]
+    if builder == "csv" and text_columns:
+        options = {**options, "converters": dict.fromkeys(text_columns, str)}
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split=split, **options)
+    except Exception as exc:  # datasets raises many types for unreadable data
+        found = data_files.diagnose(path, where, _cause(exc))
+        raise RecipeError([found or Problem(where, f"cannot load {path}: {_cause(exc)}")]) from None
+    if len(dataset) == 0:
+        raise RecipeError([data_files.no_rows(path, where)])
+    problem = data_files.one_object(path, len(dataset), where)
+    if problem:
+        raise RecipeError([problem])
+    return dataset
+
+
+def load_hub(source: dict, where: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(source["hub"], source["subset"], split=source["split"],
+                                     revision=source["revision"])
+    except Exception as exc:  # datasets raises many types for unreachable data
+        raise RecipeError([Problem(f"{where}/hub", f"cannot load {source['hub']}: {_cause(exc)}")]) from None
+
+
+def load_canonical(source: dict, spec: dict, where: str):
+    text_columns = tuple(col for field, col in spec["columns"].items() if field != "label")
+    return canonical(load_source(source, where, text_columns), spec, where, _name(source))
+
+
+def canonical(dataset, spec: dict, where: str, name: str):
+    """Keep the format's columns, renamed to their canonical names, converted to what the trainer reads."""
+    columns = spec["columns"]  # canonical -> source column
+    missing = [(field, col) for field, col in columns.items()
+               if col not in dataset.column_names and field not in spec["optional"]]
+    if missing:
+        raise RecipeError([
+            Problem(where, f"no column '{col}' for field '{field}' (format '{spec['format']}') in "
+                           f"{name}; columns: {', '.join(dataset.column_names)}",
+                    did_you_mean(col, dataset.column_names) or spec.get("column_hint", f"map it with data.columns.{field}"))
+            for field, col in missing
+        ])
+    present = {field: col for field, col in columns.items() if col in dataset.column_names}
+    dataset = dataset.select_columns(list(present.values()))
+    renames = {col: field for field, col in present.items() if col != field}
+    dataset = dataset.rename_columns(renames) if renames else dataset
+    problems = row_problems(dataset, columns, tuple(spec.get("optional_fields", ())), where, name)
+    if problems:
+        raise RecipeError(problems)
+    if spec["convert"]:
+        convert = globals()[spec["convert"]]
+        dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"{spec['format']} -> messages")
+    return dataset
+
+
+def alpaca_to_messages(row: dict) -> dict:
+    """An alpaca record as the conversation it stands for: the instruction (and input) asked, the output answered."""
+    question = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": row["output"]}]}
+
+
+def _name(source: dict) -> str:
+    return source.get("path") or source["hub"]
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of the innermost error: datasets wraps the parser's own words ("An error occurred while
+    generating the dataset") around the one that says what is wrong."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

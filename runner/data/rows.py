@@ -1,0 +1,85 @@
+"""Row checks: examples that would train on nothing or crash a trainer, found before any model loads.
+
+Each problem names the recipe path of the source, the file, the column, the affected rows (the
+first few) and how many there are.
+"""
+from __future__ import annotations
+
+from runner.errors import Problem
+
+ROLES = ("system", "user", "assistant", "tool")
+SHOWN_ROWS = 10
+
+
+def _text(value) -> str | None:
+    if not isinstance(value, str):
+        return "are not text"
+    return "are empty" if not value.strip() else None
+
+
+def _turns(value) -> str | None:
+    if not isinstance(value, list) or not value:
+        return "have no turns"
+    for turn in value:
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str) or "role" not in turn:
+            return "have a turn that is not {\"role\", \"content\"}"
+        if turn["role"] not in ROLES:
+            return f"have a turn with a role outside {list(ROLES)}"
+    return None
+
+
+def _conversation(value) -> str | None:
+    problem = _turns(value)
+    if problem is None and not any(turn["role"] == "assistant" for turn in value):
+        return "have no assistant turn (nothing to learn)"
+    return problem
+
+
+def _text_or_turns(value) -> str | None:
+    return _turns(value) if isinstance(value, list) else _text(value)
+
+
+def _label(value) -> str | None:
+    ok = isinstance(value, str) and value.strip() or isinstance(value, int) and not isinstance(value, bool)
+    return None if ok else "have no label (empty, or neither a name nor an integer)"
+
+
+CHECKS = {
+    "text": _text, "prompt": _text_or_turns, "completion": _text_or_turns, "messages": _conversation,
+    "instruction": _text, "output": _text, "chosen": _text_or_turns, "rejected": _text_or_turns,
+    "label": _label, "text_pair": _text, "input": _text,
+}
+OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt")  # optional fields may be missing or empty
+
+
+def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str) -> list[Problem]:
+    """Problems with the rows of a canonical dataset; `columns` maps canonical field -> source column."""
+    found: dict[tuple[str, str], list[int]] = {}
+    row = 0
+    for batch in dataset.iter(batch_size=1000):
+        size = len(next(iter(batch.values())))
+        for i in range(size):
+            row += 1
+            for field, values in batch.items():
+                value = values[i]
+                if field in optional and field in OPTIONAL_WHEN_EMPTY and value in (None, ""):
+                    continue
+                reason = CHECKS[field](value)
+                if reason:
+                    found.setdefault((field, reason), []).append(row)
+    return [
+        Problem(where, f"{len(rows)} rows {reason}: rows {_shown(rows)} (column {columns.get(field, field)}) in {name}",
+                HINTS.get(reason))
+        for (field, reason), rows in found.items()
+    ]
+
+
+HINTS = {
+    "are not text": "write them as strings (in JSON \"42\", not 42; CSV and TSV cells of the format's text columns "
+                    "are read as strings already)",
+    "are empty": "fill them in or remove those rows",
+}
+
+
+def _shown(rows: list[int]) -> str:
+    return ", ".join(str(r) for r in rows[:SHOWN_ROWS]) + (", ..." if len(rows) > SHOWN_ROWS else "")

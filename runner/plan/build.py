@@ -1,0 +1,299 @@
+"""Recipe -> Plan: the cross-field checks the schema cannot express, and every derived value.
+
+The plan is a plain JSON-serialisable dict that says exactly what will be built: the trainer
+and its config class with their keyword arguments, the model and how it is loaded, the adapter
+config, the data, the batch arithmetic and parameter counts. Pure apart from reading small
+files (model config, existence of data files); never imports torch, transformers or trl.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from runner import __version__
+from runner.plan import decisions
+from runner.plan import gguf_file
+from runner.plan import memory_fit
+from runner.plan import scale
+from runner.plan import cache_location
+from runner.errors import Problem, RecipeError, did_you_mean, pointer
+from runner.recipe.load import Recipe, thaw
+from runner.plan.methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
+from runner.plan.evaluation import check_evaluation, check_source, evaluation_spec
+from runner.plan.tasks import TASKS, Task, data_format, trained_format
+from runner.plan.topology import Topology
+
+
+def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
+    """`topology`: where it will run (default one process); the batch and the refused combinations depend on it."""
+    topology = topology or Topology()
+    task = TASKS[recipe["task"]]
+    doc = recipe.to_dict()
+    fmt = data_format(task, doc["data"]["format"])
+    raw_config, config_source = read_model_config(doc["model"])
+    model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
+    problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
+    if fmt in task.formats:  # the remaining checks read the format's fields
+        problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
+    problems += check_methods(doc, model_config, task) + cache_location.check_location(doc, resolve_output_dir(doc))
+    problems += scale.check_topology(doc, topology)
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    output_dir = resolve_output_dir(doc)
+    return {
+        "runner_version": __version__,
+        "recipe_file": recipe.source,
+        "task": task.name,
+        "output_dir": output_dir,
+        "model": model_spec(doc["model"], task),
+        "data": data_spec(doc["data"], task, fmt),
+        "peft": peft_spec(doc["peft"], task, doc["model"]),
+        "trainer": {
+            "class": task.trainer_class,
+            "config_class": task.config_class,
+            "builder": task.builder,
+            "config": trainer_config(doc, task, fmt, output_dir),
+            "runner_settings": runner_settings(doc, task, fmt),
+            "reference_model": reference_model(doc, task),
+            "decided_at_launch": launch_decisions(),
+        },
+        "evaluation": evaluation_spec(doc, task, fmt),
+        "predict": task.predict,
+        "topology": topology.to_dict(),
+        "batch": scale.batch_arithmetic(doc, topology, decisions.packing_may_be_decided(doc, task.name, model_config)),
+        "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
+        "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
+                                            topology, config_source),
+        "fast_defaults": decisions.plan_section(doc, task.name, model_config),
+        "recipe": doc,
+    }
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+def read_model_config(model: dict) -> tuple[dict | None, str]:
+    """The model's own config.json (before overrides) and where it was read, when it can be read offline.
+
+    A GGUF file carries its config as metadata: the keys the estimators read are taken from there.
+    """
+    if model["gguf_file"]:
+        config, source, _ = gguf_file.read_config(model)
+        return config, source
+    location = model["name_or_path"]
+    path = Path(location) / "config.json"
+    if not Path(location).is_absolute():
+        path = _cached_hub_config(location, model["revision"])
+        if path is None:
+            return None, f"{location} is a Hub id whose config.json is not in the local cache"
+    if not path.is_file():
+        return None, f"no config.json in {location}"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"cannot read {path}: {exc}"
+    return (config, str(path)) if isinstance(config, dict) else (None, f"{path} is not a JSON object")
+
+
+def _cached_hub_config(repo_id: str, revision: str) -> Path | None:
+    """config.json from the local Hub cache, read by its documented layout.
+
+    Importing huggingface_hub for this would double the time of `validate`.
+    """
+    hub = os.environ.get("HF_HUB_CACHE") or str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    repo = Path(hub).expanduser() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    found = repo / "snapshots" / commit / "config.json"
+    return found if found.is_file() else None
+
+
+def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
+    location = Path(model["name_or_path"])
+    if location.is_absolute() and not location.is_dir():
+        return [Problem("/model/name_or_path", f"no such directory: {location}",
+                        "a relative path is resolved against the recipe's directory")]
+    if model["gguf_file"]:
+        found = gguf_file.check(model)
+        if found:
+            return found
+    elif location.is_absolute() and config is None:
+        return [Problem("/model/name_or_path", f"{location} has no readable config.json")]
+    tokenizer = Path(model["tokenizer"] or "")
+    if tokenizer.is_absolute() and not tokenizer.is_dir():
+        return [Problem("/model/tokenizer", f"no such directory: {tokenizer}",
+                        "a relative path is resolved against the recipe's directory")]
+    if model["chat_template"] and not task.uses_chat_template:
+        return [Problem("/model/chat_template", f"task '{task.name}' does not render chats", "remove it")]
+    if model["chat_template"] and not Path(model["chat_template"]).is_file():
+        return [Problem("/model/chat_template", f"file not found: {model['chat_template']}",
+                        "a relative path is resolved against the recipe's directory")]
+    if config is None or model["gguf_file"]:  # a GGUF's full config exists only once transformers builds it
+        return []
+    return [
+        Problem(pointer(["model", "config_overrides", key]), "not a key of the model's config.json",
+                did_you_mean(key, config))
+        for key in model["config_overrides"] if key not in config
+    ]
+
+
+def model_spec(model: dict, task: Task) -> dict:
+    return {
+        "class": task.model_class,
+        "name_or_path": model["name_or_path"],
+        "gguf_file": model["gguf_file"],
+        "gguf": gguf_spec(model),
+        "revision": model["revision"],
+        "init": model["init"],
+        "config_overrides": model["config_overrides"],
+        "dtype": model["dtype"],
+        "attn_implementation": model["attn_implementation"],
+        "quantization": quantization_spec(model["quantization"]),
+        "trust_remote_code": model["trust_remote_code"],
+        "allow_pickle_weights": model["allow_pickle_weights"],
+        "tokenizer": model["tokenizer"] or model["name_or_path"],
+        # the tokenizer is read from the same GGUF file unless the recipe names another
+        "tokenizer_gguf_file": None if model["tokenizer"] else model["gguf_file"],
+        "tokenizer_revision": model["tokenizer_revision"] if model["tokenizer"] else model["revision"],
+        # the recipe key a tokenizer loading problem is reported at
+        "tokenizer_key": "/model/tokenizer" if model["tokenizer"] else "/model/name_or_path",
+        "chat_template": model["chat_template"],
+        "ignore_mismatched_sizes": task.fresh_head,
+    }
+
+
+def gguf_spec(model: dict) -> dict | None:
+    """What `plan` says about a GGUF file: its architecture, its tensors' storage, and the dtype they train in."""
+    if not model["gguf_file"]:
+        return None
+    _, _, header = gguf_file.read_config(model)
+    facts = gguf_file.summary(header) if header else {"architecture": None, "tensor_types": None, "quantized": None}
+    return {**facts, "dequantized_on_load": True, "weights_dtype": gguf_file.weights_dtype(model, header)}
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def check_data(data: dict, task: Task, fmt: str) -> list[Problem]:
+    """Sources exist, the format is the task's, and the column mapping fits the format."""
+    problems = check_source(data["train"], "/data/train") + check_source(data["eval"], "/data/eval")
+    if data["eval"] is not None and data["eval_fraction"] is not None:
+        problems.append(Problem("/data/eval_fraction", "set either data.eval or data.eval_fraction, not both"))
+    if fmt not in task.formats:
+        return problems + [Problem("/data/format", f"task '{task.name}' does not read format '{fmt}'",
+                                   f"its formats: {', '.join(task.formats)}")]
+    spec = task.formats[fmt]
+    if data["labels"] is not None and "label" not in spec.fields:
+        problems.append(Problem("/data/labels", f"format '{fmt}' has no labels"))
+    wanted = spec.fields + spec.optional
+    mapped = [data["columns"].get(field, field) for field in wanted]
+    for column in sorted({c for c in mapped if mapped.count(c) > 1}):
+        problems.append(Problem("/data/columns", f"column '{column}' is mapped to more than one field",
+                                "each field needs its own column"))
+    for key in data["columns"]:
+        if key not in wanted:
+            problems.append(Problem(f"/data/columns/{key}", f"format '{fmt}' has no field '{key}'",
+                                    f"its fields are: {', '.join(wanted)}"))
+    return problems
+
+
+def data_spec(data: dict, task: Task, fmt: str) -> dict:
+    spec = task.formats[fmt]
+    return {
+        "format": fmt,
+        "train": data["train"],
+        "eval": data["eval"],
+        "eval_fraction": data["eval_fraction"],
+        # canonical field -> column in the source data; optional fields may be absent unless mapped
+        "columns": {f: data["columns"].get(f, f) for f in spec.fields + spec.optional},
+        "optional": [f for f in spec.optional if f not in data["columns"]],
+        "optional_fields": list(spec.optional),
+        "convert": spec.convert,
+        "labels": data["labels"],
+        "prepare": task.prepare_data,
+    }
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def check_training(doc: dict, task: Task, fmt: str) -> list[Problem]:
+    training, data = doc["training"], doc["data"]
+    has_eval = data["eval"] is not None or data["eval_fraction"] is not None
+    problems = []
+    if not has_eval:
+        if training["eval_strategy"] != "no":
+            problems.append(Problem("/training/eval_strategy", f"'{training['eval_strategy']}' needs evaluation data",
+                                    "add data.eval, or set data.eval_fraction, or set eval_strategy to 'no'"))
+        if training["eval_on_start"]:
+            problems.append(Problem("/training/eval_on_start", "needs evaluation data", "add data.eval"))
+    for key, only in task.format_only_options.items():
+        if training.get(key) and trained_format(task, fmt) != only:
+            problems.append(Problem(f"/training/{key}", f"only applies to data.format '{only}'",
+                                    f"data.format is '{fmt}'; remove {key} or change the format"))
+    if training["bf16"] and training["fp16"]:
+        problems.append(Problem("/training/fp16", "bf16 and fp16 cannot both be on", "keep one of them"))
+    if training.get("packing") and training["max_length"] is None:
+        problems.append(Problem("/training/max_length", "packing needs a max_length (the packed row length)"))
+    return problems
+
+
+def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
+    """Keyword arguments of the trainer's config class: the recipe's section plus output_dir.
+
+    Keys the runner consumes itself are left out; format-only loss options left null resolve to
+    "on for their own format" (the task table's rule).
+    """
+    training = {**doc["training"], **format_only_settings(doc, task, fmt)}
+    config = {k: v for k, v in training.items()
+              if k not in task.runner_keys and (k != "bf16" or v is not None)}
+    # transformers would average a NaN away in the logged loss; the runner must see it to stop the run
+    config["logging_nan_inf_filter"] = False
+    return {"output_dir": output_dir, **config}
+
+
+def runner_settings(doc: dict, task: Task, fmt: str) -> dict:
+    """The training keys the runner consumes itself (e.g. assistant_only_loss: the runner masks chat turns)."""
+    training = {**doc["training"], **format_only_settings(doc, task, fmt)}
+    return {k: training[k] for k in task.runner_keys}
+
+
+def format_only_settings(doc: dict, task: Task, fmt: str) -> dict:
+    """Format-only loss options, null resolved to "on for their own format" (the task table's rule)."""
+    return {key: trained_format(task, fmt) == only if doc["training"][key] is None else doc["training"][key]
+            for key, only in task.format_only_options.items()}
+
+
+def reference_model(doc: dict, task: Task) -> str | None:
+    """Where a preference loss gets its reference: `copy` is a frozen copy the runner makes of the start model."""
+    if not task.needs_reference:
+        return None
+    if doc["peft"]["method"] in ADAPTERS:
+        return "adapter-disabled"  # the base itself, with the adapter switched off: no second copy
+    if doc["training"]["precompute_ref_log_probs"]:
+        return "precomputed"
+    return "copy"
+
+
+def memory_kind(task: Task) -> str:
+    """How the memory estimate counts rows and heads: preference pairs, a classification head, or a language model."""
+    return "dpo" if task.needs_reference else "classification" if task.head_module != "lm_head" else "sft"
+
+
+def launch_decisions() -> dict:
+    """Which device trains, decided where the run lands. The settings a recipe leaves null for the machine
+    (bf16 among them) are the fast defaults' (runner/launch/decide.py), listed with their rules under fast_defaults."""
+    return {"use_cpu": "on when no GPU is visible (the run then trains on the CPU)"}
+
+
+def resolve_output_dir(doc: dict) -> str:
+    chosen = doc["output"]["dir"] or f"runs/{doc['name']}"
+    try:
+        return str(Path(chosen).expanduser().absolute())
+    except RuntimeError as exc:  # ~user that does not exist
+        raise RecipeError([Problem("/output/dir", f"{chosen!r} is not a usable path: {exc}")]) from None
+
+
+def to_json(plan: dict) -> str:
+    return json.dumps(thaw(plan), indent=2, sort_keys=False)

@@ -1,0 +1,85 @@
+"""The plan's evaluation part: which metrics on which data, checked against the task and format."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.errors import Problem
+from runner.plan.tasks import GENERATIVE, Task
+
+
+def check_source(source: dict | None, where: str) -> list[Problem]:
+    """A data source's local file exists, and Hub-only keys are not set on a file."""
+    if not source or "path" not in source:
+        return []
+    problems = []
+    try:
+        found = Path(source["path"]).is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        return [Problem(f"{where}/path", f"not a usable path: {exc.strerror}")]
+    if not found and Path(source["path"]).is_dir():
+        problems.append(directory_problem(Path(source["path"]), f"{where}/path"))
+    elif not found:
+        problems.append(Problem(f"{where}/path", f"file not found: {source['path']}",
+                                "a relative path is resolved against the recipe's directory"))
+    problems += [Problem(f"{where}/{key}", "only applies to Hub datasets ('hub')")
+                 for key in ("subset", "revision") if source[key] is not None]
+    return problems
+
+
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
+
+
+def directory_problem(path: Path, where: str) -> Problem:
+    """A folder where a data file belongs: say so (not "file not found"), with the data files it holds."""
+    files = sorted(p.name for p in path.iterdir() if p.suffix in DATA_SUFFIXES)
+    shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+    return Problem(where, f"{path} is a directory, not a data file", "name one file inside it"
+                   + (f" (it holds {shown})" if files else "") + "; each source reads one file")
+
+
+def has_eval_data(doc: dict) -> bool:
+    data = doc["data"]
+    return any(x is not None for x in (data["eval"], data["eval_fraction"], doc["evaluation"]["data"]))
+
+
+def check_evaluation(doc: dict, task: Task, fmt: str) -> list[Problem]:
+    evaluation = doc["evaluation"]
+    problems = check_source(evaluation["data"], "/evaluation/data")
+    problems += check_source(evaluation["retention"], "/evaluation/retention")
+    for i, name in enumerate(evaluation["metrics"] or []):
+        if name not in task.metrics:
+            problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' does not apply to task '{task.name}'",
+                                    f"its metrics: {', '.join(task.metrics)}"))
+        elif name in GENERATIVE and task.formats[fmt].prompt_and_answer is None:
+            problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' compares generated answers with "
+                                    f"references, which format '{fmt}' does not have",
+                                    "use format prompt_completion, messages, alpaca or preference"))
+    if evaluation["data"] is not None and doc["training"].get("precompute_ref_log_probs"):
+        problems.append(Problem("/evaluation/data", "TRL cannot precompute reference log-probs for data it first "
+                                "sees after training has started", "use data.eval for the evaluation data, or set "
+                                "training.precompute_ref_log_probs to false"))
+    wants_eval = evaluation["metrics"] is not None or evaluation["baseline"]
+    if wants_eval and not has_eval_data(doc) and evaluation["retention"] is None:
+        problems.append(Problem("/evaluation", "asks for an evaluation but there is no evaluation data",
+                                "add data.eval, data.eval_fraction or evaluation.data"))
+    if evaluation["retention"] is not None and not task.causal_lm:
+        problems.append(Problem("/evaluation/retention", f"task '{task.name}' has no language-model loss to "
+                                "measure forgetting with", "retention applies to tasks sft and pretrain"))
+    return problems
+
+
+def evaluation_spec(doc: dict, task: Task, fmt: str) -> dict:
+    """What `evaluation.py` computes, before (with baseline) and after training."""
+    evaluation = doc["evaluation"]
+    metrics = list(evaluation["metrics"] or task.default_metrics) if has_eval_data(doc) else []
+    return {
+        "metrics": metrics,
+        "data": evaluation["data"],
+        "max_examples": evaluation["max_examples"],
+        "baseline": evaluation["baseline"],
+        "retention": evaluation["retention"],
+        "generation": evaluation["generation"],
+        "prompt_and_answer": task.formats[fmt].prompt_and_answer,
+        "features": task.eval_features,
+        "label_predictions": task.label_predictions,
+    }

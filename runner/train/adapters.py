@@ -1,0 +1,61 @@
+"""PEFT configs and partial freezing from the plan's peft spec (named so it does not shadow `peft`)."""
+from __future__ import annotations
+
+import re
+
+from runner.errors import Problem, RecipeError
+from runner.plan.tasks import import_dotted
+
+HEAD = "head"  # keyword in `trainable`: every parameter outside the base model
+
+
+def peft_config(spec: dict | None):
+    """The peft config a trainer wraps the model with, or None (full or partial fine-tuning)."""
+    if spec is None or "class" not in spec:
+        return None
+    return import_dotted(spec["class"])(**spec["kwargs"])
+
+
+def freeze_all_but(model, patterns: list[str]) -> int:
+    """Partial fine-tuning: only parameters named by `patterns` train. Returns how many tensors train."""
+    names = [name for name, _ in model.named_parameters()]
+    prefix = f"{model.base_model_prefix}."
+    chosen: set[str] = set()
+    for i, pattern in enumerate(patterns):
+        matched = [n for n in names if (not n.startswith(prefix) if pattern == HEAD else re.search(pattern, n))]
+        if not matched:
+            example = ", ".join(names[-3:])
+            raise RecipeError([Problem(f"/peft/trainable/{i}", f"{pattern!r} matches no parameter of the model",
+                                       f"parameter names look like: {example}")])
+        chosen.update(matched)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in chosen)
+    return len(chosen)
+
+
+def prepare_model(model, spec: dict | None):
+    """Apply what the trainer does not: freezing for `partial`, peft's k-bit preparation for a quantized base.
+
+    TRL 1.16's trainers do not call prepare_model_for_kbit_training (they only cast a quantized model's
+    adapter to bf16 and enable input gradients under activation checkpointing), so it is done here,
+    once, without its checkpointing part: TrainingArguments' activation_checkpointing owns that.
+    Adapters themselves are left to the trainer's peft_config.
+    """
+    if spec is not None and spec["method"] == "partial":
+        freeze_all_but(model, spec["trainable"])
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if quantized and spec is not None and "class" in spec:  # training an adapter (not evaluating one)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def wrap_for_classification(model, spec: dict | None):
+    """transformers.Trainer takes no peft_config: wrap here. SEQ_CLS keeps the new head trainable."""
+    model = prepare_model(model, spec)
+    if spec is not None and "class" in spec:
+        from peft import get_peft_model
+
+        return get_peft_model(model, peft_config(spec))
+    return model

@@ -1,0 +1,152 @@
+"""Build the TRL / transformers trainer the plan names. The one place trainers are imported."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+from runner.train import adapters
+from runner.data import chat_masks
+from runner.data import tokencache
+from runner.train.callbacks import StopOnNonFiniteLoss
+from runner.errors import Problem, RecipeError
+from runner.plan.tasks import TASKS, import_dotted
+
+# Optimizers that need a package beyond the base install (transformers imports it when it builds the optimizer).
+OPTIMIZER_PACKAGES = {
+    "adamw_bnb_8bit": "bitsandbytes", "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes",
+    "paged_adamw_32bit": "bitsandbytes", "lion_8bit": "bitsandbytes", "paged_lion_8bit": "bitsandbytes",
+}
+
+
+def launch_config(plan: dict, hardware: dict) -> dict:
+    """The config kwargs with the launch-time decisions of the plan made for this machine."""
+    config = dict(plan["trainer"]["config"])
+    config["use_cpu"] = not hardware["gpus"]
+    if "bf16" in plan["trainer"]["decided_at_launch"] and config.get("bf16") is None:
+        # a plan.json written before bf16 became a fast default (fast.resolve writes it into the config now)
+        config["bf16"] = hardware["bf16"]
+    return config
+
+
+def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
+    """The task's trainer, ready to train; a setting the library rejects is reported at its recipe path."""
+    config = launch_config(plan, hardware)
+    check_optimizer_installed(config["optim"])
+    config_class = import_dotted(plan["trainer"]["config_class"])
+    trainer_class = with_chat_masks(import_dotted(plan["trainer"]["class"]), plan)
+    trainer_class = tokencache.with_cache(trainer_class, plan, splits, tokenizer,
+                                          {**config, **plan["trainer"]["runner_settings"]})
+    builder = import_dotted(plan["trainer"]["builder"])
+    args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
+    kwargs = rejected_as_user_error(plan["trainer"]["builder"], config, lambda: builder(plan, model, tokenizer, splits))
+    trainer = rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
+    trainer.add_callback(StopOnNonFiniteLoss())
+    return trainer
+
+
+def with_chat_masks(trainer_class, plan: dict):
+    """SFTTrainer, preparing conversations as runner.data.chat_masks renders and masks them (any chat template); TRL
+    then takes the token ids and masks as they are (truncation, dropping examples left without loss, packing)."""
+    if not TASKS[plan["task"]].causal_lm:
+        return trainer_class
+    loss = chat_masks.loss_options(plan)
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        dataset = masked_conversations(dataset, processing_class, loss, args.dataset_num_proc, dataset_name)
+        return super(cls, self)._prepare_dataset(dataset, processing_class, args, packing, formatting_func,
+                                                 dataset_name)
+
+    cls = type(trainer_class.__name__, (trainer_class,), {"_prepare_dataset": _prepare_dataset,
+                                                           "__module__": trainer_class.__module__})
+    return cls
+
+
+def masked_conversations(dataset, tokenizer, loss: dict, num_proc: int | None, name: str):
+    """Conversational rows as {"input_ids", "assistant_masks"}; other datasets (and prepared ones) unchanged."""
+    import datasets
+
+    if (not isinstance(dataset, datasets.Dataset) or len(dataset) == 0 or "input_ids" in dataset.column_names
+            or not chat_masks.masked_by_runner(dataset[0], loss)):
+        return dataset
+    masks = chat_masks.ChatMasks(tokenizer)
+
+    def tokenize(row, index):
+        try:
+            return chat_masks.row_tokens(masks, row, loss)
+        except Exception as exc:  # noqa: BLE001 - the template refuses this conversation (jinja raise_exception)
+            raise RecipeError([Problem("/model/chat_template", f"the chat template cannot render example {index + 1} "
+                                       f"of the {name} data: {type(exc).__name__}: {exc}", chat_masks.FIX)]) from None
+
+    return dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
+                       desc=f"Rendering {name} conversations, masking assistant turns")
+
+
+def non_finite_loss(trainer) -> StopOnNonFiniteLoss | None:
+    """The callback's finding, when the loss went NaN or infinite."""
+    found = [c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLoss)]
+    return found[0] if found and found[0].bad_step is not None else None
+
+
+def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
+    """TRL's trainers (SFT, DPO) tokenize the data themselves and wrap the model with peft_config.
+
+    For DPO with an adapter, TRL uses the base with the adapter disabled as the reference model
+    (no second copy); with full fine-tuning it copies the model, or precomputes the reference
+    log-probabilities with `precompute_ref_log_probs`.
+    """
+    kwargs = {}
+    if plan["trainer"]["reference_model"] == "copy":
+        # TRL would reload the reference from model.name_or_path, which has no weights for a random
+        # model and ignores config_overrides: a copy of the start model is the true reference.
+        import copy
+
+        kwargs["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
+    elif plan["trainer"]["reference_model"] == "initial":  # evaluating a trained model: reload the start model
+        from runner.train.models import load_model
+
+        start = load_model(plan["model"], plan["recipe"]["training"]["seed"])
+        kwargs["ref_model"] = start.eval().requires_grad_(False)
+    return {
+        "model": adapters.prepare_model(model, plan["peft"]),
+        "train_dataset": splits.train,
+        "eval_dataset": splits.eval,
+        "processing_class": tokenizer,
+        "peft_config": adapters.peft_config(plan["peft"]),
+        **kwargs,
+    }
+
+
+def check_optimizer_installed(optim: str) -> None:
+    package = OPTIMIZER_PACKAGES.get(optim)
+    if package and importlib.util.find_spec(package) is None:
+        raise RecipeError([Problem("/training/optim", f"'{optim}' needs the {package} package, which is not installed",
+                                   "pip install 'recipe-runner[qlora]', or choose adamw_torch")])
+
+
+def rejected_as_user_error(who: str, config: dict, build):
+    """Run `build`; a ValueError from the library is a setting it rejects, reported at that setting's path."""
+    try:
+        return build()
+    except ValueError as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        named = [f"/training/{key}" for key in sorted(config, key=len, reverse=True) if key in message]
+        raise RecipeError([Problem(named[0] if named else "/training", f"{who} rejected the settings: {message}")]) from None
+
+
+MEMORY_HINT = ("lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the global batch), "
+               "lower max_length, set activation_checkpointing: true, train a LoRA adapter (or QLoRA) instead of "
+               "every weight, or shard across GPUs with DeepSpeed ZeRO-2/3")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_advice(step_of):
+    """Turn the accelerator running out of memory into a message naming the settings that reduce memory."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        first = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+        raise RecipeError([Problem("/training/per_device_train_batch_size",
+                                   f"ran out of accelerator memory at step {step_of()}: {first}", MEMORY_HINT)]) from None
+

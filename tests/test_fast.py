@@ -41,7 +41,8 @@ def test_plan_lists_every_open_setting_with_its_rule(tmp_path, recipe_file):
 
 def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
     decided = values(decisions.decide(planned(tmp_path, recipe_file), H100))
-    assert decided == {"/training/bf16": True, "/model/dtype": "bfloat16", "/training/packing": True,
+    assert decided == {"/training/use_cpu": False, "/training/bf16": True, "/model/dtype": "bfloat16",
+                       "/training/packing": True,
                        "/model/attn_implementation": "runner_varlen", "/training/pad_to_multiple_of": None,
                        "/training/activation_checkpointing": False,  # the tiny model's estimate fits easily
                        "/training/use_liger_kernel": True, "/training/optim": "adamw_torch_fused",
@@ -50,7 +51,8 @@ def test_on_a_gpu_with_varlen_everything_fast_is_chosen(tmp_path, recipe_file):
 
 def test_on_cpu_every_rule_falls_back_to_the_plain_setting(tmp_path, recipe_file):
     decided = values(decisions.decide(planned(tmp_path, recipe_file), CPU))
-    assert decided == {"/training/bf16": False, "/model/dtype": "auto", "/training/packing": False,
+    assert decided == {"/training/use_cpu": True, "/training/bf16": False, "/model/dtype": "auto",
+                       "/training/packing": False,
                        "/training/pad_to_multiple_of": None,
                        "/training/activation_checkpointing": False, "/training/use_liger_kernel": False,
                        "/training/optim": "adamw_torch", "/training/dataloader_num_workers": 0}
@@ -112,7 +114,7 @@ def test_recipe_values_are_never_overridden(tmp_path, recipe_file):
                    training={"bf16": False, "packing": False, "optim": "adamw_torch", "activation_checkpointing": False,
                              "use_liger_kernel": False, "dataloader_num_workers": 1, "pad_to_multiple_of": 16})
     decided = decisions.decide(plan, H100)
-    assert decided == {}  # nothing left open; packing off so no varlen either
+    assert values(decided) == {"/training/use_cpu": False}  # only what no recipe sets; packing off: no varlen
     resolved = fast.apply(plan, decided)
     assert resolved["trainer"]["config"]["pad_to_multiple_of"] == 16 and resolved["model"]["dtype"] == "float32"
 
@@ -366,5 +368,5 @@ def test_a_4bit_base_keeps_its_compute_dtype_and_no_worker_persists(tmp_path, re
 
     config = launch_config(fast.apply(plan, decided), {"gpus": [], "bf16": False})
     assert config["dataloader_num_workers"] == 4
-    assert SFTConfig(**{**config, "output_dir": str(tmp_path / "out")}).dataloader_persistent_workers is False
+    assert SFTConfig(**{**config, "use_cpu": True, "output_dir": str(tmp_path / "out")}).dataloader_persistent_workers is False
 

@@ -239,8 +239,7 @@ def test_adapter_parameter_counts_match_peft(shape, index):
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from runner.plan.methods import ADAPTERS
-    from runner.plan.tasks import import_dotted
+    from runner.train.adapters import peft_config
 
     raw, peft = SHAPES[shape], dict(COUNTED[index])
     defaults = {"bias": "none", "init_lora_weights": True, "modules_to_save": None, "encoder_hidden_size": None}
@@ -250,7 +249,7 @@ def test_adapter_parameter_counts_match_peft(shape, index):
         spec.setdefault("encoder_hidden_size", None)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw))
     kwargs = {k: v for k, v in peft.items() if k != "method"}
-    wrapped = get_peft_model(model, import_dotted(ADAPTERS[peft["method"]])(task_type="CAUSAL_LM", **kwargs))
+    wrapped = get_peft_model(model, peft_config({"method": peft["method"], "kwargs": {"task_type": "CAUSAL_LM", **kwargs}}))
     trainable, total = wrapped.get_nb_trainable_parameters()
     assert estimate.adapter_parameters(raw, spec) == trainable
     assert models.count_parameters(wrapped)["trainable"] == trainable

@@ -33,18 +33,19 @@ def test_every_shipped_recipe_validates_and_plans(path):
     assert plan["trainer"]["config"]["output_dir"] == plan["output_dir"]
 
 
-def test_quickstart_plan_names_trainer_config_and_arguments():
+def test_quickstart_plan_names_task_config_and_arguments():
     plan = build_plan(load_recipe(ROOT / "recipes" / "quickstart.json"))
-    assert plan["trainer"]["class"] == "trl.SFTTrainer"
-    assert plan["trainer"]["config_class"] == "trl.SFTConfig"
+    assert plan["task"] == "sft" and plan["model"]["task"] == "sft"  # names only: the code is in the task tables
+    assert not any(isinstance(v, str) and v.startswith(("trl.", "transformers.", "peft.", "runner."))
+                   for v in _leaves(plan)), "no class or function is named by a dotted string"
     config = plan["trainer"]["config"]
     assert config["learning_rate"] == 2e-3 and config["max_length"] == 64
     assert config["completion_only_loss"] is True and "assistant_only_loss" not in config
     assert plan["trainer"]["runner_settings"] == {"assistant_only_loss": False}  # the runner masks chat turns
-    assert "bf16" not in config and "bf16" not in plan["trainer"]["decided_at_launch"]  # left to the machine:
+    assert "bf16" not in config and "use_cpu" not in config  # left to the machine:
     bf16 = plan["fast_defaults"]["settings"]["/training/bf16"]  # one of the fast defaults, with its rule
     assert bf16["recipe"] is None and "avx512_bf16 / amx_bf16 (x86)" in bf16["rule"]
-    assert plan["model"]["class"] == "transformers.AutoModelForCausalLM"
+    assert plan["fast_defaults"]["settings"]["/training/use_cpu"]["recipe"] is None
     assert plan["data"]["columns"] == {"prompt": "prompt", "completion": "completion"}
     assert plan["parameters"]["known"] and plan["parameters"]["trainable"] == plan["parameters"]["total"]
 
@@ -105,7 +106,7 @@ def test_missing_local_model_directory(recipe_file, tmp_path):
 def test_lora_plan_has_peft_config_and_counts(recipe_file, tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
     plan = plan_of(recipe_file, base_recipe(tmp_path, peft={"method": "lora", "r": 4}))
-    assert plan["peft"]["class"] == "peft.LoraConfig"
+    assert plan["peft"]["method"] == "lora" and set(plan["peft"]) == {"method", "kwargs"}
     assert plan["peft"]["kwargs"]["task_type"] == "CAUSAL_LM" and plan["peft"]["kwargs"]["r"] == 4
     assert 0 < plan["parameters"]["trainable"] < plan["parameters"]["total"]
 
@@ -230,3 +231,12 @@ def test_loss_masking_defaults_follow_the_format(recipe_file, tmp_path, fmt, com
 def test_benchmark_recipes_validate_and_plan(path):
     plan = build_plan(load_recipe(path))
     assert plan["trainer"]["config"]["max_steps"] > 0
+
+
+def _leaves(value):
+    """Every scalar in a nested plan, except the recipe the user wrote (its descriptions are free text)."""
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() if key != "recipe" for leaf in _leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]

@@ -81,10 +81,11 @@ def test_every_default_validates_against_its_own_subschema():
 @pytest.mark.parametrize("task", ["sft", "pretrain", "dpo", "classification"])
 def test_training_keys_are_real_config_fields(task):
     """TRL renames things (max_seq_length -> max_length): a stale key must fail here, not in a user's run."""
-    from runner.plan.tasks import TASKS, import_dotted
+    from runner.plan.tasks import TASKS
+    from runner.train.task_code import TASK_CODE
 
     spec = TASKS[task]
-    fields = {f.name for f in dataclasses.fields(import_dotted(spec.config_class))}
+    fields = {f.name for f in dataclasses.fields(TASK_CODE[task].config_class())}
     root = schema.load_schema()
     ref, = [p["then"]["properties"]["training"] for p in root["allOf"]
             if p["if"]["properties"]["task"]["const"] == task]

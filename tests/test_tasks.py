@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from assets import reverse_rows
+from runner.data import labels
 from runner.train import classification
 from runner.train import models
 from runner.errors import RecipeError
@@ -168,10 +169,10 @@ def test_eval_label_outside_the_label_set_names_rows(tmp_path, recipe_file):
 
 
 def test_balanced_class_weights():
-    assert classification.class_weights("balanced", [0, 0, 0, 1], 2) == [4 / 6, 4 / 2]
-    assert classification.class_weights([1.0, 3.0], [0, 1], 2) == [1.0, 3.0]
+    assert labels.class_weights("balanced", [0, 0, 0, 1], 2) == [4 / 6, 4 / 2]
+    assert labels.class_weights([1.0, 3.0], [0, 1], 2) == [1.0, 3.0]
     with pytest.raises(RecipeError):
-        classification.class_weights([1.0, 2.0, 3.0], [0, 1], 2)
+        labels.class_weights([1.0, 2.0, 3.0], [0, 1], 2)
 
 
 def test_class_weights_reach_the_loss(tmp_path, recipe_file):
@@ -368,7 +369,7 @@ def test_eval_of_a_weighted_classifier_reproduces_its_loss(tmp_path, recipe_file
     plan = classify(tmp_path, recipe_file, training={"class_weights": "balanced", "max_steps": 6})
     manifest = run(plan, argv=["test"])
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["trainer"]["runner_settings"]["class_weights"] \
-        == pytest.approx(classification.class_weights("balanced", [0 if r["label"] == "early" else 1
+        == pytest.approx(labels.class_weights("balanced", [0 if r["label"] == "early" else 1
                                                                    for r in labelled_rows(160, seed=7)], 2))
     again = evaluate_run(plan, tmp_path / "run")["after"]
     assert again["loss"] == pytest.approx(manifest["metrics"]["after"]["loss"], rel=1e-4)
@@ -432,7 +433,7 @@ def test_conversational_prompt_completion_is_evaluated_and_predicted_through_the
     assert manifest["data_shape"] == {"conversational": True}
     assert 0.0 <= manifest["metrics"]["after"]["rouge1"] <= 1.0
     seen = []
-    monkeypatch.setattr(evaluation, "generate", lambda model, tok, prompts, settings: seen.extend(prompts) or ["x"])
+    monkeypatch.setattr("runner.commands.inference.generate", lambda model, tok, prompts, settings: seen.extend(prompts) or ["x"])
     predict(tmp_path / "run", ["reverse abc ="])
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tmp_path / "run")
     assert tokenizer.decode(seen[0]) == "<|user|>reverse abc =<|end|><|assistant|>"

@@ -252,7 +252,7 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_message(tmp_path, recipe_fi
     assert not (tmp_path / "run" / "model.safetensors").exists(), "diverged weights are not saved as the result"
     step = int(problem.message.split(" at step ")[1].split(";")[0])
     assert step < 30, "training stopped at the first non-finite loss"
-    from runner.train.resume import latest_complete_checkpoint
+    from runner.records.checkpoints import latest_complete_checkpoint
 
     good = latest_complete_checkpoint(tmp_path / "run")
     if good is not None:  # a checkpoint offered for resuming never holds diverged weights
@@ -347,7 +347,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe
 
 
 def test_a_checkpoint_cut_short_is_skipped(tmp_path):
-    from runner.train.resume import COMPLETE, latest_complete_checkpoint
+    from runner.records.checkpoints import COMPLETE, latest_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"

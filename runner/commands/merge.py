@@ -8,27 +8,14 @@ never touched.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
 
 from runner.records import outputs
 from runner.errors import Problem, RecipeError
-from runner.plan.methods import SOFT_PROMPTS
-
-MERGEABLE = ("lora", "ia3")
-
-
-def read_run(run_dir: Path, where: str = "RUN_DIR") -> dict:
-    plan_file = run_dir / "plan.json"
-    if not plan_file.is_file():
-        raise RecipeError([Problem(where, f"{run_dir} has no plan.json: not a run directory",
-                                   "point at the output directory of a finished run")])
-    if not (run_dir / "adapter_config.json").is_file() and not (run_dir / "config.json").is_file():
-        raise RecipeError([Problem(where, f"{run_dir} holds no saved model (no config.json or adapter_config.json)",
-                                   "the run did not finish; merge or quantize a finished run")])
-    return json.loads(plan_file.read_text())
+from runner.commands.finished import load_trained, read_run, saved_tokenizer
+from runner.plan.methods import METHODS, method_of
 
 
 def free_output(out: Path, where: str = "--out") -> Path:
@@ -52,10 +39,8 @@ def merge_dtype(plan: dict) -> str:
 
 def merged_model(run_dir: Path, plan: dict):
     """The run's model at full precision with any adapter merged in, and a sentence saying how."""
-    from runner.commands.inference import load_trained
-
     method = (plan["peft"] or {}).get("method", "none")
-    if method in SOFT_PROMPTS:
+    if METHODS[method].soft_prompt:
         raise RecipeError([Problem("RUN_DIR", f"a {method} adapter has no weights to merge into the base: it adds "
                                               "virtual tokens to every input", "load it with peft's "
                                               "AutoPeftModelForCausalLM.from_pretrained(RUN_DIR) instead")])
@@ -63,7 +48,7 @@ def merged_model(run_dir: Path, plan: dict):
     full["model"]["quantization"] = None
     full["model"]["dtype"] = merge_dtype(plan)
     model = load_trained(run_dir, full)
-    if method not in MERGEABLE:
+    if not METHODS[method].mergeable:
         return model, f"full model ({method} fine-tuning): nothing to merge"
     note = f"{method} adapter merged into the base at {full['model']['dtype']}"
     if (plan["model"].get("quantization") or {}).get("method") == "bnb_4bit":
@@ -107,11 +92,9 @@ def write_model_dir(out: Path, model, tokenizer, record_file: str, record_of) ->
 
 
 def merge(run_dir: Path, out: Path | None) -> dict:
-    from runner.commands.inference import saved_tokenizer
-
     plan = read_run(run_dir)
     method = (plan["peft"] or {}).get("method", "none")
-    if method not in MERGEABLE + SOFT_PROMPTS:
+    if not method_of(plan["peft"]).adapter or not (METHODS[method].mergeable or METHODS[method].soft_prompt):
         raise RecipeError([Problem("RUN_DIR", f"the run trained the model itself ({method} fine-tuning): there is "
                                               "no adapter to merge", "load RUN_DIR with from_pretrained as it is")])
     out = free_output(out or run_dir.with_name(run_dir.name + "-merged"))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.launch import machine
 from runner.records import outputs
-from runner.commands.merge import free_output, merged_model, read_run, write_model_dir
+from runner.commands.finished import read_run, saved_tokenizer
+from runner.commands.merge import free_output, merged_model, write_model_dir
 
 GIB = 1024 ** 3
 
@@ -26,7 +26,6 @@ def bnb_settings(bits: int, dtype: str) -> dict:
 
 
 def quantize(run_dir: Path, bits: int, out: Path | None) -> dict:
-    from runner.commands.inference import saved_tokenizer
     from runner.train.models import quantize_random
 
     plan = read_run(run_dir)
@@ -71,26 +70,17 @@ def measure_both(plan: dict, run_dir: Path, model, quantized) -> dict | None:
     """
     if not plan["evaluation"]["metrics"]:
         return None
-    import dataclasses
-
-    from runner.data import load as data
     from runner.evaluate import measure as evaluation
-    from runner.launch import decide as fast
-    from runner.commands.inference import for_trained_model, saved_tokenizer
-    from runner.commands.run import with_runner_settings
-    from runner.train.trainer import build_trainer
+    from runner.train import session
 
-    hw = machine.hardware()
-    plan = fast.resolve(plan, hw, show=False)  # settings the recipe left null, decided for this machine
-    splits, derived = data.load_all(plan)
+    plan, hardware = session.for_this_machine(plan, show=False)
+    plan, splits, _ = session.load_data(plan)
     if splits.evaluation is None:
         return None
-    plan = with_runner_settings(plan, derived["settings"])
-    adjusted = for_trained_model(plan, run_dir)
-    splits = dataclasses.replace(splits, train=splits.evaluation)
-    trainer = build_trainer(adjusted, model, saved_tokenizer(plan, run_dir, "RUN_DIR"), splits, hw)
+    tokenizer = saved_tokenizer(plan, run_dir, "RUN_DIR")
+    adjusted, splits, trainer = session.measuring_trainer(plan, run_dir, model, tokenizer, splits, hardware)
     before = evaluation.measure(trainer, adjusted, splits)
-    trainer = build_trainer(adjusted, no_op_adapter(quantized, plan), trainer.processing_class, splits, hw)
+    trainer = session.trainer_for(adjusted, no_op_adapter(quantized, plan), tokenizer, splits, hardware)
     after = evaluation.measure(trainer, adjusted, splits)
     return {"before": before, "after": after}
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.records import claim
+from runner.records import checkpoints, claim
 from runner.data import load as data
 from runner.plan import deepspeed_json
 from runner.launch import diskspace
@@ -28,8 +28,9 @@ from runner.records import report
 from runner.train import resume
 from runner.records.secrets import redact
 from runner.errors import Problem, RecipeError
-from runner.data.check import check_chat_template
-from runner.train.trainer import build_trainer, launch_config, non_finite_loss, out_of_memory_as_advice
+from runner.train.task_code import TASK_CODE
+from runner.train import session
+from runner.train.trainer import launch_config, library_name, non_finite_loss, out_of_memory_as_advice
 from runner.plan.topology import Topology
 
 BASE_MODEL_DIR = "base_model"
@@ -93,23 +94,22 @@ def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
     diskspace.warn_if_short_of_space(plan, show=state.is_main_process)
 
     seed = plan["recipe"]["training"]["seed"]
-    splits, derived = data.load_all(plan)
-    plan = with_runner_settings(plan, derived["settings"])
+    plan, splits, config_updates = session.load_data(plan)
     tokenizer = models.load_tokenizer(plan["model"])
-    check_chat_template(plan, splits, tokenizer)
+    session.check_tokenizer(plan, splits, tokenizer)
     warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
     keep_base = plan["peft"] is not None and plan["model"]["init"] == "random"
     # a random base to be quantized is kept unquantized: the adapter's true base, and what `merge` merges into
-    model = models.load_model(plan["model"], seed, derived["config"], quantize=not keep_base)
+    model = models.load_model(plan["model"], seed, config_updates, quantize=not keep_base)
     base = keep_random_base(model, Path(plan["output_dir"])) if keep_base else None
     if keep_base and plan["model"].get("quantization"):
         model = models.quantize_random(model, plan["model"])
-    trainer = build_trainer(plan, model, tokenizer, splits, hw)
+    trainer = session.trainer_for(plan, model, tokenizer, splits, hw)
     distributed.check_engine(plan["topology"], len(hw["gpus"]), trainer.accelerator.distributed_type)
     marker, watcher = resume.checkpoint_callbacks(plan["recipe"], cpu_group)
     trainer.add_callback(marker)
     trainer.add_callback(watcher)
-    return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, derived["config"],
+    return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, config_updates,
                     data_shape(splits), base, resume_from, watcher, warnings)
 
 
@@ -124,14 +124,6 @@ def data_warnings(plan: dict, splits, tokenizer, show: bool) -> list[str]:
     for warning in found if show else ():
         print(f"warning: {warning}", file=sys.stderr)
     return found
-
-
-def with_runner_settings(plan: dict, settings: dict) -> dict:
-    """The plan with the runner's own settings the data resolved (e.g. balanced class weights as numbers)."""
-    if not settings:
-        return plan
-    trainer = {**plan["trainer"], "runner_settings": {**plan["trainer"]["runner_settings"], **settings}}
-    return {**plan, "trainer": trainer}
 
 
 def data_shape(splits: data.Splits) -> dict:
@@ -188,7 +180,8 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
                     trainer_rows={"train": _rows(trainer.train_dataset), "eval": _rows(trainer.eval_dataset)},
                     # what the trainer's accelerator really runs ("bf16" autocast, "fp16" or "no"), beside the
                     # decision and its reason in plan.json (fast_defaults) and the CPU flag in hardware.cpu_bf16
-                    mixed_precision=str(trainer.accelerator.mixed_precision))
+                    mixed_precision=str(trainer.accelerator.mixed_precision),
+                    trainer=library_name(type(trainer)))  # the class that trained (a record, never looked up)
     results = {"train": None, "before": None, "after": None, "retention": None}
     moved = None
     started = time.monotonic()
@@ -274,7 +267,8 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
         "report.md": lambda: report.write_report(run_dir, redact(manifest), redact(resolved), redact(results)),
         # after the libraries' own README.md (written at each save): the model card replaces their template
         "README.md": lambda: report.write_text_atomic(run_dir / "README.md", redact(
-            model_card.render_card(manifest, plan, resolved, results))),
+            model_card.render_card(manifest, plan, resolved, results,
+                                   TASK_CODE[plan["task"]].model_class().__name__))),
     })
 
 
@@ -293,7 +287,7 @@ def train_and_measure(trainer, plan: dict, prepared: Prepared, results: dict) ->
         prepared.watcher.restore()  # also when training raised: a later Ctrl-C must not be swallowed
     if prepared.watcher.received and trainer.state.global_step < trainer.state.max_steps:
         # (a signal after the last step changes nothing: the run completes and saves as usual)
-        checkpoint = resume.latest_complete_checkpoint(Path(plan["output_dir"]))
+        checkpoint = checkpoints.latest_complete_checkpoint(Path(plan["output_dir"]))
         raise resume.RunInterrupted(prepared.watcher.received, checkpoint)
     stop_if_diverged(trainer, plan)
     trainer.save_model(plan["output_dir"])
@@ -332,7 +326,7 @@ def stop_if_diverged(trainer, plan: dict) -> None:
     bad = non_finite_loss(trainer)
     if bad is None:
         return
-    kept = resume.latest_complete_checkpoint(Path(plan["output_dir"]))  # complete means finite weights
+    kept = checkpoints.latest_complete_checkpoint(Path(plan["output_dir"]))  # complete means finite weights
     last = f"the last good checkpoint is {kept}" if kept else "no good checkpoint was written before it"
     raise RecipeError([Problem("/training/learning_rate", f"the training loss became {bad.bad_value} at step "
                                f"{bad.bad_step}; training stopped and the diverged weights were not saved ({last})",

@@ -11,7 +11,6 @@ import json
 import statistics
 
 from runner.data import chat_masks
-from runner.data import load as data
 from runner.errors import Problem, RecipeError
 from runner.data.check_report import render, shown_rows, warnings  # noqa: F401  (render: `check-data` prints it)
 from runner.plan.tasks import TASKS

@@ -11,7 +11,7 @@ from pathlib import Path
 from runner.data import files as data_files
 from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
-from runner.plan.tasks import import_dotted
+from runner.data.labels import encode_labels
 
 # file suffix -> (datasets builder, its options)
 # CSV/TSV: a BOM-tolerant read (spreadsheets write one, and it would become part of the first column's name), and
@@ -46,12 +46,13 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
         chosen = load_canonical(evaluation["data"], spec, "/evaluation/data")
     retention = None
     if evaluation["retention"] is not None:
-        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [], "convert": None,
+        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [],
                      "column_hint": "retention data needs a 'text' column of plain text"}
         retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
     splits, derived = Splits(train, held_out, chosen, retention), {"config": {}, "settings": {}}
-    if spec["prepare"]:
-        splits, derived = import_dotted(spec["prepare"])(plan, splits)
+    prepare = PREPARE.get(plan["task"])
+    if prepare is not None:
+        splits, derived = prepare(plan, splits)
     if spec["eval_fraction"] is not None:
         splits = split_off_eval(splits, spec["eval_fraction"], plan["recipe"]["training"]["seed"])
     if splits.evaluation is None:
@@ -141,8 +142,8 @@ def canonical(dataset, spec: dict, where: str, name: str):
     problems = row_problems(dataset, columns, tuple(spec.get("optional_fields", ())), where, name)
     if problems:
         raise RecipeError(problems)
-    if spec["convert"]:
-        convert = globals()[spec["convert"]]
+    convert = CONVERTERS.get(spec["format"])
+    if convert is not None:
         dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"{spec['format']} -> messages")
     return dataset
 
@@ -164,3 +165,10 @@ def _cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+# Data format -> the function turning one canonical row into what the trainer reads (the format's `becomes`).
+CONVERTERS = {"alpaca": alpaca_to_messages}
+# Task -> its data step: function(plan, splits) -> (splits, {"config": model config updates, "settings": ...}),
+# run on whole files before eval_fraction is split off. Tasks without one are absent.
+PREPARE = {"classification": encode_labels}

@@ -32,7 +32,7 @@ import weakref
 from pathlib import Path
 
 from runner import __version__
-from runner.plan.cache_location import ENV, cache_root
+from runner.plan.cache_location import cache_root
 
 RECORD = "entry.json"  # written last, inside the entry: its presence means the entry is complete
 LIBRARIES = ("trl", "transformers", "tokenizers", "datasets")

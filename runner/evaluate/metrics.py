@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 import re
 
-GENERATION_METRICS = ("exact_match", "rouge", "bleu")
-CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+from runner.plan.tasks import GENERATIVE, LABEL_METRICS
+
+GENERATION_METRICS = GENERATIVE
+CLASSIFICATION_METRICS = tuple(name for name in LABEL_METRICS if name != "confusion_matrix")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 

@@ -35,6 +35,8 @@ LAYER_BACKWARD and head_workspace.
 """
 from __future__ import annotations
 
+from runner.plan.methods import method_of
+
 # TRL 1.16's ChunkedLogProbFunction tiles: TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocab entries.
 HEAD_TOKEN_TILE, HEAD_VOCAB_TILE = 4096, 32768
 
@@ -74,7 +76,7 @@ def layer_bytes(config: dict, shapes: dict, s, lora_targets: list[str]) -> int:
     q, kv = shapes["q_proj"][1], shapes["k_proj"][1]
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     r, c = residual_bytes(s), compute_bytes(s)
-    full = s.peft.get("method", "none") in ("none", "partial")  # frozen linears keep nothing of their input
+    full = method_of(s.peft).trains_base  # frozen linears keep nothing of their input
     m = mlp_bytes(s)
 
     total = 2 * norm_bytes(h, r, full, s.liger)

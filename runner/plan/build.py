@@ -19,7 +19,7 @@ from runner.plan import scale
 from runner.plan import cache_location
 from runner.errors import Problem, RecipeError, did_you_mean, pointer
 from runner.recipe.load import Recipe, thaw
-from runner.plan.methods import ADAPTERS, check_methods, parameter_counts, peft_spec, quantization_spec
+from runner.plan.methods import METHODS, check_methods, parameter_counts, peft_spec, quantization_spec
 from runner.plan.evaluation import check_evaluation, check_source, evaluation_spec
 from runner.plan.tasks import TASKS, Task, data_format, trained_format
 from runner.plan.topology import Topology
@@ -50,16 +50,11 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         "data": data_spec(doc["data"], task, fmt),
         "peft": peft_spec(doc["peft"], task, doc["model"]),
         "trainer": {
-            "class": task.trainer_class,
-            "config_class": task.config_class,
-            "builder": task.builder,
             "config": trainer_config(doc, task, fmt, output_dir),
             "runner_settings": runner_settings(doc, task, fmt),
             "reference_model": reference_model(doc, task),
-            "decided_at_launch": launch_decisions(),
         },
         "evaluation": evaluation_spec(doc, task, fmt),
-        "predict": task.predict,
         "topology": topology.to_dict(),
         "batch": scale.batch_arithmetic(doc, topology, decisions.packing_may_be_decided(doc, task.name, model_config)),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
@@ -140,7 +135,7 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
 
 def model_spec(model: dict, task: Task) -> dict:
     return {
-        "class": task.model_class,
+        "task": task.name,  # which Auto class loads it (runner/train/task_code.py)
         "name_or_path": model["name_or_path"],
         "gguf_file": model["gguf_file"],
         "gguf": gguf_spec(model),
@@ -209,9 +204,7 @@ def data_spec(data: dict, task: Task, fmt: str) -> dict:
         "columns": {f: data["columns"].get(f, f) for f in spec.fields + spec.optional},
         "optional": [f for f in spec.optional if f not in data["columns"]],
         "optional_fields": list(spec.optional),
-        "convert": spec.convert,
         "labels": data["labels"],
-        "prepare": task.prepare_data,
     }
 
 
@@ -269,7 +262,7 @@ def reference_model(doc: dict, task: Task) -> str | None:
     """Where a preference loss gets its reference: `copy` is a frozen copy the runner makes of the start model."""
     if not task.needs_reference:
         return None
-    if doc["peft"]["method"] in ADAPTERS:
+    if METHODS[doc["peft"]["method"]].adapter:
         return "adapter-disabled"  # the base itself, with the adapter switched off: no second copy
     if doc["training"]["precompute_ref_log_probs"]:
         return "precomputed"
@@ -279,12 +272,6 @@ def reference_model(doc: dict, task: Task) -> str | None:
 def memory_kind(task: Task) -> str:
     """How the memory estimate counts rows and heads: preference pairs, a classification head, or a language model."""
     return "dpo" if task.needs_reference else "classification" if task.head_module != "lm_head" else "sft"
-
-
-def launch_decisions() -> dict:
-    """Which device trains, decided where the run lands. The settings a recipe leaves null for the machine
-    (bf16 among them) are the fast defaults' (runner/launch/decide.py), listed with their rules under fast_defaults."""
-    return {"use_cpu": "on when no GPU is visible (the run then trains on the CPU)"}
 
 
 def resolve_output_dir(doc: dict) -> str:

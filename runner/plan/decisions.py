@@ -18,6 +18,7 @@ Why these (measured on an H100 with plain TRL, bench/RESULTS.md): TRL loads weig
 from __future__ import annotations
 
 from runner.plan import memory_fit
+from runner.plan.methods import METHODS
 
 
 
@@ -29,14 +30,15 @@ VARLEN_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_m
 LIGER_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "phi3"})
 
 
-# PEFT methods that leave the token sequence alone (prompt/prefix tuning add virtual tokens per row).
-PACKABLE_PEFT = frozenset({"none", "lora", "partial"})
 
 
 HEADROOM = 0.9  # share of the GPU's memory a run may plan to use (allocator fragmentation, CUDA context)
 
 
+ALWAYS_DECIDED = frozenset({"/training/use_cpu"})  # settings no recipe sets
 RULES = {
+    # not a recipe key: always decided here (transformers' TrainingArguments.use_cpu)
+    "/training/use_cpu": "on when no GPU is visible (the run then trains on the CPU), else off",
     "/training/bf16": "on when fp16 is off and the device that trains computes bf16 natively: a GPU that supports "
                       "it, or a CPU with avx512_bf16 / amx_bf16 (x86) or bf16 (Arm) in /proc/cpuinfo (elsewhere "
                       "torch.cpu.get_capabilities()), there as autocast, not under DeepSpeed; else off (emulated "
@@ -65,7 +67,9 @@ def plan_section(doc: dict, task_name: str, model_config: dict | None) -> dict:
     settings = {}
     for path, rule in RULES.items():
         section, key = path.split("/")[1:]
-        if key in doc[section]:
+        if path in ALWAYS_DECIDED:
+            settings[path] = {"recipe": None, "rule": rule}
+        elif key in doc[section]:
             value = doc[section][key]
             settings[path] = {"recipe": value, "rule": rule if value is None else "set in the recipe"}
     config = model_config or {}
@@ -94,6 +98,7 @@ def decide(plan: dict, machine: dict) -> dict:
         if path in open_:
             out[path] = {"value": value, "reason": reason}
 
+    set_("/training/use_cpu", not gpu, "no GPU visible: the CPU trains" if not gpu else "a GPU trains")
     set_("/training/bf16", *precision(config, machine, (plan.get("topology") or {}).get("engine", "single")))
     bf16 = config["bf16"] if config.get("bf16") is not None else out.get("/training/bf16", {}).get("value", False)
     quantization = plan["model"]["quantization"]  # None, or BitsAndBytesConfig's kwargs
@@ -170,7 +175,7 @@ def padding_free_ok(facts: dict, machine: dict, attn: str | None) -> tuple[bool,
         return False, f"model.attn_implementation is {attn!r}: a packed row would need a dense block mask (slow)"
     if facts["model_type"] not in VARLEN_MODEL_TYPES or facts["sliding_window"]:
         return False, f"architecture {facts['model_type']!r} (or its sliding window) is not one the varlen path takes"
-    if facts["peft_method"] not in PACKABLE_PEFT:
+    if not METHODS[facts["peft_method"]].packable:
         return False, f"peft method {facts['peft_method']!r} adds virtual tokens to every row"
     if facts["max_length"] is None:
         return False, "max_length is null (packing needs the row length)"

@@ -50,7 +50,7 @@ def check_evaluation(doc: dict, task: Task, fmt: str) -> list[Problem]:
         if name not in task.metrics:
             problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' does not apply to task '{task.name}'",
                                     f"its metrics: {', '.join(task.metrics)}"))
-        elif name in GENERATIVE and task.formats[fmt].prompt_and_answer is None:
+        elif name in GENERATIVE and not task.formats[fmt].generative:
             problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' compares generated answers with "
                                     f"references, which format '{fmt}' does not have",
                                     "use format prompt_completion, messages, alpaca or preference"))
@@ -79,7 +79,4 @@ def evaluation_spec(doc: dict, task: Task, fmt: str) -> dict:
         "baseline": evaluation["baseline"],
         "retention": evaluation["retention"],
         "generation": evaluation["generation"],
-        "prompt_and_answer": task.formats[fmt].prompt_and_answer,
-        "features": task.eval_features,
-        "label_predictions": task.label_predictions,
     }

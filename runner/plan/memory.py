@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from runner.plan import activations as act
 from runner.plan import estimate as counts
+from runner.plan.methods import METHODS, method_of
 from runner.plan.topology import Topology
 
 GIB = 2**30
@@ -76,7 +77,7 @@ def peak(config: dict, s: Settings) -> dict | None:
     trainable, t_bytes = trainable_params(config, total, s, w_bytes, quant)
     per_param, temp_too = OPTIMIZERS.get(s.optim, (None, True))
     state_bytes = 2 * t_bytes if per_param is None else t_bytes if per_param == "one" else per_param
-    full = s.peft.get("method", "none") in ("none", "partial")
+    full = method_of(s.peft).trains_base
     ckpt = s.activation_checkpointing
     # fp32 weights under bf16 autocast: trainable ones are cast once and cached for the whole forward pass;
     # frozen ones are cast per call, and each linear keeps its copy for backward unless checkpointing drops it
@@ -125,7 +126,7 @@ def activation_parts(config: dict, s: Settings, shapes: dict | None = None) -> d
     """Saved-for-backward bytes of one micro-batch: all layers, one layer, the LM head; and the layer workspace."""
     shapes = shapes or counts.linear_shapes(config)
     tokens = s.batch * s.length * (2 if s.kind == "dpo" else 1)  # padding-free: batch x length real tokens
-    full = s.peft.get("method", "none") in ("none", "partial")
+    full = method_of(s.peft).trains_base
     layer = act.layer_bytes(config, shapes, s, lora_targets(shapes, s.peft))
     kept = act.checkpointed_layer_bytes(config, s) if s.activation_checkpointing else layer
     return {"tokens": tokens, "activations_saved": config["num_hidden_layers"] * kept * tokens,
@@ -162,7 +163,7 @@ def trainable_params(config: dict, total: int, s: Settings, w_bytes: int, quant:
             targets = "all-linear"
         count = counts.lora_parameters(config, s.peft.get("r", 16), targets)
         return count, 2 if quant != "none" else 4
-    if method in ("none", "partial"):  # partial: an upper bound (the patterns are matched after loading)
+    if METHODS[method].trains_base:  # partial: an upper bound (the patterns are matched after loading)
         return total, w_bytes
     return 0, 4  # prompt / prefix tuning, IA3: a few thousand to a few million parameters
 

@@ -17,6 +17,7 @@ from dataclasses import fields, replace
 
 from runner.plan import memory
 from runner.plan.memory import GIB, Settings
+from runner.plan.methods import method_of
 from runner.plan.topology import Topology
 
 LORA = {"method": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -190,9 +191,9 @@ def changes(s: Settings) -> list[tuple[str, Settings]]:
         batch //= 2
     if not s.liger and s.kind in ("sft", "dpo"):
         found.append(("training.use_liger_kernel: true (liger-kernel installed, a GPU)", replace(s, liger=True)))
-    if s.peft.get("method") in ("none", "partial") and s.optim in ("adamw_torch", "adamw_torch_fused"):
+    if method_of(s.peft).trains_base and s.optim in ("adamw_torch", "adamw_torch_fused"):
         found.append(("training.optim: adamw_bnb_8bit", replace(s, optim="adamw_bnb_8bit")))
-    if s.peft.get("method") in ("none", "partial"):
+    if method_of(s.peft).trains_base:
         found.append(("peft.method: lora (r 16, all-linear)", replace(s, peft=LORA)))
     if s.quantization.get("method", "none") == "none" and s.kind != "classification":
         peft = s.peft if s.peft.get("method") == "lora" else LORA

@@ -7,17 +7,43 @@ from __future__ import annotations
 
 import re
 
+from dataclasses import dataclass
+
 from runner.plan import estimate
 from runner.errors import Problem, did_you_mean
 from runner.plan.tasks import Task
 
-ADAPTERS = {  # peft.method -> peft's config class; only the adapter is saved
-    "lora": "peft.LoraConfig",
-    "prompt_tuning": "peft.PromptTuningConfig",
-    "prefix_tuning": "peft.PrefixTuningConfig",
-    "ia3": "peft.IA3Config",
+
+@dataclass(frozen=True)
+class Method:
+    """What a tuning method (`peft.method`) is, in the terms every stage asks about."""
+
+    name: str  # how records and messages call it
+    trains_base: bool  # base weights take gradients: they need optimizer state and cannot be quantized
+    adapter: bool  # a peft adapter: only it is saved, and it loads onto its base (its config class: runner/train/adapters.py)
+    soft_prompt: bool  # virtual tokens before every input (peft's prompt learning): no module replaced, nothing to merge
+    packable: bool  # rows may be packed without padding (the token sequence is left as it is)
+    mergeable: bool  # `merge` folds it into the base
+
+
+METHODS = {
+    "none": Method("full fine-tuning", trains_base=True, adapter=False, soft_prompt=False, packable=True,
+                   mergeable=False),
+    "partial": Method("partial fine-tuning", trains_base=True, adapter=False, soft_prompt=False, packable=True,
+                      mergeable=False),
+    "lora": Method("LoRA", trains_base=False, adapter=True, soft_prompt=False, packable=True, mergeable=True),
+    # not packed: not measured padding-free (peft's IA3 scales activations position-wise, which packing would not change)
+    "ia3": Method("IA3", trains_base=False, adapter=True, soft_prompt=False, packable=False, mergeable=True),
+    "prompt_tuning": Method("prompt tuning", trains_base=False, adapter=True, soft_prompt=True, packable=False,
+                            mergeable=False),
+    "prefix_tuning": Method("prefix tuning", trains_base=False, adapter=True, soft_prompt=True, packable=False,
+                            mergeable=False),
 }
-SOFT_PROMPTS = ("prompt_tuning", "prefix_tuning")  # peft's prompt-learning methods: no modules replaced
+
+
+def method_of(peft: dict | None) -> Method:
+    """The method row of a recipe's peft section or a plan's peft spec (None: full fine-tuning)."""
+    return METHODS[(peft or {}).get("method", "none")]
 
 
 def quantized(doc: dict) -> bool:
@@ -28,14 +54,13 @@ def check_methods(doc: dict, config: dict | None, task: Task) -> list[Problem]:
     peft, quant, training = doc["peft"], doc["model"]["quantization"], doc["training"]
     method = peft["method"]
     problems = check_peft(peft, config, task)
-    if quant["method"] != "none" and method not in ADAPTERS:
-        what = "full fine-tuning" if method == "none" else "partial fine-tuning"
+    if quant["method"] != "none" and METHODS[method].trains_base:
         problems.append(Problem("/model/quantization/method", f"{quant['method']} weights cannot be trained, and "
-                                f"peft.method '{method}' ({what}) trains base weights",
+                                f"peft.method '{method}' ({METHODS[method].name}) trains base weights",
                                 "set peft.method to lora (QLoRA with bnb_4bit) or another adapter, or set "
                                 "model.quantization.method to none"))
     targets = peft.get("target_modules")
-    if method == "lora" and task.trainer_class == "trl.SFTTrainer" and isinstance(targets, list) and any(
+    if method == "lora" and not task.adapter_on_head_trains and isinstance(targets, list) and any(
             t.split(".")[-1] == "lm_head" for t in targets):
         problems.append(Problem("/peft/target_modules", "TRL's SFTTrainer computes the loss from lm_head.weight "
                                 "directly, so an adapter on lm_head would never train (TRL rejects it)",
@@ -43,7 +68,7 @@ def check_methods(doc: dict, config: dict | None, task: Task) -> list[Problem]:
     if quant["method"] != "none" and method == "lora" and peft["init_lora_weights"] in ("pissa", "olora"):
         problems.append(Problem("/peft/init_lora_weights", f"'{peft['init_lora_weights']}' rewrites the base "
                                 "weights, which are quantized here", "use true or gaussian with a quantized base"))
-    if method in SOFT_PROMPTS and (training.get("packing") or training.get("padding_free")):
+    if METHODS[method].soft_prompt and (training.get("packing") or training.get("padding_free")):
         key = "packing" if training.get("packing") else "padding_free"
         problems.append(Problem(f"/training/{key}", f"{method} drops the position ids that keep packed (padding-free) "
                                 "examples apart, so they would attend to each other and get wrong positions",
@@ -140,10 +165,8 @@ def peft_spec(peft: dict, task: Task, model: dict) -> dict | None:
     the saved adapter reloads on exactly the weights it was trained on.
     """
     method = peft["method"]
-    if method == "none":
-        return None
-    if method == "partial":
-        return {"method": "partial", "trainable": peft["trainable"]}
+    if not METHODS[method].adapter:
+        return None if method == "none" else {"method": method, "trainable": peft["trainable"]}
     kwargs = {k: v for k, v in peft.items() if k != "method"}
     if method == "prompt_tuning" and peft["prompt_tuning_init"] == "TEXT":
         kwargs["tokenizer_name_or_path"] = model["tokenizer"] or model["name_or_path"]  # peft tokenizes the text
@@ -154,7 +177,7 @@ def peft_spec(peft: dict, task: Task, model: dict) -> dict | None:
     if method in ("lora", "ia3"):
         kwargs = {k: v for k, v in kwargs.items() if v is not None}  # null: peft's own default
     kwargs["revision"] = model["revision"]
-    return {"method": method, "class": ADAPTERS[method], "kwargs": {"task_type": task.peft_task_type, **kwargs}}
+    return {"method": method, "kwargs": {"task_type": task.peft_task_type, **kwargs}}
 
 
 def quantization_spec(quant: dict) -> dict | None:
@@ -163,7 +186,7 @@ def quantization_spec(quant: dict) -> dict | None:
         return None
     kwargs = {k: v for k, v in quant.items() if k != "method" and v is not None}
     flag = "load_in_4bit" if quant["method"] == "bnb_4bit" else "load_in_8bit"
-    return {"method": quant["method"], "class": "transformers.BitsAndBytesConfig", "kwargs": {flag: True, **kwargs}}
+    return {"method": quant["method"], "kwargs": {flag: True, **kwargs}}
 
 
 def parameter_counts(config: dict | None, source: str, peft: dict, task: Task) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runner.plan import deepspeed_json
 from runner.errors import Problem
+from runner.plan.methods import METHODS
 from runner.plan.topology import Topology
 
 CHEAP_COUNT_BYTES = 256 * 2**20  # count rows of local .jsonl/.json files up to this size; larger ones cost too much
@@ -76,7 +77,7 @@ def _check_zero3_save(doc: dict, topology: Topology) -> list[Problem]:
     need the gather (checked: a LoRA run with it off saved every adapter tensor whole)."""
     if topology.engine != "deepspeed" or topology.zero_stage != 3 or topology.zero3_save_16bit_model is not False:
         return []
-    if doc["peft"]["method"] not in ("none", "partial"):
+    if not METHODS[doc["peft"]["method"]].trains_base:
         return []
     return [Problem("zero_optimization.stage3_gather_16bit_weights_on_model_save",
                     "ZeRO-3 without the 16-bit gather on save: the run would end with DeepSpeed shards and no model "

@@ -11,7 +11,8 @@ import json
 from runner.records.report import metric_table
 
 
-def render_card(manifest: dict, plan: dict, recipe: dict, metrics: dict) -> str:
+def render_card(manifest: dict, plan: dict, recipe: dict, metrics: dict, model_class: str) -> str:
+    """`model_class`: the transformers Auto class that loads the saved model (the task's)."""
     model, peft = plan["model"], plan.get("peft")
     sections = [_header(plan), f"# {manifest.get('name', recipe.get('name'))}\n"]
     if recipe.get("description"):
@@ -20,11 +21,11 @@ def render_card(manifest: dict, plan: dict, recipe: dict, metrics: dict) -> str:
         sections.append(f"**This run did not finish** (status `{manifest.get('status')}`"
                         + (f": {manifest['error']}" if manifest.get("error") else "") + ").\n")
     sections += [
-        "## Model\n\n" + "\n".join(_model_lines(manifest, model, peft)) + "\n",
+        "## Model\n\n" + "\n".join(_model_lines(manifest, model, peft, model_class)) + "\n",
         "## Data\n\n" + "\n".join(_data_lines(manifest, plan)) + "\n",
         "## Training\n\n" + "\n".join(_training_lines(manifest, plan)) + "\n",
         "## Results (held-out)\n\n" + (metric_table(metrics) or "No metrics were measured.") + "\n",
-        "## How to use\n\n" + _usage(manifest, model) + "\n",
+        "## How to use\n\n" + _usage(manifest, model_class) + "\n",
         "## Recipe\n\nThe resolved recipe this run was trained from (also in `recipe.json`; the run's full "
         "record is `run.json`, its report `report.md`):\n\n```json\n" + json.dumps(recipe, indent=2) + "\n```\n",
     ]
@@ -40,12 +41,12 @@ def _header(plan: dict) -> str:
     return "\n".join(lines + ["---", ""])
 
 
-def _model_lines(manifest: dict, model: dict, peft: dict | None) -> list[str]:
+def _model_lines(manifest: dict, model: dict, peft: dict | None, model_class: str) -> list[str]:
     params = manifest.get("parameters") or {}
     lines = [f"- base model: `{model['name_or_path']}`" + (f" (GGUF file `{model['gguf_file']}`, dequantized to "
                                                           f"{manifest.get('weights_dtype')})" if model.get("gguf_file")
                                                           else ""),
-             f"- class: `{model['class']}`"]
+             f"- class: `transformers.{model_class}`"]
     adapter = bool(peft) and "kwargs" in peft  # partial tuning trains some of the model's own weights
     if model.get("init") == "random":
         lines.append("- weights: randomly initialised from that config (seeded)"
@@ -95,7 +96,8 @@ KEY_SETTINGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_tr
 
 def _training_lines(manifest: dict, plan: dict) -> list[str]:
     config = manifest.get("trainer_config") or plan["trainer"]["config"]
-    lines = [f"- task: {plan['task']} (`{plan['trainer']['class']}`)"]
+    trainer = f" (`{manifest['trainer']}`)" if manifest.get("trainer") else ""
+    lines = [f"- task: {plan['task']}{trainer}"]
     shown = [key for key in KEY_SETTINGS if config.get(key) not in (None, -1)]
     if config.get("max_steps") not in (None, -1):  # max_steps wins over epochs, as in transformers
         shown = [key for key in shown if key != "num_train_epochs"]
@@ -110,8 +112,8 @@ def _training_lines(manifest: dict, plan: dict) -> list[str]:
     return lines
 
 
-def _usage(manifest: dict, model: dict) -> str:
-    run_dir, cls = manifest.get("output_dir", "."), model["class"].rsplit(".", 1)[-1]
+def _usage(manifest: dict, cls: str) -> str:
+    run_dir = manifest.get("output_dir", ".")
     return ("```python\n"
             f"from transformers import AutoTokenizer, {cls}\n\n"
             f"model = {cls}.from_pretrained({run_dir!r})\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -125,12 +124,11 @@ def _foreign_inside(folder: Path) -> list[str]:
 
 
 def _checkpoint_files(folder: Path) -> set[str]:
-    """The files a checkpoint's completeness marker lists (runner/train/resume.py writes it)."""
-    try:
-        files = json.loads((folder / "runner_checkpoint.json").read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
-        return set()
-    return set(files) if isinstance(files, dict) else set()
+    """The files a checkpoint's completeness marker lists (runner/records/checkpoints.py)."""
+    from runner.records.checkpoints import read_marker
+
+    marker, _ = read_marker(folder)
+    return set((marker or {}).get("files") or ())
 
 
 def start_run_dir(output_dir: str) -> Path | None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 import re
 
 from runner.errors import Problem, RecipeError
-from runner.plan.tasks import import_dotted
+from runner.plan.methods import method_of
 
 HEAD = "head"  # keyword in `trainable`: every parameter outside the base model
 
 
 def peft_config(spec: dict | None):
     """The peft config a trainer wraps the model with, or None (full or partial fine-tuning)."""
-    if spec is None or "class" not in spec:
+    if not method_of(spec).adapter:
         return None
-    return import_dotted(spec["class"])(**spec["kwargs"])
+    import peft
+
+    classes = {"lora": peft.LoraConfig, "prompt_tuning": peft.PromptTuningConfig,
+               "prefix_tuning": peft.PrefixTuningConfig, "ia3": peft.IA3Config}
+    return classes[spec["method"]](**spec["kwargs"])
 
 
 def freeze_all_but(model, patterns: list[str]) -> int:
@@ -41,10 +45,10 @@ def prepare_model(model, spec: dict | None):
     once, without its checkpointing part: TrainingArguments' activation_checkpointing owns that.
     Adapters themselves are left to the trainer's peft_config.
     """
-    if spec is not None and spec["method"] == "partial":
+    if method_of(spec).trains_base and spec is not None:  # partial (full fine-tuning has no spec)
         freeze_all_but(model, spec["trainable"])
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if quantized and spec is not None and "class" in spec:  # training an adapter (not evaluating one)
+    if quantized and method_of(spec).adapter:  # training an adapter (not evaluating one)
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -54,7 +58,7 @@ def prepare_model(model, spec: dict | None):
 def wrap_for_classification(model, spec: dict | None):
     """transformers.Trainer takes no peft_config: wrap here. SEQ_CLS keeps the new head trainable."""
     model = prepare_model(model, spec)
-    if spec is not None and "class" in spec:
+    if method_of(spec).adapter:
         from peft import get_peft_model
 
         return get_peft_model(model, peft_config(spec))

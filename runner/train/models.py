@@ -6,7 +6,6 @@ import sys
 
 from runner import compat
 from runner.errors import Problem, RecipeError
-from runner.plan.tasks import import_dotted
 
 
 def load_tokenizer(spec: dict):
@@ -51,7 +50,9 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
     import torch
     from transformers import set_seed
 
-    model_class = import_dotted(spec["class"])
+    from runner.train.task_code import TASK_CODE
+
+    model_class = TASK_CODE[spec["task"]].model_class()
     config = load_config(spec, config_updates)
     kwargs = {"trust_remote_code": spec["trust_remote_code"]}
     if spec["attn_implementation"] == "runner_varlen":  # chosen by the fast defaults (runner/train/attention.py)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
-from runner.train import adapters
 from runner.data import chat_masks
 from runner.data import tokencache
 from runner.train.callbacks import StopOnNonFiniteLoss
 from runner.errors import Problem, RecipeError
-from runner.plan.tasks import TASKS, import_dotted
+from runner.plan.tasks import TASKS
 
 # Optimizers that need a package beyond the base install (transformers imports it when it builds the optimizer).
 OPTIMIZER_PACKAGES = {
@@ -21,10 +20,8 @@ OPTIMIZER_PACKAGES = {
 def launch_config(plan: dict, hardware: dict) -> dict:
     """The config kwargs with the launch-time decisions of the plan made for this machine."""
     config = dict(plan["trainer"]["config"])
-    config["use_cpu"] = not hardware["gpus"]
-    if "bf16" in plan["trainer"]["decided_at_launch"] and config.get("bf16") is None:
-        # a plan.json written before bf16 became a fast default (fast.resolve writes it into the config now)
-        config["bf16"] = hardware["bf16"]
+    if "use_cpu" not in config:  # a plan.json from before use_cpu was a launch decision (runner/plan/decisions.py)
+        config["use_cpu"] = not hardware["gpus"]
     return config
 
 
@@ -32,16 +29,24 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     """The task's trainer, ready to train; a setting the library rejects is reported at its recipe path."""
     config = launch_config(plan, hardware)
     check_optimizer_installed(config["optim"])
-    config_class = import_dotted(plan["trainer"]["config_class"])
-    trainer_class = with_chat_masks(import_dotted(plan["trainer"]["class"]), plan)
+    from runner.train.task_code import TASK_CODE
+
+    code = TASK_CODE[plan["task"]]
+    config_class = code.config_class()
+    trainer_class = with_chat_masks(code.trainer_class(), plan)
     trainer_class = tokencache.with_cache(trainer_class, plan, splits, tokenizer,
                                           {**config, **plan["trainer"]["runner_settings"]})
-    builder = import_dotted(plan["trainer"]["builder"])
-    args = rejected_as_user_error(plan["trainer"]["config_class"], config, lambda: config_class(**config))
-    kwargs = rejected_as_user_error(plan["trainer"]["builder"], config, lambda: builder(plan, model, tokenizer, splits))
-    trainer = rejected_as_user_error(plan["trainer"]["class"], config, lambda: trainer_class(args=args, **kwargs))
+    args = rejected_as_user_error(library_name(config_class), config, lambda: config_class(**config))
+    kwargs = rejected_as_user_error(code.trainer_kwargs.__name__, config,
+                                    lambda: code.trainer_kwargs(plan, model, tokenizer, splits))
+    trainer = rejected_as_user_error(library_name(trainer_class), config, lambda: trainer_class(args=args, **kwargs))
     trainer.add_callback(StopOnNonFiniteLoss())
     return trainer
+
+
+def library_name(cls: type) -> str:
+    """'trl.SFTConfig': how the library's users know the class (in messages)."""
+    return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
 
 
 def with_chat_masks(trainer_class, plan: dict):
@@ -85,35 +90,6 @@ def non_finite_loss(trainer) -> StopOnNonFiniteLoss | None:
     """The callback's finding, when the loss went NaN or infinite."""
     found = [c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLoss)]
     return found[0] if found and found[0].bad_step is not None else None
-
-
-def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
-    """TRL's trainers (SFT, DPO) tokenize the data themselves and wrap the model with peft_config.
-
-    For DPO with an adapter, TRL uses the base with the adapter disabled as the reference model
-    (no second copy); with full fine-tuning it copies the model, or precomputes the reference
-    log-probabilities with `precompute_ref_log_probs`.
-    """
-    kwargs = {}
-    if plan["trainer"]["reference_model"] == "copy":
-        # TRL would reload the reference from model.name_or_path, which has no weights for a random
-        # model and ignores config_overrides: a copy of the start model is the true reference.
-        import copy
-
-        kwargs["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
-    elif plan["trainer"]["reference_model"] == "initial":  # evaluating a trained model: reload the start model
-        from runner.train.models import load_model
-
-        start = load_model(plan["model"], plan["recipe"]["training"]["seed"])
-        kwargs["ref_model"] = start.eval().requires_grad_(False)
-    return {
-        "model": adapters.prepare_model(model, plan["peft"]),
-        "train_dataset": splits.train,
-        "eval_dataset": splits.eval,
-        "processing_class": tokenizer,
-        "peft_config": adapters.peft_config(plan["peft"]),
-        **kwargs,
-    }
 
 
 def check_optimizer_installed(optim: str) -> None:

@@ -1,0 +1,76 @@
+"""The code of each task in the task table (runner/plan/tasks.py): its trainer, config and model classes and its
+trainer's arguments. Classes are returned by functions so that importing this table imports no library."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from runner.train import classification
+from runner.train.trainer_kwargs import lm_trainer_kwargs
+
+
+def _sft_trainer():
+    from trl import SFTTrainer
+
+    return SFTTrainer
+
+
+def _sft_config():
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+def _dpo_trainer():
+    from trl import DPOTrainer
+
+    return DPOTrainer
+
+
+def _dpo_config():
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+def _trainer():
+    from transformers import Trainer
+
+    return Trainer
+
+
+def _training_arguments():
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+def _causal_lm():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def _sequence_classification():
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification
+
+
+@dataclass(frozen=True)
+class TaskCode:
+    trainer_class: Callable[[], type]
+    config_class: Callable[[], type]  # receives the recipe's `training` section (less runner keys) as kwargs
+    model_class: Callable[[], type]  # the Auto class that loads or builds the model
+    trainer_kwargs: Callable  # (plan, model, tokenizer, splits) -> the trainer's keyword arguments but `args`
+
+
+_SFT = TaskCode(_sft_trainer, _sft_config, _causal_lm, lm_trainer_kwargs)
+
+TASK_CODE = {
+    "sft": _SFT,
+    "pretrain": _SFT,
+    "dpo": TaskCode(_dpo_trainer, _dpo_config, _causal_lm, lm_trainer_kwargs),
+    "classification": TaskCode(_trainer, _training_arguments, _sequence_classification,
+                               classification.classification_trainer_kwargs),
+}

@@ -1,0 +1,33 @@
+"""The keyword arguments TRL's language-model trainers (SFT, DPO) take beside `args`."""
+from __future__ import annotations
+
+from runner.train import adapters
+
+
+def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
+    """TRL's trainers (SFT, DPO) tokenize the data themselves and wrap the model with peft_config.
+
+    For DPO with an adapter, TRL uses the base with the adapter disabled as the reference model
+    (no second copy); with full fine-tuning it copies the model, or precomputes the reference
+    log-probabilities with `precompute_ref_log_probs`.
+    """
+    kwargs = {}
+    if plan["trainer"]["reference_model"] == "copy":
+        # TRL would reload the reference from model.name_or_path, which has no weights for a random
+        # model and ignores config_overrides: a copy of the start model is the true reference.
+        import copy
+
+        kwargs["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
+    elif plan["trainer"]["reference_model"] == "initial":  # evaluating a trained model: reload the start model
+        from runner.train.models import load_model
+
+        start = load_model(plan["model"], plan["recipe"]["training"]["seed"])
+        kwargs["ref_model"] = start.eval().requires_grad_(False)
+    return {
+        "model": adapters.prepare_model(model, plan["peft"]),
+        "train_dataset": splits.train,
+        "eval_dataset": splits.eval,
+        "processing_class": tokenizer,
+        "peft_config": adapters.peft_config(plan["peft"]),
+        **kwargs,
+    }

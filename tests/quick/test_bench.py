@@ -12,7 +12,7 @@ from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
 from conftest import ROOT
 
-from test_fast import CPU, H100
+from machines import CPU, H100
 
 
 def plain_script_settings() -> dict:

@@ -11,7 +11,7 @@ import pytest
 from runner.evaluate import metrics
 from runner.evaluate.metrics import bleu, classification_metrics, exact_match, generation_metrics, perplexity, rouge
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/quick/ -> the repository
 
 # ---- classification -------------------------------------------------------------------------
 LABELS = ["cat", "dog", "bird"]

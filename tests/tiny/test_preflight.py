@@ -8,7 +8,6 @@ import pytest
 
 from runner.plan.build import build_plan
 from runner.commands.check_data import check_data
-from runner.data.check import length_stats
 from runner.recipe.load import load_recipe
 from conftest import ROOT, base_recipe, write_jsonl
 
@@ -39,10 +38,6 @@ def test_chat_preview_marks_only_assistant_turns(tmp_path, recipe_file):
     report = check_data(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, data={"format": "messages"})))))
     assert report["preview"] == "⟦<|system|>be brief<|end|><|user|>hi<|end|><|assistant|>⟧yo<|end|>"
     assert report["leakage"] is None and report["warnings"] == []
-
-
-def test_length_statistics():
-    assert length_stats([5, 1, 3]) == {"min": 1, "median": 3, "p95": 5, "max": 5}
 
 
 def test_check_data_command(tmp_path, recipe_file):

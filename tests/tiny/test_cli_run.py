@@ -1,4 +1,4 @@
-"""The command line as a user meets it: exit codes, reports without tracebacks, real launches."""
+"""The command line as a user meets it, for runs: the default command, the README's quickstart, real launches."""
 from __future__ import annotations
 
 import json
@@ -8,52 +8,9 @@ import sys
 
 import pytest
 
+from commandline import cli, free_port
 from conftest import ROOT, base_recipe, write_jsonl
 from test_train import FORMATS
-
-
-def free_port() -> int:
-    """A port nobody listens on, so a leftover process on accelerate's default port cannot capture the run."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def cli(*args, cwd=ROOT, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def test_validate_every_shipped_recipe():
-    recipes = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").glob("*.json"))
-    result = cli("validate", *recipes)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"ok: {r}" for r in recipes]
-
-
-def test_user_mistakes_exit_2_with_one_report_and_no_traceback(tmp_path, recipe_file):
-    path = recipe_file(base_recipe(tmp_path, training={"learnig_rate": 1e-4, "max_steps": "ten"}))
-    result = cli("validate", str(path))
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines() == [
-        f"{path}: 2 problems",
-        "  /training/learnig_rate: unknown key",
-        "      hint: did you mean 'learning_rate'?",
-        "  /training/max_steps: 'ten' is not an integer",
-    ]
-
-
-@pytest.mark.parametrize("command", ["run", "plan", "validate"])
-def test_every_command_reports_bad_set_the_same_way(tmp_path, recipe_file, command):
-    path = recipe_file(base_recipe(tmp_path))
-    result = cli(command, str(path), "--set", "trainig.seed=1")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "/trainig: unknown key (in --set 'trainig.seed=1')" in result.stderr
-    assert "did you mean 'training'?" in result.stderr
 
 
 def test_run_is_the_default_command_and_bad_data_exits_2(tmp_path, recipe_file):
@@ -61,13 +18,6 @@ def test_run_is_the_default_command_and_bad_data_exits_2(tmp_path, recipe_file):
     result = cli(str(recipe_file(base_recipe(tmp_path))))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "/data/train: no column 'text'" in result.stderr
-
-
-def test_plan_prints_json():
-    result = cli("plan", "recipes/quickstart.json", "--set", "training.learning_rate=1e-3")
-    assert result.returncode == 0, result.stderr
-    plan = json.loads(result.stdout)
-    assert plan["trainer"]["config"]["learning_rate"] == 1e-3
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ Every figure is per token and follows what the code that runs saves (torch's aut
 transformers 5.x Llama / Mistral / Qwen2/3 modules, peft's LoRA layer, bitsandbytes' 4-bit matmul,
 Liger 0.8.5's autograd Functions, TRL 1.16's fused LM head). `bench/saved_activations.py` measures the
 same counts on a real transformers model with `saved_tensors_hooks`, and
-`tests/test_memory.py::test_layer_count_matches_saved_tensors_of_a_real_model` holds them together.
+`tests/tiny/test_estimate_vs_transformers.py::test_layer_count_matches_saved_tensors_of_a_real_model` holds them together.
 
 Symbols: h hidden size, i MLP width, q = heads x head_dim, kv = kv heads x head_dim; r the residual
 stream's bytes (4 when the weights are fp32, or a k-bit base whose embeddings peft upcasts; else 2);

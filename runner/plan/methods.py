@@ -1,7 +1,7 @@
 """The tuning method and the base's quantization: cross-field checks, specs and parameter counts for the plan.
 
 Pure like plan.py (no torch, no peft). Each rule below that rejects a combination was seen to fail
-(or to train nothing) with the installed libraries; tests/test_methods.py runs them.
+(or to train nothing) with the installed libraries; tests/tiny/test_methods.py runs them.
 """
 from __future__ import annotations
 

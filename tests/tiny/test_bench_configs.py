@@ -1,8 +1,6 @@
 """The benchmarks compare like with like: both sides build the same TRL/transformers configs, field by field."""
 from __future__ import annotations
 
-import ast
-
 import pytest
 
 from runner.launch import decide as fast
@@ -10,16 +8,11 @@ from runner.launch import decide as fast
 from runner.plan import decisions
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
+from bench_sources import plain_script_settings, plain_smollm2_settings
 from conftest import ROOT
 
 from machines import CPU
 
-
-def plain_script_settings() -> dict:
-    """The keyword arguments bench/plain_trl_sft.py passes to SFTConfig (read from its source, not run)."""
-    tree = ast.parse((ROOT / "bench" / "plain_trl_sft.py").read_text())
-    [call] = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "SFTConfig"]
-    return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg != "output_dir"}
 
 
 def test_overhead_sides_build_the_same_sft_config_but_for_named_equivalents(tmp_path):

@@ -58,7 +58,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         "topology": topology.to_dict(),
         "batch": scale.batch_arithmetic(doc, topology, decisions.packing_may_be_decided(doc, task.name, model_config)),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
-        "memory": memory_fit.memory_section(doc, model_config, memory_kind(task), reference_model(doc, task),
+        "memory": memory_fit.memory_section(doc, model_config, task.memory_kind, reference_model(doc, task),
                                             topology, config_source),
         "fast_defaults": decisions.plan_section(doc, task.name, model_config),
         "recipe": doc,
@@ -267,11 +267,6 @@ def reference_model(doc: dict, task: Task) -> str | None:
     if doc["training"]["precompute_ref_log_probs"]:
         return "precomputed"
     return "copy"
-
-
-def memory_kind(task: Task) -> str:
-    """How the memory estimate counts rows and heads: preference pairs, a classification head, or a language model."""
-    return "dpo" if task.needs_reference else "classification" if task.head_module != "lm_head" else "sft"
 
 
 def resolve_output_dir(doc: dict) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from runner.plan import memory_fit
 from runner.plan.methods import METHODS
+from runner.plan.tasks import TASKS
 
 
 
@@ -102,11 +103,8 @@ def decide(plan: dict, machine: dict) -> dict:
     set_("/training/bf16", *precision(config, machine, (plan.get("topology") or {}).get("engine", "single")))
     bf16 = config["bf16"] if config.get("bf16") is not None else out.get("/training/bf16", {}).get("value", False)
     quantization = plan["model"]["quantization"]  # None, or BitsAndBytesConfig's kwargs
-    if quantization and quantization["method"] == "bnb_4bit":  # unquantized weights in the 4-bit compute dtype
-        compute = quantization["kwargs"]["bnb_4bit_compute_dtype"]
-        set_("/model/dtype", compute, f"4-bit base: its bnb_4bit_compute_dtype ({compute})")
-    else:
-        set_("/model/dtype", *weights_dtype(bf16, gpu))
+    four_bit = quantization is not None and quantization["method"] == "bnb_4bit"
+    set_("/model/dtype", *model_dtype(quantization["kwargs"]["bnb_4bit_compute_dtype"] if four_bit else None, bf16, gpu))
     packing, why = padding_free_ok(facts, machine, plan["model"]["attn_implementation"])
     set_("/training/packing", packing, why)
     padding_free = config.get("packing") if config.get("packing") is not None else out.get(
@@ -116,13 +114,12 @@ def decide(plan: dict, machine: dict) -> dict:
         out["/model/attn_implementation"] = {"value": "runner_varlen",
                                              "reason": "padding-free batches: each document attends only to itself"}
     set_("/training/pad_to_multiple_of", *pad_multiple(facts["max_length"], gpu, padding_free))
-    liger = (gpu and machine["liger"] and facts["task"] in ("sft", "pretrain")
-             and facts["model_type"] in LIGER_MODEL_TYPES)
+    liger = gpu and machine["liger"] and liger_applies(facts["task"], facts["model_type"])
     set_("/training/use_liger_kernel", liger,
          "liger-kernel installed, GPU, supported architecture" if liger else
-         "needs liger-kernel installed, a GPU, task sft/pretrain and a supported architecture")
-    set_("/training/optim", "adamw_torch_fused" if gpu else "adamw_torch",
-         "fused AdamW: one kernel for all parameters on the GPU" if gpu else "CPU")
+         "needs liger-kernel installed, a GPU, a task whose loss Liger fuses (sft, pretrain) and a supported "
+         "architecture")
+    set_("/training/optim", *optimizer(gpu))
     memory = memory_as_decided(plan, out, bf16, padding_free)
     set_("/training/activation_checkpointing", *checkpointing(memory, machine, facts["peft_method"]))
     workers = min(4, max(0, machine["cpus"] // max(1, machine["gpus"]) - 2)) if gpu else 0
@@ -147,6 +144,48 @@ def precision(config: dict, machine: dict, engine: str) -> tuple[bool, str]:
         return True, (f"CPU computes bf16 natively ({cpu['feature']} in {cpu['source']}): bf16 autocast, "
                       "faster than fp32 there (bench/RESULTS.md) and what TRL's own defaults train in")
     return False, f"no native bf16 on this CPU (no avx512_bf16, amx_bf16 or bf16 in {cpu['source']}): fp32"
+
+
+def model_dtype(compute_dtype: str | None, bf16: bool, gpu: bool) -> tuple[str, str]:
+    """A 4-bit base's unquantized parts in its compute dtype; otherwise the weights in the training dtype on a GPU."""
+    if compute_dtype is not None:
+        return compute_dtype, f"4-bit base: its bnb_4bit_compute_dtype ({compute_dtype})"
+    return weights_dtype(bf16, gpu)
+
+
+def optimizer(gpu: bool) -> tuple[str, str]:
+    if gpu:
+        return "adamw_torch_fused", "fused AdamW: one kernel for all parameters on the GPU"
+    return "adamw_torch", "CPU"
+
+
+def liger_applies(task_name: str, model_type: str | None) -> bool:
+    """Liger's kernels fuse this task's loss (its task row) and patch this architecture."""
+    return TASKS[task_name].liger_kernel and model_type in LIGER_MODEL_TYPES
+
+
+# The machine `plan` assumes for what the launch decides, in the memory estimate: a GPU with bf16, without the
+# varlen kernel and Liger (the larger estimate); the launch recomputes the estimate for the machine it lands on.
+ASSUMED_GPU = {"gpus": 1, "bf16": True, "varlen": False, "liger": False}
+
+
+def assumed_on_a_gpu(doc: dict, engine: str) -> dict:
+    """What the rules decide on ASSUMED_GPU for the recipe's null precision, weights dtype and optimizer (the values
+    the recipe sets are kept): the memory estimate's inputs, with the rule's reason for each one decided."""
+    training, model = doc["training"], doc["model"]
+    decided = {}
+    bf16 = training.get("bf16")
+    if bf16 is None:
+        bf16, decided["bf16"] = precision(training, ASSUMED_GPU, engine)
+    quant = model["quantization"]
+    dtype = model["dtype"]
+    if dtype is None:
+        compute = quant.get("bnb_4bit_compute_dtype") if quant["method"] == "bnb_4bit" else None
+        dtype, decided["dtype"] = model_dtype(compute, bf16, gpu=True)
+    optim = training["optim"]
+    if optim is None:
+        optim, decided["optim"] = optimizer(gpu=True)
+    return {"bf16": bf16, "dtype": dtype, "optim": optim, "reasons": decided}
 
 
 def weights_dtype(bf16: bool, gpu: bool) -> tuple[str, str]:

@@ -95,29 +95,24 @@ def need_gib(result: dict) -> float:
 
 def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | None,
                          topology: Topology) -> tuple[Settings | None, list[str]]:
+    from runner.plan.decisions import assumed_on_a_gpu
+
     model, training = doc["model"], doc["training"]
     assumptions = []
-    if training.get("bf16") is None:
-        precision = "fp16" if training.get("fp16") else "bf16"
-        if precision == "bf16":
-            assumptions.append("bf16 mixed precision (training.bf16 null: on for a GPU with bf16)")
-    else:
-        precision = "bf16" if training["bf16"] else "fp16" if training.get("fp16") else "no"
-    dtype = model["dtype"]
-    if dtype is None:  # a fast default, as decisions.decide makes it: a 4-bit base's compute dtype, else the training's
-        quant = model["quantization"]
-        if quant["method"] == "bnb_4bit":
-            dtype = quant["bnb_4bit_compute_dtype"]
-        else:
-            dtype = "bfloat16" if precision == "bf16" else "auto"
+    # the recipe's null settings as the launch-time rules decide them on a GPU with bf16 (runner/plan/decisions.py)
+    assumed = assumed_on_a_gpu(doc, topology.engine)
+    precision = "bf16" if assumed["bf16"] else "fp16" if training.get("fp16") else "no"
+    if "bf16" in assumed["reasons"] and assumed["bf16"]:
+        assumptions.append("bf16 mixed precision (training.bf16 null: on for a GPU with bf16)")
+    dtype = assumed["dtype"]
+    if "dtype" in assumed["reasons"]:
         assumptions.append(f"model.dtype null: weights load as {dtype} (the launch-time fast default on a GPU)")
     if dtype == "auto":
         dtype = auto_dtype(model, config)
         assumptions.append(f"weights load as {dtype} (model.dtype auto)")
-    optim = training["optim"]
-    if optim is None:  # a fast default
-        optim = "adamw_torch_fused"
-        assumptions.append("training.optim null: adamw_torch_fused (the launch-time fast default on a GPU)")
+    optim = assumed["optim"]
+    if "optim" in assumed["reasons"]:
+        assumptions.append(f"training.optim null: {optim} (the launch-time fast default on a GPU)")
     length = training.get("max_length")
     if length is None:
         length = config.get("max_position_embeddings")
@@ -189,7 +184,7 @@ def changes(s: Settings) -> list[tuple[str, Settings]]:
         found.append((f"per_device_train_batch_size: {batch} with gradient_accumulation_steps x{s.batch // batch} "
                       "(same global batch)", replace(s, batch=batch)))
         batch //= 2
-    if not s.liger and s.kind in ("sft", "dpo"):
+    if not s.liger and s.kind == "sft":  # the memory kind of the tasks whose loss Liger fuses (sft, pretrain)
         found.append(("training.use_liger_kernel: true (liger-kernel installed, a GPU)", replace(s, liger=True)))
     if method_of(s.peft).trains_base and s.optim in ("adamw_torch", "adamw_torch_fused"):
         found.append(("training.optim: adamw_bnb_8bit", replace(s, optim="adamw_bnb_8bit")))

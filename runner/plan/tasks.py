@@ -46,6 +46,10 @@ class Task:
     # an adapter on the output layer trains (TRL's SFTTrainer computes its loss from lm_head.weight directly: no)
     adapter_on_head_trains: bool = True
     predicts_labels: bool = False  # the model outputs a class per text (label metrics), not text
+    liger_kernel: bool = False  # Liger's fused kernels apply to its loss (TRL's SFTTrainer): a launch decision
+    # how the memory estimate counts rows and heads: "sft" (one row per example, a language-model head), "dpo"
+    # (chosen and rejected rows, a reference), "classification" (a classification head)
+    memory_kind: str = "sft"
     uses_chat_template: bool = True  # chat formats render through the tokenizer's (or the recipe's) template
 
 
@@ -73,6 +77,7 @@ _SFT = Task(
     # the runner masks assistant turns itself (runner/data/chat_masks.py): TRL's masking needs {% generation %}
     runner_keys=("assistant_only_loss",),
     adapter_on_head_trains=False,
+    liger_kernel=True,
 )
 
 TASKS: Mapping[str, Task] = MappingProxyType({
@@ -88,6 +93,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         metrics=("loss", "rewards") + GENERATIVE,  # generated answers compared with the chosen responses
         causal_lm=False,  # the DPO loss is not a token loss: no perplexity, no retention set
         needs_reference=True,
+        memory_kind="dpo",
     ),
     "classification": Task(
         name="classification",
@@ -101,6 +107,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         fresh_head=True,
         predicts_labels=True,
         uses_chat_template=False,
+        memory_kind="classification",
     ),
 })
 

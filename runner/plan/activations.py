@@ -93,9 +93,9 @@ def layer_bytes(config: dict, shapes: dict, s, lora_targets: list[str]) -> int:
         kv_kept = q if masked(s) else kv  # transformers repeats k/v for sdpa whenever a mask is passed
         total += 2 * c * q + 2 * c * kv_kept + 4 * heads + (c * row_length(s) if masked(s) else 0)
     total += (2 if s.liger else 3) * m * i + (m * i if full or eight_bit else 0)  # + the product kept by down_proj
-    dropout = (s.peft.get("lora_dropout", 0.0) or 0.0) > 0
+    dropout = bool(lora_targets) and (s.peft["lora_dropout"] or 0.0) > 0
     for name in lora_targets:
-        total += shapes[name][0] * (c + (1 if dropout else 0)) + c * s.peft.get("r", 16)
+        total += shapes[name][0] * (c + (1 if dropout else 0)) + c * s.peft["r"]
     return total
 
 

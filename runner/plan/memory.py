@@ -155,13 +155,13 @@ def trainable_params(config: dict, total: int, s: Settings, w_bytes: int, quant:
     """(trainable parameters, bytes of each): adapters are fp32 (peft upcasts them), bf16 over a 4/8-bit base (TRL)."""
     method = s.peft.get("method", "none")
     if method == "lora":
-        targets = s.peft.get("target_modules", "all-linear")
+        targets = s.peft["target_modules"]
         if isinstance(targets, list):  # a classification head ("score") adds r x (h + labels): negligible
             known = set(counts.linear_shapes(config)) | {"lm_head"}
             targets = [t for t in targets if t.split(".")[-1] in known]
         else:  # "all-linear", or a regular expression: every decoder linear layer, an upper bound
             targets = "all-linear"
-        count = counts.lora_parameters(config, s.peft.get("r", 16), targets)
+        count = counts.lora_parameters(config, s.peft["r"], targets)
         return count, 2 if quant != "none" else 4
     if METHODS[method].trains_base:  # partial: an upper bound (the patterns are matched after loading)
         return total, w_bytes
@@ -171,7 +171,7 @@ def trainable_params(config: dict, total: int, s: Settings, w_bytes: int, quant:
 def lora_targets(shapes: dict, peft: dict) -> list[str]:
     if peft.get("method") != "lora":
         return []
-    targets = peft.get("target_modules", "all-linear")
+    targets = peft["target_modules"]
     if not isinstance(targets, list):  # "all-linear", or a regular expression: every linear layer, an upper bound
         return list(shapes)
     return [t.split(".")[-1] for t in targets if t.split(".")[-1] in shapes]

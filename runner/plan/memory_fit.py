@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import fields, replace
 
 from runner.plan import memory
+from runner.recipe import schema
 from runner.plan.memory import GIB, Settings
 from runner.plan.methods import method_of
 from runner.plan.topology import Topology
 
-LORA = {"method": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
-QLORA = {"method": "bnb_4bit", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+# the suggestions' adapter and quantized base: the schema's defaults for peft.method lora and model.quantization
+LORA = {**schema.defaults_of("lora"), "method": "lora"}
+QLORA = {**schema.defaults_of("bnb_4bit"), "method": "bnb_4bit"}
 ZERO3_GPUS = 8  # the usual machine: ZeRO-3 is suggested across this many GPUs when the run has fewer
 # the config.json keys the estimate reads (runner.plan.estimate, runner.plan.memory, runner.plan.activations)
 CONFIG_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -235,6 +235,12 @@ def fill_defaults(doc: dict) -> dict:
     return filled
 
 
+def defaults_of(section: str) -> dict:
+    """The schema's defaults for a section of $defs (e.g. "lora"): what a recipe gets when it names only the method."""
+    return {key: copy.deepcopy(prop["default"]) for key, prop in load_schema()["$defs"][section]["properties"].items()
+            if "default" in resolve(prop)}
+
+
 def _fill(instance, sub: dict) -> None:
     sub = resolve(sub)
     for branch in sub.get("anyOf", []) + sub.get("oneOf", []):

@@ -79,7 +79,7 @@ def test_fused_optimizer_has_no_step_temporary_and_checkpointing_keeps_layer_inp
 
 
 def test_lora_counts_adapters_only_and_keeps_their_inputs():
-    s = Settings(weights_dtype="bfloat16", peft={"method": "lora", "r": 4, "lora_dropout": 0.0,
+    s = Settings(weights_dtype="bfloat16", peft={**LORA16, "r": 4, "lora_dropout": 0.0,
                                                  "target_modules": ["q_proj", "v_proj"]}, batch=1, length=4)
     result = memory.peak(SMALL, s)
     adapters = 2 * 2 * 4 * (64 + 64)  # layers x modules x r x (in + out)
@@ -305,7 +305,7 @@ def test_calibration_compare_runs_on_recorded_results(tmp_path):
 
 def test_classification_drops_the_lm_head_and_tolerates_a_head_target():
     lm = memory.peak(SMALL, Settings(batch=1, length=8))
-    lora = {"method": "lora", "r": 2, "lora_dropout": 0.0, "target_modules": ["q_proj", "score"]}
+    lora = {**LORA16, "r": 2, "lora_dropout": 0.0, "target_modules": ["q_proj", "score"]}
     cls = memory.peak(SMALL, Settings(batch=1, length=8, kind="classification", peft=lora))
     assert cls["parts"]["weights"] == lm["parts"]["weights"] - 100 * 64 * 2  # no vocab-sized head
     assert cls["trainable"] == 2 * 2 * (64 + 64)  # q_proj in both layers; the head's adapter is negligible
@@ -333,7 +333,7 @@ def test_an_8bit_base_keeps_its_linear_inputs_and_a_4bit_base_does_not():
     from runner.plan import activations
 
     shapes = memory.counts.linear_shapes(SMALL)
-    base = Settings("float32", peft={"method": "lora", "r": 8, "lora_dropout": 0.0}, batch=2, length=8)
+    base = Settings("float32", peft={**LORA16, "r": 8, "lora_dropout": 0.0}, batch=2, length=8)
     four = activations.layer_bytes(SMALL, shapes, replace(base, quantization={"method": "bnb_4bit"}), [])
     eight = activations.layer_bytes(SMALL, shapes, replace(base, quantization={"method": "bnb_8bit"}), [])
     assert eight - four == 2 * 4 * 64 + 4 * 128

@@ -270,7 +270,7 @@ def reference_model(doc: dict, task: Task) -> str | None:
 
 
 def resolve_output_dir(doc: dict) -> str:
-    chosen = doc["output"]["dir"] or f"runs/{doc['name']}"
+    chosen = doc["output"]["dir"].replace("{name}", doc["name"])
     try:
         return str(Path(chosen).expanduser().absolute())
     except RuntimeError as exc:  # ~user that does not exist

@@ -114,8 +114,11 @@ def test_lora_plan_has_peft_config_and_counts(recipe_file, tmp_path):
 def test_default_output_dir_is_runs_slash_name(recipe_file, tmp_path, monkeypatch):
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
     monkeypatch.chdir(tmp_path)
-    recipe = base_recipe(tmp_path, output={"dir": None})
+    recipe = base_recipe(tmp_path)
+    del recipe["output"]["dir"]  # the schema's default: runs/{name}
     assert plan_of(recipe_file, recipe)["output_dir"] == str(tmp_path / "runs" / "t")
+    recipe["output"]["dir"] = "elsewhere/{name}-v2"
+    assert plan_of(recipe_file, recipe)["output_dir"] == str(tmp_path / "elsewhere" / "t-v2")
 
 
 SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -1,6 +1,7 @@
-"""Workarounds for the library versions the runner is tested with, each in one place.
+"""Workarounds for the library versions the runner is tested with (constraints.txt), each in one place.
 
-Every entry says which version it is for and how to tell it can go.
+Every entry says which version it is for and how to tell it can go. Nothing else in runner/ works around a
+library's version; facts about a library the estimates rely on (tensor shapes, chunk sizes) stay with them.
 """
 from __future__ import annotations
 
@@ -36,3 +37,60 @@ def plain_gguf_model(model):
         raise RuntimeError(f"the GGUF weights were not dequantized on load (modules {packed}); "
                            "see runner/compat.py gguf_load_kwargs")
     return model
+
+
+def around_prepare_dataset(trainer_class, wrap):
+    """A subclass of a TRL trainer whose dataset preparation goes through `wrap(prepare, dataset, *args)`, where
+    `prepare(dataset)` is TRL's own; the class itself when it has no such step (transformers' Trainer).
+
+    TRL 1.16 has no public hook between loading rows and tokenizing them: SFTTrainer and DPOTrainer call their
+    private `_prepare_dataset(dataset, processing_class, args, ...)` from `__init__`. The runner uses it twice:
+    to hand SFTTrainer conversations it rendered and masked itself (runner/data/chat_masks.py) and to serve
+    prepared datasets from the tokenization cache (runner/data/tokencache.py).
+    Can go when TRL offers a public preparation hook; tests/tiny/test_chat_masks.py and test_tokencache.py fail
+    first if the private method's signature changes.
+    """
+    if not hasattr(trainer_class, "_prepare_dataset"):
+        return trainer_class
+
+    def _prepare_dataset(self, dataset, *args, **kwargs):
+        def prepare(rows):
+            return super(cls, self)._prepare_dataset(rows, *args, **kwargs)
+
+        return wrap(prepare, dataset, *args, **kwargs)
+
+    cls = type(trainer_class.__name__, (trainer_class,), {"_prepare_dataset": _prepare_dataset,
+                                                           "__module__": trainer_class.__module__})
+    return cls
+
+
+def evaluation_must_wait_for_train(trainer) -> bool:
+    """Several processes, DeepSpeed or FSDP: the model is wrapped when train() starts, and an evaluation before
+    that breaks train(). Seen with transformers 5.23: under DDP the ranks then trained unsynchronised copies,
+    each on its own batches; under DeepSpeed train() found an inference engine and failed. The runner then takes
+    its before-training measurements at the start of train() instead (runner/evaluate/measure.py).
+    Can go when an evaluation before train() leaves the engine's wrapping to train() (check DDP with two CPU
+    processes: tests/tiny/test_ranks.py compares the ranks' weights after training).
+    """
+    return bool(trainer.args.world_size > 1 or getattr(trainer, "is_deepspeed_enabled", False)
+                or getattr(trainer, "is_fsdp_enabled", False))
+
+
+def prepare_quantized_base(model):
+    """peft's k-bit preparation of a 4/8-bit base (frozen, its non-quantized parameters in float32, input
+    gradients on), without its activation checkpointing (TrainingArguments' activation_checkpointing owns that).
+    TRL 1.16's trainers do not call prepare_model_for_kbit_training (they only cast a quantized model's adapter to
+    bf16 and enable input gradients under activation checkpointing).
+    Can go when TRL prepares a k-bit base itself (its trainers' `_prepare_peft_model`).
+    """
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def end_process_group(state) -> None:
+    """Destroy the process group before exit: with gloo (torch 2.13, several CPU processes) rank 0 otherwise
+    sometimes aborts at interpreter exit after a finished run. Can go when two-CPU-process runs exit cleanly
+    without it (tests/tiny/test_ranks.py runs them)."""
+    if state.num_processes > 1:
+        state.destroy_process_group()

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import compat
 from runner.records import checkpoints, claim
 from runner.data import load as data
 from runner.plan import deepspeed_json
@@ -232,8 +233,7 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
         outputs.finish_replacing(run_dir)
         print(summary(manifest), flush=True)
     state.wait_for_everyone()
-    if state.num_processes > 1:
-        state.destroy_process_group()  # else rank 0 sometimes aborts at exit with gloo
+    compat.end_process_group(state)
     return manifest
 
 
@@ -305,7 +305,7 @@ def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> di
 
     A resumed run keeps those of the run it continues. With several processes, DeepSpeed or FSDP they are
     taken inside train(), once the model is wrapped (no step has run yet): an evaluation before train()
-    breaks the wrapping (see evaluation.wrapped_by_engine).
+    breaks the wrapping (runner/compat.py evaluation_must_wait_for_train).
     """
     if prepared.resume_from is not None:
         earlier = Path(plan["output_dir"]) / "metrics.json"
@@ -313,7 +313,7 @@ def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> di
         results["before"] = previous.get("before")
         return {"retention": (previous.get("retention") or {}).get("before")}
     early: dict = {}
-    if evaluation.wrapped_by_engine(trainer):
+    if compat.evaluation_must_wait_for_train(trainer):
         trainer.add_callback(evaluation.measure_at_train_start(trainer, plan, prepared.splits, results, early))
         return early
     results["before"] = evaluation.measure(trainer, plan, prepared.splits) if plan["evaluation"]["baseline"] else None

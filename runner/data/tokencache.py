@@ -31,7 +31,7 @@ import uuid
 import weakref
 from pathlib import Path
 
-from runner import __version__
+from runner import __version__, compat
 from runner.plan.cache_location import cache_root
 
 RECORD = "entry.json"  # written last, inside the entry: its presence means the entry is complete
@@ -119,21 +119,16 @@ def cached(dataset, build):
 
 def with_cache(trainer_class, plan: dict, splits, tokenizer, config: dict):
     """A subclass of a TRL trainer whose `_prepare_dataset` goes through the cache; the class itself when off."""
-    if not hasattr(trainer_class, "_prepare_dataset"):
-        return trainer_class
     cache = for_run(plan, splits, tokenizer, data_settings(config))
     if cache is None:
         return trainer_class
 
-    def _prepare_dataset(self, dataset, *args, **kwargs):
+    def cached_prepare(prepare, dataset, *args, **kwargs):
         from accelerate import PartialState  # TRL prepares before Trainer.__init__ makes self.accelerator
 
-        build = lambda: super(cls, self)._prepare_dataset(dataset, *args, **kwargs)  # noqa: E731
-        return cache.prepared(dataset, build, PartialState())
+        return cache.prepared(dataset, lambda: prepare(dataset), PartialState())
 
-    cls = type(trainer_class.__name__, (trainer_class,), {"_prepare_dataset": _prepare_dataset,
-                                                           "__module__": trainer_class.__module__})
-    return cls
+    return compat.around_prepare_dataset(trainer_class, cached_prepare)
 
 
 def data_settings(config: dict) -> dict:

@@ -28,14 +28,6 @@ def measure(trainer, plan: dict, splits) -> dict:
     return results
 
 
-def wrapped_by_engine(trainer) -> bool:
-    """Several processes, DeepSpeed or FSDP: the model is wrapped when train() starts, and an evaluation before
-    that breaks train() (seen with transformers 5.23: under DDP the ranks then trained unsynchronised copies,
-    each on its own batches; under DeepSpeed train() found an inference engine and failed)."""
-    return bool(trainer.args.world_size > 1 or getattr(trainer, "is_deepspeed_enabled", False)
-                or getattr(trainer, "is_fsdp_enabled", False))
-
-
 def measure_at_train_start(trainer, plan: dict, splits, results: dict, early: dict):
     """A callback taking the before-training measurements at the start of train(), inside the engine."""
     from transformers import TrainerCallback

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from runner.errors import Problem, RecipeError
+from runner import compat
 from runner.plan.methods import method_of
 
 HEAD = "head"  # keyword in `trainable`: every parameter outside the base model
@@ -38,20 +39,13 @@ def freeze_all_but(model, patterns: list[str]) -> int:
 
 
 def prepare_model(model, spec: dict | None):
-    """Apply what the trainer does not: freezing for `partial`, peft's k-bit preparation for a quantized base.
-
-    TRL 1.16's trainers do not call prepare_model_for_kbit_training (they only cast a quantized model's
-    adapter to bf16 and enable input gradients under activation checkpointing), so it is done here,
-    once, without its checkpointing part: TrainingArguments' activation_checkpointing owns that.
-    Adapters themselves are left to the trainer's peft_config.
-    """
-    if method_of(spec).trains_base and spec is not None:  # partial (full fine-tuning has no spec)
+    """Apply what the trainer does not: freezing for `partial`, peft's k-bit preparation for a quantized base
+    (runner/compat.py). Adapters themselves are left to the trainer's peft_config."""
+    if spec is not None and method_of(spec).trains_base:  # partial (full fine-tuning has no spec)
         freeze_all_but(model, spec["trainable"])
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     if quantized and method_of(spec).adapter:  # training an adapter (not evaluating one)
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = compat.prepare_quantized_base(model)
     return model
 
 

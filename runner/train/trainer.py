@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
+from runner import compat
 from runner.data import chat_masks
 from runner.data import tokencache
 from runner.train.callbacks import StopOnNonFiniteLoss
@@ -56,14 +57,10 @@ def with_chat_masks(trainer_class, plan: dict):
         return trainer_class
     loss = chat_masks.loss_options(plan)
 
-    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        dataset = masked_conversations(dataset, processing_class, loss, args.dataset_num_proc, dataset_name)
-        return super(cls, self)._prepare_dataset(dataset, processing_class, args, packing, formatting_func,
-                                                 dataset_name)
+    def masked_first(prepare, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        return prepare(masked_conversations(dataset, processing_class, loss, args.dataset_num_proc, dataset_name))
 
-    cls = type(trainer_class.__name__, (trainer_class,), {"_prepare_dataset": _prepare_dataset,
-                                                           "__module__": trainer_class.__module__})
-    return cls
+    return compat.around_prepare_dataset(trainer_class, masked_first)
 
 
 def masked_conversations(dataset, tokenizer, loss: dict, num_proc: int | None, name: str):

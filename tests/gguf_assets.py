@@ -81,3 +81,30 @@ def random_llama_state(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
                        prefix + "mlp.down_proj.weight": (h, i), prefix + "input_layernorm.weight": (h,),
                        prefix + "post_attention_layernorm.weight": (h,)})
     return {name: rng.standard_normal(shape).astype(np.float32) * 0.02 for name, shape in shapes.items()}
+
+
+def tiny_config() -> dict:
+    from conftest import TINY_MODEL
+    import json
+
+    return json.loads((TINY_MODEL / "config.json").read_text())
+
+
+TINY_GGUF = "tiny.gguf"
+
+
+def write_tiny(folder: Path, quantize=None, state=None, name: str = TINY_GGUF) -> Path:
+    """The shipped tiny Llama's config with random (or given) weights, as a GGUF file in `folder`."""
+    config = tiny_config()
+    folder.mkdir(exist_ok=True)
+    return write_llama_gguf(folder / name, config, state or random_llama_state(config), quantize)
+
+
+def gguf_recipe(tmp_path: Path, folder: Path, name: str = TINY_GGUF, model=None, **sections) -> dict:
+    """The tiny GGUF as the model; its tokenizer is the shipped tiny one (the file holds none)."""
+    from conftest import TINY_MODEL, base_recipe, write_jsonl
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "reverse abc = cba"}] * 8)
+    model = {"name_or_path": str(folder), "gguf_file": name, "init": "pretrained", "tokenizer": str(TINY_MODEL),
+             **(model or {})}
+    return base_recipe(tmp_path, model=model, **sections)

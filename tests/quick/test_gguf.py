@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL, base_recipe, write_jsonl
+from conftest import ROOT, TINY_MODEL
 from runner.plan import estimate
 from runner.plan import gguf_file
 from runner.errors import RecipeError
@@ -21,23 +21,9 @@ from runner.recipe.load import load_recipe
 
 gguf = pytest.importorskip("gguf")  # installed with the test extra; transformers needs it to read GGUF files
 
-from gguf_assets import random_llama_state, write_llama_gguf  # noqa: E402 (needs gguf)
+from gguf_assets import TINY_GGUF as NAME, gguf_recipe, write_tiny  # noqa: E402
 
 CONFIG = json.loads((TINY_MODEL / "config.json").read_text())
-NAME = "tiny.gguf"
-
-
-def write_tiny(folder, quantize=None, state=None, name=NAME):
-    folder.mkdir(exist_ok=True)
-    return write_llama_gguf(folder / name, CONFIG, state or random_llama_state(CONFIG), quantize)
-
-
-def gguf_recipe(tmp_path, folder, name=NAME, model=None, **sections):
-    """The tiny GGUF as the model; its tokenizer is the shipped tiny one (the file holds none)."""
-    write_jsonl(tmp_path / "train.jsonl", [{"text": "reverse abc = cba"}] * 8)
-    model = {"name_or_path": str(folder), "gguf_file": name, "init": "pretrained", "tokenizer": str(TINY_MODEL),
-             **(model or {})}
-    return base_recipe(tmp_path, model=model, **sections)
 
 
 def plan_of(recipe_file, recipe):

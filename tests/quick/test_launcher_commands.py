@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, base_recipe, write_jsonl
-from commandline import cli
+from commandline import cli, slurm_script
 
 CONFIGS = ROOT / "accelerate_configs"
 
@@ -45,18 +45,10 @@ def test_launch_mistakes_exit_2(tmp_path, recipe_file):
     assert result.returncode == 2 and "/training/optim" in result.stderr  # refused before any node starts
 
 
-def _slurm(tmp_path, *extra):
-    script = tmp_path / "job.sbatch"
-    result = cli("slurm", str(tmp_path / "recipe.json"), "--nodes", "2", "--gpus-per-node", "1",
-                 "--logs", str(tmp_path / "logs"), "-o", str(script), *extra, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return script
-
-
-def test_slurm_script_sets_the_rendezvous_from_slurm(tmp_path, recipe_file):
+def test_slurm_script_sets_the_rendezvous_fromslurm_script(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "x"}])
     recipe_file(base_recipe(tmp_path))
-    text = _slurm(tmp_path, "--time", "02:00:00", "--partition", "gpu", "--config", "fsdp2").read_text()
+    text = slurm_script(tmp_path, "--time", "02:00:00", "--partition", "gpu", "--config", "fsdp2").read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --time=02:00:00", "#SBATCH --partition=gpu", "#SBATCH --job-name=recipe",
                  f"export RECIPE={tmp_path / 'recipe.json'}",

@@ -353,7 +353,6 @@ def test_dpo_pairs_make_two_padded_rows_even_at_batch_one():
 def test_the_plan_estimates_a_4bit_base_in_the_dtype_the_launch_decides():
     """model.dtype null under 4-bit: decisions.decide loads the unquantized parts in bnb_4bit_compute_dtype; so does
     the plan's estimate (it assumed bf16 before)."""
-    from runner.launch import decide as fast
     from runner.plan import decisions
 
     plan = build_plan(load_recipe(str(ROOT / "recipes" / "tiny_qlora.json")))

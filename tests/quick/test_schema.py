@@ -6,24 +6,10 @@ from jsonschema import Draft202012Validator
 
 from runner.recipe import docs
 from runner.recipe import schema
+from schema_tree import walk
 from conftest import ROOT
 
 OPEN_MAPS = {"config_overrides"}  # free-form maps of Hugging Face config keys, checked against the config
-
-
-def walk(sub, path=()):
-    """Yield (path, subschema) for every schema object in the tree."""
-    if isinstance(sub, dict):
-        yield path, sub
-        for key, value in sub.items():
-            if key in ("properties", "$defs"):
-                for name, child in value.items():
-                    yield from walk(child, path + (name,))
-            elif key in ("allOf", "anyOf", "oneOf"):
-                for i, child in enumerate(value):
-                    yield from walk(child, path + (f"{key}[{i}]",))
-            elif key in ("then", "else", "if", "items", "additionalProperties", "not"):
-                yield from walk(value, path + (key,))
 
 
 def test_schema_is_valid_draft_2020_12():

@@ -56,7 +56,6 @@ def answer(model, tokenizer, plan) -> str:
 
 
 def test_messages_lora_trains_the_assistant_turns_and_keeps_the_model_fluent(tmp_path, recipe_file, smollm2):
-    from runner.train import models
     from runner.commands.inference import predict
 
     rows = [as_messages(r) for r in alpaca_rows(48)]

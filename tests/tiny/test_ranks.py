@@ -21,17 +21,9 @@ from assets import reverse_rows
 from conftest import ROOT, base_recipe, write_json, write_jsonl
 from runner.launch import launcher as launch
 from runner.train import resume
-from commandline import cli, free_port
+from commandline import free_port, slurm_script
 
 CONFIGS = ROOT / "accelerate_configs"
-
-
-def _slurm(tmp_path, *extra):
-    script = tmp_path / "job.sbatch"
-    result = cli("slurm", str(tmp_path / "recipe.json"), "--nodes", "2", "--gpus-per-node", "1",
-                 "--logs", str(tmp_path / "logs"), "-o", str(script), *extra, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    return script
 
 
 @pytest.mark.slow
@@ -96,7 +88,7 @@ def test_slurm_script_runs_two_one_process_nodes_with_a_fake_srun(tmp_path, reci
     rows = [{"text": r["prompt"] + r["completion"]} for r in reverse_rows(16, seed=5)]
     write_jsonl(tmp_path / "train.jsonl", rows)
     recipe_file(base_recipe(tmp_path, training={"max_steps": 2}))
-    script = _slurm(tmp_path)
+    script = slurm_script(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):

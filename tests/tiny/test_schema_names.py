@@ -10,21 +10,6 @@ from runner.recipe import schema
 from conftest import ROOT
 
 
-def walk(sub, path=()):
-    """Yield (path, subschema) for every schema object in the tree."""
-    if isinstance(sub, dict):
-        yield path, sub
-        for key, value in sub.items():
-            if key in ("properties", "$defs"):
-                for name, child in value.items():
-                    yield from walk(child, path + (name,))
-            elif key in ("allOf", "anyOf", "oneOf"):
-                for i, child in enumerate(value):
-                    yield from walk(child, path + (f"{key}[{i}]",))
-            elif key in ("then", "else", "if", "items", "additionalProperties", "not"):
-                yield from walk(value, path + (key,))
-
-
 @pytest.mark.parametrize("task", ["sft", "pretrain", "dpo", "classification"])
 def test_training_keys_are_real_config_fields(task):
     """TRL renames things (max_seq_length -> max_length): a stale key must fail here, not in a user's run."""

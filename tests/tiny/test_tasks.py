@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from assets import reverse_rows
 from runner.data import labels
-from runner.train import classification
 from runner.train import models
 from runner.errors import RecipeError
 from runner.plan.build import build_plan
@@ -420,7 +419,6 @@ def test_precomputed_reference_needs_the_eval_set_up_front(tmp_path, recipe_file
 
 def test_conversational_prompt_completion_is_evaluated_and_predicted_through_the_template(
         tmp_path, recipe_file, monkeypatch):
-    from runner.evaluate import measure as evaluation
     from runner.commands.inference import predict
 
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],

@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     _add_set(validate)
     plan = sub.add_parser("plan", help="print what a recipe will build, with every resolved argument")
     plan.add_argument("recipe")
-    plan.add_argument("--world-size", type=_positive, help="plan for N processes (GPUs) in all (default 1, or the "
+    plan.add_argument("--world-size", type=launch.positive_int, help="plan for N processes (GPUs) in all (default 1, or the "
                                                            "--accelerate-config file's num_processes)")
     plan.add_argument("--accelerate-config", metavar="FILE", help="plan for the topology of an Accelerate YAML")
     _add_set(plan)
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="an input text (repeatable)")
     source.add_argument("--input", help="a .txt file (one input per line) or .jsonl file ('text' or 'prompt')")
-    predict.add_argument("--max-new-tokens", type=_positive, help="override the recipe's evaluation.generation setting")
+    predict.add_argument("--max-new-tokens", type=launch.positive_int, help="override the recipe's evaluation.generation setting")
     merge = sub.add_parser("merge", help="merge a run's LoRA/IA3 adapter into its base and save a plain model")
     merge.add_argument("run_dir")
     merge.add_argument("--out", help="output directory, which must not exist (default: RUN_DIR-merged)")
@@ -67,12 +67,6 @@ def parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # `--over` is not `--overwrite`: the resume command repeats options exactly
         command.allow_abbrev = False
     return top
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def _add_set(command: argparse.ArgumentParser) -> None:

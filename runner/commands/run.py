@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import compat
-from runner.records import checkpoints, claim
+from runner.records import atomic, checkpoints, claim
 from runner.data import load as data
 from runner.plan import deepspeed_json
 from runner.launch import diskspace
@@ -266,7 +266,7 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
         "metrics.json": lambda: outputs.write_json(run_dir / "metrics.json", results),
         "report.md": lambda: report.write_report(run_dir, redact(manifest), redact(resolved), redact(results)),
         # after the libraries' own README.md (written at each save): the model card replaces their template
-        "README.md": lambda: report.write_text_atomic(run_dir / "README.md", redact(
+        "README.md": lambda: atomic.write_text(run_dir / "README.md", redact(
             model_card.render_card(manifest, plan, resolved, results,
                                    TASK_CODE[plan["task"]].model_class().__name__))),
     })

@@ -12,7 +12,8 @@ import statistics
 
 from runner.data import chat_masks
 from runner.errors import Problem, RecipeError
-from runner.data.check_report import render, shown_rows, warnings  # noqa: F401  (render: `check-data` prints it)
+from runner.data.check_report import render, warnings  # noqa: F401  (render: `check-data` prints it)
+from runner.data.rows import shown_rows
 from runner.plan.tasks import TASKS
 
 SHOW = 5  # duplicate rows named in a warning

@@ -6,9 +6,7 @@ nothing in its pack.
 """
 from __future__ import annotations
 
-
-def shown_rows(rows: list[int], count: int) -> str:
-    return ", ".join(map(str, rows)) + (", ..." if count > len(rows) else "")
+from runner.data.rows import shown_rows
 
 
 def warnings(report: dict) -> list[str]:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from runner.data.rows import shown_rows
 from runner.errors import Problem, RecipeError
 
-SHOWN_ROWS = 10  # rows named in a label problem; the count covers all of them
 
 
 def encode_labels(plan: dict, splits):
@@ -48,7 +48,7 @@ def encode(dataset, names: list[str], where: str):
     encoded = [label_id(v) for v in dataset["label"]]
     bad = [row for row, label in enumerate(encoded, start=1) if label < 0]
     if bad:
-        shown = ", ".join(str(r) for r in bad[:SHOWN_ROWS]) + (", ..." if len(bad) > SHOWN_ROWS else "")
+        shown = shown_rows(bad)
         raise RecipeError([Problem(where, f"{len(bad)} rows have a label outside the label set {names}: "
                                           f"rows {shown} (column label)",
                                    "fix those rows, or list every label in data.labels")])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from runner.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
-SHOWN_ROWS = 10
+SHOWN_ROWS = 10  # rows named in a problem; its count covers all of them
 
 
 def _text(value) -> str | None:
@@ -68,7 +68,7 @@ def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str)
                 if reason:
                     found.setdefault((field, reason), []).append(row)
     return [
-        Problem(where, f"{len(rows)} rows {reason}: rows {_shown(rows)} (column {columns.get(field, field)}) in {name}",
+        Problem(where, f"{len(rows)} rows {reason}: rows {shown_rows(rows)} (column {columns.get(field, field)}) in {name}",
                 HINTS.get(reason))
         for (field, reason), rows in found.items()
     ]
@@ -81,5 +81,8 @@ HINTS = {
 }
 
 
-def _shown(rows: list[int]) -> str:
-    return ", ".join(str(r) for r in rows[:SHOWN_ROWS]) + (", ..." if len(rows) > SHOWN_ROWS else "")
+def shown_rows(rows: list[int], count: int | None = None) -> str:
+    """Row numbers for a message: the first SHOWN_ROWS, then '...' when there are more (`count`: how many in all,
+    where `rows` holds only the first few)."""
+    total = len(rows) if count is None else count
+    return ", ".join(str(r) for r in rows[:SHOWN_ROWS]) + (", ..." if total > min(len(rows), SHOWN_ROWS) else "")

@@ -153,15 +153,15 @@ def _quote_single(part: str) -> str:
 def add_parsers(sub, add_set) -> None:
     launch = sub.add_parser("launch", help="print and run the `accelerate launch` command for this machine")
     launch.add_argument("recipe")
-    launch.add_argument("--gpus", type=_positive, default=1, help="processes (GPUs) on this machine")
+    launch.add_argument("--gpus", type=positive_int, default=1, help="processes (GPUs) on this machine")
     _common(launch, add_set)
     launch.add_argument("--node-rank", type=int, help="this machine's rank, 0 on the main node (with --nodes > 1)")
     launch.add_argument("--main-address", help="the main node's address as the others reach it (with --nodes > 1)")
-    launch.add_argument("--port", type=_positive, help=f"rendezvous port (default {DEFAULT_PORT})")
+    launch.add_argument("--port", type=positive_int, help=f"rendezvous port (default {DEFAULT_PORT})")
     launch.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     slurm = sub.add_parser("slurm", help="write a Slurm batch script: one accelerate launcher per node")
     slurm.add_argument("recipe")
-    slurm.add_argument("--gpus-per-node", type=_positive, required=True)
+    slurm.add_argument("--gpus-per-node", type=positive_int, required=True)
     _common(slurm, add_set)
     slurm.add_argument("--time", help="#SBATCH --time, e.g. 12:00:00")
     slurm.add_argument("--partition", help="#SBATCH --partition")
@@ -171,7 +171,7 @@ def add_parsers(sub, add_set) -> None:
 
 
 def _common(command, add_set) -> None:
-    command.add_argument("--nodes", type=_positive, default=1, help="machines (default 1)")
+    command.add_argument("--nodes", type=positive_int, default=1, help="machines (default 1)")
     command.add_argument("--config", help="an Accelerate YAML, or a name in accelerate_configs/ such as "
                                           "deepspeed_zero3 (default: single_gpu or multi_gpu)")
     existing = command.add_mutually_exclusive_group()
@@ -180,7 +180,8 @@ def _common(command, add_set) -> None:
     add_set(command)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
     import argparse
 
     if not text.isdigit() or int(text) < 1:

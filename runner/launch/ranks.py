@@ -16,6 +16,7 @@ import threading
 
 from runner import __version__
 from runner.errors import Problem, RecipeError
+from runner.recipe.load import differing_paths
 
 PREFLIGHT_TIMEOUT_S = 300.0  # generous: the first collective also sets up the transport (NCCL) between nodes
 
@@ -124,7 +125,7 @@ def mismatches(found: list[dict]) -> list[Problem]:
         where = ", ".join(f"{rank} ({found[rank]['host']})" for rank in differ)
         detail = ""
         if key == "recipe":
-            fields = sorted({f for rank in differ for f in _differing(reference["doc"], found[rank]["doc"])})
+            fields = sorted({f for rank in differ for f in differing_paths(reference["doc"], found[rank]["doc"])})
             detail = f"; differing fields: {', '.join(fields[:10])}" if fields else ""
         elif key == "decisions":  # {JSON path: value}
             detail = "; " + ", ".join(f"{path}: {found[rank]['decided'].get(path)!r} on rank {rank} vs "
@@ -137,13 +138,6 @@ def mismatches(found: list[dict]) -> list[Problem]:
                                      f"({reference['host']}){detail}; every rank stopped before loading the model",
                                 hint))
     return problems
-
-
-def _differing(old, new, path: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [p for key in sorted(old.keys() | new.keys()) for p in _differing(old.get(key), new.get(key),
-                                                                                  f"{path}/{key}")]
-    return [] if old == new else [path]
 
 
 # Accelerate's distributed types each engine the launch environment asks for (runner/plan/topology.py) may get;

@@ -256,3 +256,13 @@ def thaw(value):
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     return value
+
+
+def differing_paths(old, new, ignore: tuple[str, ...] = (), path: str = "") -> list[str]:
+    """The JSON paths where two (resolved) recipes differ, leaving out the subtrees under `ignore`."""
+    if any(path == skipped or path.startswith(skipped + "/") for skipped in ignore):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for key in sorted(old.keys() | new.keys())
+                for p in differing_paths(old.get(key), new.get(key), ignore, f"{path}/{key}")]
+    return [] if old == new else [path]

@@ -10,12 +10,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from runner.records import atomic
 from runner.records.claim import CLAIM
 from runner.records.invocation import resume_command
 from runner.errors import Problem, RecipeError
@@ -158,25 +158,8 @@ def finish_replacing(run_dir: Path) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (a temporary file in the same directory, then rename), secrets masked."""
-    obj = redact(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, default=str)
-            handle.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; records are as readable as any other output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write JSON atomically (runner/records/atomic.py), secrets masked."""
+    atomic.write_json_file(path, redact(obj))
 
 
 def now() -> str:
@@ -270,7 +253,7 @@ def write_records(run_dir: Path, manifest: dict, writers: dict) -> None:
 def readable_like_records(run_dir: Path) -> None:
     """Give saved weights the mode the records have (the umask applied): safetensors' writer creates its files
     0600 whatever the umask, which a cluster group sharing the run directory cannot read."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~atomic.umask()
     for path in run_dir.rglob("*.safetensors"):
         if path.is_file() and (path.stat().st_mode & 0o777) == 0o600 != mode:
             path.chmod(mode)

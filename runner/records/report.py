@@ -6,11 +6,9 @@ missing keys, because a failed run has to be reportable too. matplotlib is impor
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from runner.records.outputs import _umask
+from runner.records.atomic import write_atomic, write_text
 
 MISSING = "-"
 
@@ -19,27 +17,8 @@ def write_report(run_dir: Path, manifest: dict, recipe: dict, metrics: dict) -> 
     """Write loss_curves.png (when anything was logged) and report.md into run_dir."""
     png = loss_curves_png(manifest.get("history") or [], Path(run_dir) / "loss_curves.png")
     text = render_report(manifest, recipe, metrics, png.name if png else None)
-    written = {"report": write_text_atomic(Path(run_dir) / "report.md", text)}
+    written = {"report": write_text(Path(run_dir) / "report.md", text)}
     return {**written, "loss_curves": png} if png else written
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    return _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def _write_atomic(path: Path, write) -> Path:
-    """Like outputs.write_json: a temporary file in the same directory, then rename, so no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the report is as readable as any other output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def loss_curves_png(history: list[dict], path: Path) -> Path | None:
@@ -63,7 +42,7 @@ def loss_curves_png(history: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        return _write_atomic(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=100))
+        return write_atomic(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=100))
     finally:
         plt.close(fig)
 

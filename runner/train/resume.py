@@ -21,6 +21,7 @@ from runner.records.outputs import MANIFEST, versions, write_json
 from runner.records.checkpoints import (COMPLETE, checkpoints, file_records, progress, read_marker, unverified,
                                        whole_checkpoint)
 from runner.records.secrets import redact
+from runner.recipe.load import differing_paths
 
 # Recipe fields that may differ on resume: they change what is logged, saved or measured, not the training.
 MAY_CHANGE = (
@@ -66,7 +67,7 @@ def resume_point(run_dir: Path, recipe: dict, world_size: int = 1) -> Path | Non
     marker, _ = read_marker(checkpoint)
     problems = [Problem(path, f"differs from the recipe {checkpoint.name} was trained with",
                         "resume with the same settings, or --overwrite to start over")
-                for path in differing_fields(marker["recipe"], redact(recipe))]  # the marker holds it masked
+                for path in differing_paths(marker["recipe"], redact(recipe), MAY_CHANGE)]  # the marker holds it masked
     problems += [Problem(f"/data/{split}/path", f"{path} changed since {checkpoint.name} was saved (size or "
                                                 "modification time): resuming would skip the wrong rows",
                          "restore the file, or --overwrite to start over")
@@ -128,15 +129,6 @@ def data_files(recipe: dict) -> dict:
 def changed_files(saved: dict, recipe: dict) -> list[tuple[str, str]]:
     now = redact(data_files(recipe))  # the marker holds them masked, like everything the runner writes
     return [(split, before["path"]) for split, before in saved.items() if now.get(split) != before]
-
-
-def differing_fields(old, new, path: str = "") -> list[str]:
-    if any(path == allowed or path.startswith(allowed + "/") for allowed in MAY_CHANGE):
-        return []
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [p for key in sorted(old.keys() | new.keys())
-                for p in differing_fields(old.get(key), new.get(key), f"{path}/{key}")]
-    return [] if old == new else [path]
 
 
 def checkpoint_callbacks(recipe: dict, cpu_group=None):

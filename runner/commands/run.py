@@ -88,7 +88,10 @@ def prepare(plan: dict) -> Prepared:
 def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
     if_exists, run_dir = plan["recipe"]["output"]["if_exists"], Path(plan["output_dir"])
     outputs.check_run_dir(plan["output_dir"], if_exists)
-    resume_from = resume.resume_point(run_dir, plan["recipe"], state.num_processes) if if_exists == "resume" and run_dir.is_dir() else None
+    resume_from = None
+    if if_exists == "resume" and run_dir.is_dir():  # verified once (hashing every file), every rank takes the answer
+        resume_from = distributed.on_main(state, cpu_group,
+                                          lambda: resume.resume_point(run_dir, plan["recipe"], state.num_processes))
     state.wait_for_everyone()  # no process writes before every process has checked
     if resume_from is not None and (run_dir / "plan.json").is_file():  # a resumed run keeps its first decisions
         fast.check_same_decisions(plan, json.loads((run_dir / "plan.json").read_text()))

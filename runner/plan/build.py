@@ -36,11 +36,11 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
-    problems += check_methods(doc, model_config, task) + cache_location.check_location(doc, resolve_output_dir(doc))
+    output_dir = resolve_output_dir(doc)
+    problems += check_methods(doc, model_config, task) + cache_location.check_location(doc, output_dir)
     problems += scale.check_topology(doc, topology)
     if problems:
         raise RecipeError(problems, source=recipe.source)
-    output_dir = resolve_output_dir(doc)
     return {
         "runner_version": __version__,
         "recipe_file": recipe.source,

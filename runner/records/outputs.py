@@ -229,12 +229,18 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
 def write_records(run_dir: Path, manifest: dict, writers: dict) -> None:
     """Write each record (name -> function); failures do not stop the others. run.json last, marked failed when
     a record is missing; then RecordsNotWritten names what is missing and what is safe."""
-    missing = []
+    missing, broken = [], []
     for name, write in writers.items():
         try:
             write()
         except OSError as exc:
             missing.append(f"{name} ({exc.strerror or exc})")
+        except Exception as exc:  # noqa: BLE001 - a report that cannot be rendered never costs the run's model
+            broken.append(f"{name} ({type(exc).__name__}: {exc})")
+    if broken:  # the runner's fault, not the disk's: said, and the run keeps its status
+        print(f"warning: could not render {', '.join(broken)}: a bug in the runner (please report it); the model "
+              f"and the other records in {run_dir} are complete", file=sys.stderr)
+        manifest["records_not_rendered"] = broken
     if missing:
         manifest.update(status="failed", error=f"could not write {', '.join(missing)}"
                                                + (f" after: {manifest['error']}" if manifest.get("error") else ""))

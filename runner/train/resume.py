@@ -46,8 +46,7 @@ def resume_point(run_dir: Path, recipe: dict, world_size: int = 1) -> Path | Non
     """The checkpoint to continue from; None to start afresh (no checkpoint yet). Raises when resuming would be
     wrong: the run finished, no checkpoint is whole, or the recipe, data or process count changed.
 
-    Every process verifies the checkpoints (hashing them; the files are in the page cache after the
-    first), so all agree on the same one without a collective."""
+    Called on the main process (it hashes every file of the newest checkpoints); the others take its answer."""
     manifest = run_dir / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "finished":
         raise RecipeError([Problem("/output/if_exists", f"the run in {run_dir} already finished; nothing to resume",

@@ -1,6 +1,8 @@
 """report.md and loss_curves.png from hand-built run records: no training needed."""
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 
@@ -145,3 +147,19 @@ def test_a_report_without_metrics_says_so():
 def test_importing_the_module_does_not_import_matplotlib():
     code = "import runner.records.report, sys; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_record_that_cannot_be_rendered_keeps_the_run_and_the_other_records(tmp_path, capsys):
+    """A renderer bug (a KeyError in the report) is said and recorded; the run stays finished, run.json is written."""
+    from runner.records import outputs
+
+    manifest = {"runner": "recipe-runner", "name": "t", "status": "finished", "started_at": "x", "command": "x",
+                "recipe_file": "r.json", "output_dir": str(tmp_path), "versions": {}}
+    outputs.write_records(tmp_path, manifest, {
+        "report.md": lambda: {}["missing"],
+        "metrics.json": lambda: outputs.write_json(tmp_path / "metrics.json", {"after": {}}),
+    })
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["status"] == "finished" and saved["records_not_rendered"] == ["report.md (KeyError: 'missing')"]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"after": {}}
+    assert "could not render report.md (KeyError: 'missing'): a bug in the runner" in capsys.readouterr().err

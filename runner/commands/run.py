@@ -50,7 +50,7 @@ class Prepared:
     random_base: dict | None  # the start weights of a random model under an adapter, saved by train()
     resume_from: Path | None  # the complete checkpoint this run continues from
     watcher: object  # resume.StopOnSignal: which signal, if any, stopped training
-    data_warnings: list[str]  # preflight findings that do not stop the run (leakage, truncation)
+    data_warnings: list[str]  # the data check's findings that do not stop the run (leakage, truncation)
 
 
 def run(plan: dict, argv: list[str] | None = None) -> dict:
@@ -73,7 +73,7 @@ def prepare(plan: dict) -> Prepared:
     launched = launch_config(plan, hw)  # bf16 left null is decided here too: the user's DeepSpeed JSON must agree
     deepspeed_json.check_precision(plan["recipe"], Topology(**plan["topology"]), launched["bf16"], launched.get("fp16"))
     # every rank resolved the same recipe and decided the same settings, and collectives work
-    cpu_group = distributed.preflight(plan, state)
+    cpu_group = distributed.agree(plan, state)
     run_dir = Path(plan["output_dir"])
     outputs.check_output_path(run_dir)
     created = distributed.on_main(state, cpu_group, lambda: claim.claim(run_dir))  # one run per directory
@@ -117,14 +117,14 @@ def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
                     data_shape(splits), base, resume_from, watcher, warnings)
 
 
-PREFLIGHT_SAMPLE = 2000  # training rows whose token lengths are measured before each run
+DATA_CHECK_SAMPLE = 2000  # training rows whose token lengths are measured before each run
 
 
 def data_warnings(plan: dict, splits, tokenizer, show: bool) -> list[str]:
     """Leakage and truncation found before the model loads; printed, and kept in run.json and the report."""
     from runner.data.check import inspect
 
-    found = inspect(plan, splits, tokenizer, sample=PREFLIGHT_SAMPLE)["warnings"]
+    found = inspect(plan, splits, tokenizer, sample=DATA_CHECK_SAMPLE)["warnings"]
     for warning in found if show else ():
         print(f"warning: {warning}", file=sys.stderr)
     return found

@@ -1,4 +1,4 @@
-"""Data preflight (`python -m runner check-data RECIPE`): what the data looks like to the trainer.
+"""The data check (`python -m runner check-data RECIPE`, and before every run): what the data looks like to the trainer.
 
 Errors (missing columns, empty splits, bad rows, labels outside the set) stop the run while the
 data loads (`data.py`, `rows.py`); this adds the warnings: train/eval leakage, how many examples
@@ -35,7 +35,7 @@ def check_chat_template(plan: dict, splits, tokenizer) -> None:
 
 
 def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
-    """The preflight report; token lengths and loss tokens from the first `sample` training rows (all when None).
+    """The data check's report; token lengths and loss tokens from the first `sample` training rows (all when None).
 
     Raises when training would train on nothing: no measured token carries loss, or truncation would cut the
     whole answer out of more than DROPPED_SHARE of the examples (TRL drops such examples).

@@ -1,4 +1,4 @@
-"""The preflight report in words: the warnings a run prints and records, and what `check-data` shows.
+"""The data check's report in words: the warnings a run prints and records, and what `check-data` shows.
 
 Counts are said in the trainer's terms (runner/data/check.py measures them the way TRL then builds the data): an
 example cut to max_length still trains; one whose every loss token is cut away is dropped (unpacked) or trains on

@@ -2,7 +2,7 @@
 
 A multi-process job whose ranks disagree (a node with an edited recipe, another runner version or
 libraries) trains something nobody asked for, or hangs in a collective that only some ranks reach.
-`preflight` makes one collective smoke test (all_reduce) and compares what each rank resolved; a
+`agree` makes one collective smoke test (all_reduce) and compares what each rank resolved; a
 mismatch stops every rank with the same message naming the ranks that differ, and a collective that
 does not complete within the timeout stops the job instead of hanging.
 """
@@ -18,7 +18,7 @@ from runner import __version__
 from runner.errors import Problem, RecipeError
 from runner.recipe.load import differing_paths
 
-PREFLIGHT_TIMEOUT_S = 300.0  # generous: the first collective also sets up the transport (NCCL) between nodes
+AGREEMENT_TIMEOUT_S = 300.0  # generous: the first collective also sets up the transport (NCCL) between nodes
 
 
 def fingerprint(plan: dict) -> dict:
@@ -45,7 +45,7 @@ def _sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def preflight(plan: dict, state, timeout_s: float = PREFLIGHT_TIMEOUT_S):
+def agree(plan: dict, state, timeout_s: float = AGREEMENT_TIMEOUT_S):
     """On every rank, before the model loads; a single process has nothing to compare (returns None).
 
     Returns the CPU (gloo) group the ranks agree on signals with (runner.train.resume.RankAgreement), made and tested
@@ -96,7 +96,7 @@ def within(timeout_s: float, work, message: str):
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
-    thread = threading.Thread(target=target, daemon=True, name="runner-preflight")
+    thread = threading.Thread(target=target, daemon=True, name="runner-rank-agreement")
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():

@@ -133,7 +133,7 @@ def changed_files(saved: dict, recipe: dict) -> list[tuple[str, str]]:
 def checkpoint_callbacks(recipe: dict, cpu_group=None):
     """The callbacks that make checkpoints resumable and interruptions clean.
 
-    `cpu_group`: the gloo group the rank preflight made (None for one process), for agreeing on signals."""
+    `cpu_group`: the gloo group the rank agreement made (runner/launch/ranks.py) (None for one process), for agreeing on signals."""
     from transformers import TrainerCallback
 
     class MarkComplete(TrainerCallback):

@@ -1,4 +1,4 @@
-"""Rank preflight (runner.launch.ranks) and resume across process counts (runner.train.resume), without processes.
+"""Rank agreement (runner.launch.ranks) and resume across process counts (runner.train.resume), without processes.
 """
 from __future__ import annotations
 

@@ -50,7 +50,6 @@ NOT_DATA = frozenset({
     "use_liger_kernel", "pad_to_multiple_of", "padding_free",
 })
 STATS = {"hits": 0, "misses": 0}  # this process's lookups, for the log and the tests
-_ACTIVE: list = [None]  # the run's cache, for preparation outside the trainer (classification evaluation)
 
 
 class TokenCache:
@@ -104,16 +103,13 @@ class TokenCache:
 
 
 def for_run(plan: dict, splits, tokenizer, settings: dict) -> TokenCache | None:
-    """The run's cache (None when the recipe turns it off); also the one `cached` uses."""
+    """The run's cache (None when the recipe turns it off)."""
     root = cache_root(plan["recipe"]["data"].get("tokenization_cache"))
-    cache = TokenCache(root, plan, splits, tokenizer, settings) if root is not None else None
-    _ACTIVE[0] = cache
-    return cache
+    return TokenCache(root, plan, splits, tokenizer, settings) if root is not None else None
 
 
-def cached(dataset, build):
-    """Preparation outside the trainer (classification evaluation) through the run's cache, if any."""
-    cache = _ACTIVE[0]
+def cached(cache: TokenCache | None, dataset, build):
+    """Preparation outside the trainer (classification) through the run's cache, when it has one."""
     return cache.prepared(dataset, build) if cache is not None else build()
 
 

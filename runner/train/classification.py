@@ -37,8 +37,8 @@ def classification_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     if model.config.pad_token_id is None:  # decoder models find the last real token by it
         model.config.pad_token_id = tokenizer.pad_token_id
     weights = settings["class_weights"]  # resolved by encode_labels from the training labels
-    tokencache.for_run(plan, splits, tokenizer, {"max_length": settings["max_length"]})
-    tokenized = {k: tokenized_features(getattr(splits, k), tokenizer, settings["max_length"])
+    cache = tokencache.for_run(plan, splits, tokenizer, {"max_length": settings["max_length"]})
+    tokenized = {k: tokenized_features(getattr(splits, k), tokenizer, settings["max_length"], cache)
                  for k in ("train", "eval") if getattr(splits, k) is not None}
     return {
         "model": wrap_for_classification(model, plan["peft"]),
@@ -47,16 +47,18 @@ def classification_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
         "processing_class": tokenizer,
         "data_collator": DataCollatorWithPadding(tokenizer),
         "compute_loss_func": weighted_loss(weights) if weights else None,
+        "token_cache": cache,  # not the trainer's: build_trainer keeps it on the trainer for eval_features
     }
 
 
 def eval_features(trainer, plan: dict, dataset):
-    return tokenized_features(dataset, trainer.processing_class, plan["trainer"]["runner_settings"]["max_length"])
+    return tokenized_features(dataset, trainer.processing_class, plan["trainer"]["runner_settings"]["max_length"],
+                              getattr(trainer, "token_cache", None))
 
 
-def tokenized_features(dataset, tokenizer, max_length: int):
+def tokenized_features(dataset, tokenizer, max_length: int, cache):
     """tokenize() through the run's tokenization cache (a hit skips tokenizing)."""
-    return tokencache.cached(dataset, lambda: tokenize(dataset, tokenizer, max_length))
+    return tokencache.cached(cache, dataset, lambda: tokenize(dataset, tokenizer, max_length))
 
 
 def predicted_ids(trainer, dataset, plan: dict) -> tuple[list[int], list[int]]:

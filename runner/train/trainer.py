@@ -40,7 +40,9 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     args = rejected_as_user_error(library_name(config_class), config, lambda: config_class(**config))
     kwargs = rejected_as_user_error(code.trainer_kwargs.__name__, config,
                                     lambda: code.trainer_kwargs(plan, model, tokenizer, splits))
+    token_cache = kwargs.pop("token_cache", None)  # a task that tokenizes itself (classification) made one
     trainer = rejected_as_user_error(library_name(trainer_class), config, lambda: trainer_class(args=args, **kwargs))
+    trainer.token_cache = token_cache  # evaluation rows prepared later go through the same cache
     trainer.add_callback(StopOnNonFiniteLoss())
     return trainer
 

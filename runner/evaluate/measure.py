@@ -30,17 +30,13 @@ def measure(trainer, plan: dict, splits) -> dict:
 
 def measure_at_train_start(trainer, plan: dict, splits, results: dict, early: dict):
     """A callback taking the before-training measurements at the start of train(), inside the engine."""
-    from transformers import TrainerCallback
+    from runner.train.callbacks import AtTrainStart
 
-    class MeasureAtStart(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if plan["evaluation"]["baseline"]:
-                results["before"] = measure(trainer, plan, splits)
-            else:
-                results["before"] = None
-            early.update(retention=measure_retention(trainer, splits), in_train=True)
+    def before():
+        results["before"] = measure(trainer, plan, splits) if plan["evaluation"]["baseline"] else None
+        early.update(retention=measure_retention(trainer, splits), in_train=True)
 
-    return MeasureAtStart()
+    return AtTrainStart(before)
 
 
 def measure_retention(trainer, splits) -> dict | None:

@@ -12,7 +12,8 @@ from runner.launch import ranks as distributed
 from runner.errors import RecipeError
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
-from runner.train.resume import COMPLETE, resume_point
+from runner.records.checkpoints import COMPLETE
+from runner.train.resume import resume_point
 from runner.plan.topology import Topology
 
 

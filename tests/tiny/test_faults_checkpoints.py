@@ -180,7 +180,7 @@ def test_resume_continues_from_the_previous_whole_checkpoint_to_the_same_losses(
 
 
 def test_the_marker_lists_every_file_of_the_checkpoint_with_size_and_sha256(interrupted):
-    from runner.train.resume import COMPLETE
+    from runner.records.checkpoints import COMPLETE
 
     folder = interrupted / "run" / "checkpoint-4"
     marker = json.loads((folder / COMPLETE).read_text())
@@ -218,7 +218,8 @@ def test_predict_on_a_whole_checkpoint_answers_and_on_a_damaged_one_names_the_fi
 def test_a_marker_of_an_earlier_runner_is_resumed_unverified_with_a_warning(copy, capsys):
     """Runs interrupted before markers listed their files still resume (as that runner would), and say so."""
     from runner.recipe.load import load_recipe
-    from runner.train.resume import COMPLETE, resume_point
+    from runner.records.checkpoints import COMPLETE
+    from runner.train.resume import resume_point
 
     path, run_dir = copy
     marker = json.loads((run_dir / "checkpoint-4" / COMPLETE).read_text())

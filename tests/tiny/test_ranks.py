@@ -20,7 +20,7 @@ import pytest
 from assets import reverse_rows
 from conftest import ROOT, base_recipe, write_json, write_jsonl
 from runner.launch import launcher as launch
-from runner.train import resume
+from runner.records.checkpoints import COMPLETE
 from commandline import free_port, slurm_script
 
 CONFIGS = ROOT / "accelerate_configs"
@@ -260,7 +260,7 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == ["checkpoint-4"], checkpoints  # signalled at 3, agreed one step later
     assert {p.name for p in checkpoints[0].glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    assert (checkpoints[0] / resume.COMPLETE).is_file()
+    assert (checkpoints[0] / COMPLETE).is_file()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
     assert result.stderr.count("--resume") == 1  # said once, by rank 0
 

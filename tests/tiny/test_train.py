@@ -418,7 +418,8 @@ def test_signal_handlers_are_restored_when_training_fails(tmp_path, recipe_file)
 
 def test_resume_compares_the_masked_recipe_and_notices_changed_data(tmp_path, recipe_file, monkeypatch):
     from runner.records.outputs import write_json
-    from runner.train.resume import COMPLETE, data_files, resume_point
+    from runner.records.checkpoints import COMPLETE
+    from runner.train.resume import data_files, resume_point
 
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     monkeypatch.setenv("TEAM_KEY_PREFIX", str(tmp_path))  # a "secret" that happens to be part of a path

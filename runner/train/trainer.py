@@ -7,7 +7,6 @@ import importlib.util
 from runner import compat
 from runner.data import chat_masks
 from runner.data import tokencache
-from runner.train.callbacks import StopOnNonFiniteLoss
 from runner.errors import Problem, RecipeError
 from runner.plan.tasks import TASKS
 
@@ -43,6 +42,8 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     token_cache = kwargs.pop("token_cache", None)  # a task that tokenizes itself (classification) made one
     trainer = rejected_as_user_error(library_name(trainer_class), config, lambda: trainer_class(args=args, **kwargs))
     trainer.token_cache = token_cache  # evaluation rows prepared later go through the same cache
+    from runner.train.callbacks import StopOnNonFiniteLoss  # imports transformers
+
     trainer.add_callback(StopOnNonFiniteLoss())
     return trainer
 
@@ -85,8 +86,10 @@ def masked_conversations(dataset, tokenizer, loss: dict, num_proc: int | None, n
                        desc=f"Rendering {name} conversations, masking assistant turns")
 
 
-def non_finite_loss(trainer) -> StopOnNonFiniteLoss | None:
-    """The callback's finding, when the loss went NaN or infinite."""
+def non_finite_loss(trainer):
+    """The StopOnNonFiniteLoss callback's finding, when the loss went NaN or infinite; else None."""
+    from runner.train.callbacks import StopOnNonFiniteLoss
+
     found = [c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLoss)]
     return found[0] if found and found[0].bad_step is not None else None
 

@@ -71,19 +71,28 @@ def test_dpo_full_fine_tuning_logs_rewards(tmp_path, recipe_file, implicit):
 
 
 def test_dpo_with_lora_uses_the_adapter_free_base_as_reference(tmp_path, recipe_file):
+    """No second copy: TRL disables the adapter for the reference pass. Before training the policy is the
+    reference (LoRA B starts at zero): margins are exactly 0; after, not; `eval` reloads the start model as the
+    reference and measures the same. One training for all of it."""
+    from runner.commands.inference import evaluate_run
+    from runner.commands.run import train
+
     plan = plan_for(tmp_path, recipe_file, preference_rows(), task="dpo",
                     data={"train": {"path": "train.jsonl"}, "eval": {"path": "train.jsonl"}},
                     peft={"method": "lora", "r": 4},
-                    evaluation={"metrics": ["loss", "rewards", "exact_match"], "max_examples": 4,
+                    evaluation={"metrics": ["loss", "rewards", "exact_match"], "max_examples": 4, "baseline": True,
                                 "generation": {"max_new_tokens": 4}},
                     training={"max_steps": 4, "learning_rate": 5e-3, "per_device_train_batch_size": 8})
-    trainer = prepare(plan).trainer
-    assert trainer.ref_model is None, "no second copy: TRL disables the adapter for the reference pass"
-    assert plan["trainer"]["reference_model"] == "adapter-disabled"
-    manifest = run(plan, argv=["test"])
-    assert manifest["metrics"]["after"]["rewards/margins"] != 0.0
-    assert 0.0 <= manifest["metrics"]["after"]["exact_match"] <= 1.0  # generated answers vs chosen responses
+    prepared = prepare(plan)
+    assert prepared.trainer.ref_model is None and plan["trainer"]["reference_model"] == "adapter-disabled"
+    manifest = train(prepared.plan, prepared, ["test"])
+    before, after = manifest["metrics"]["before"], manifest["metrics"]["after"]
+    assert before["rewards/margins"] == 0.0 and before["rewards/chosen"] == 0.0
+    assert after["rewards/margins"] != 0.0
+    assert 0.0 <= after["exact_match"] <= 1.0  # generated answers vs chosen responses
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    again = evaluate_run(plan, tmp_path / "run")["after"]
+    assert again["rewards/margins"] == pytest.approx(after["rewards/margins"], rel=1e-3, abs=1e-5)
 
 
 CLASSIFY = {"data": {"format": "labelled", "train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"},
@@ -330,22 +339,6 @@ def test_a_failure_while_measuring_keeps_the_trained_model(tmp_path, recipe_file
     assert record["metrics"]["train"]["train_loss"] > 0, "training finished and was recorded"
     assert (tmp_path / "run" / "model.safetensors").is_file(), "the trained weights were saved before measuring"
     assert "failed" in (tmp_path / "run" / "report.md").read_text()
-
-
-def test_dpo_lora_reference_is_the_adapter_free_base(tmp_path, recipe_file):
-    """Before training the policy is the reference (LoRA B starts at zero): margins are exactly 0; after, not."""
-    from runner.commands.inference import evaluate_run
-
-    plan = plan_for(tmp_path, recipe_file, preference_rows(), task="dpo",
-                    data={"train": {"path": "train.jsonl"}, "eval": {"path": "train.jsonl"}},
-                    peft={"method": "lora", "r": 4}, evaluation={"baseline": True},
-                    training={"max_steps": 4, "learning_rate": 5e-3, "per_device_train_batch_size": 8})
-    manifest = run(plan, argv=["test"])
-    before, after = manifest["metrics"]["before"], manifest["metrics"]["after"]
-    assert before["rewards/margins"] == 0.0 and before["rewards/chosen"] == 0.0
-    assert after["rewards/margins"] != 0.0
-    again = evaluate_run(plan, tmp_path / "run")["after"]  # eval reloads the start model as the reference
-    assert again["rewards/margins"] == pytest.approx(after["rewards/margins"], rel=1e-3, abs=1e-5)
 
 
 def test_eval_refuses_a_recipe_that_does_not_match_the_run(tmp_path, recipe_file):

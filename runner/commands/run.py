@@ -23,7 +23,6 @@ from runner.evaluate import measure as evaluation
 from runner.launch import decide as fast
 from runner.records import model_card
 from runner.train import models
-from runner.launch import machine
 from runner.records import outputs
 from runner.records import report
 from runner.train import resume
@@ -64,13 +63,14 @@ def prepare(plan: dict) -> Prepared:
     released again when it fails."""
     from accelerate import PartialState
 
-    hw = machine.hardware()
-    # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True.
-    state = PartialState(cpu=not hw["gpus"])
-    hw["world_size"] = state.num_processes
-    distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
-    plan = fast.resolve(plan, hw, show=state.is_main_process)  # the null settings, decided for this machine
+    plan, hw = session.for_this_machine(plan, show=False)  # the null settings, decided for this machine
     launched = launch_config(plan, hw)  # bf16 left null is decided here too: the user's DeepSpeed JSON must agree
+    # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True: the use_cpu decision.
+    state = PartialState(cpu=launched["use_cpu"])
+    hw["world_size"] = state.num_processes
+    if state.is_main_process:
+        fast.announce(plan)
+    distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
     deepspeed_json.check_precision(plan["recipe"], Topology(**plan["topology"]), launched["bf16"], launched.get("fp16"))
     # every rank resolved the same recipe and decided the same settings, and collectives work
     cpu_group = distributed.agree(plan, state)

@@ -38,9 +38,16 @@ def resolve(plan: dict, hardware: dict, show: bool = True) -> dict:
     decisions = decide(plan, probe(hardware))
     check_installed(plan)
     resolved = apply(plan, decisions)
-    for path, decision in decisions.items() if show else ():
-        print(f"fast default {path} = {decision['value']!r}: {decision['reason']}", file=sys.stderr)
+    if show:
+        announce(resolved)
     return resolved
+
+
+def announce(plan: dict) -> None:
+    """Say on stderr what was decided for this machine, and why (the main process of a run calls it)."""
+    for path, setting in plan.get("fast_defaults", {}).get("settings", {}).items():
+        if setting.get("recipe") is None and "value" in setting:
+            print(f"fast default {path} = {setting['value']!r}: {setting['reason']}", file=sys.stderr)
 
 
 def check_same_decisions(resolved: dict, earlier: dict) -> None:

@@ -262,8 +262,9 @@ def memory_as_decided(plan: dict, decided: dict, bf16: bool, padding_free: bool)
 def checkpointing(memory: dict | None, machine: dict, peft_method: str = "none") -> tuple[bool, str]:
     if not machine["gpus"]:
         return False, "CPU: no GPU memory to save"
-    if peft_method == "prefix_tuning":
-        return False, "prefix tuning: its prefixes travel as a key/value cache, which checkpointing switches off"
+    if not METHODS[peft_method].checkpointable:
+        return False, (f"{METHODS[peft_method].name}: its prefixes travel as a key/value cache, which checkpointing "
+                       "switches off")
     needed = ((memory or {}).get("per_device_gib") or {}).get("activation_checkpointing_off")
     if needed is None:
         return True, "no memory estimate in the plan: kept on to be safe"

@@ -24,6 +24,9 @@ class Method:
     soft_prompt: bool  # virtual tokens before every input (peft's prompt learning): no module replaced, nothing to merge
     packable: bool  # rows may be packed without padding (the token sequence is left as it is)
     mergeable: bool  # `merge` folds it into the base
+    # trains under activation checkpointing (prefix tuning's prefixes travel as a key/value cache, which
+    # transformers switches off under checkpointing: training then fails with a shape mismatch)
+    checkpointable: bool = True
 
 
 METHODS = {
@@ -37,7 +40,7 @@ METHODS = {
     "prompt_tuning": Method("prompt tuning", trains_base=False, adapter=True, soft_prompt=True, packable=False,
                             mergeable=False),
     "prefix_tuning": Method("prefix tuning", trains_base=False, adapter=True, soft_prompt=True, packable=False,
-                            mergeable=False),
+                            mergeable=False, checkpointable=False),
 }
 
 
@@ -73,11 +76,11 @@ def check_methods(doc: dict, config: dict | None, task: Task) -> list[Problem]:
         problems.append(Problem(f"/training/{key}", f"{method} drops the position ids that keep packed (padding-free) "
                                 "examples apart, so they would attend to each other and get wrong positions",
                                 f"set training.{key} to false with {method}"))
-    if method == "prefix_tuning" and training.get("activation_checkpointing"):
-        problems.append(Problem("/training/activation_checkpointing", "prefix tuning passes its prefixes as a "
-                                "key/value cache, which transformers switches off under activation checkpointing "
+    if not METHODS[method].checkpointable and training.get("activation_checkpointing"):
+        problems.append(Problem("/training/activation_checkpointing", f"{METHODS[method].name} passes its prefixes "
+                                "as a key/value cache, which transformers switches off under activation checkpointing "
                                 "(training then fails with a shape mismatch)",
-                                "set training.activation_checkpointing to false with prefix_tuning"))
+                                f"set training.activation_checkpointing to false with {method}"))
     return problems
 
 

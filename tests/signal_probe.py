@@ -11,7 +11,7 @@ import sys
 
 from transformers import TrainerCallback
 
-from runner.commands import run as run_module
+from runner.train import session
 from runner.__main__ import main
 
 SIGNAL_AT_STEP = 3
@@ -29,7 +29,7 @@ def build_trainer(*args, **kwargs):
     return trainer
 
 
-original, run_module.build_trainer = run_module.build_trainer, build_trainer
+original, session.build_trainer = session.build_trainer, build_trainer  # the trainer every run builds
 
 if __name__ == "__main__":
     sys.exit(main(["run", sys.argv[1]]))

@@ -16,6 +16,7 @@ from runner.evaluate.generation import generate
 from runner.records import outputs
 from runner.errors import Problem, RecipeError
 from runner.train import session
+from runner.train.trainer import launch_config
 
 
 def evaluate_run(plan: dict, run_dir: Path) -> dict:
@@ -30,7 +31,7 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
     check_finished(run_dir, json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}, "--model",
                    suggest_checkpoint=False)
     plan, hardware = session.for_this_machine(plan, show=False)
-    state = PartialState(cpu=plan["trainer"]["config"].get("use_cpu", not hardware["gpus"]))  # the use_cpu decision
+    state = PartialState(cpu=launch_config(plan, hardware)["use_cpu"])  # the use_cpu decision
     plan, splits, updates = session.load_data(plan)
     tokenizer = saved_tokenizer(plan, run_dir, "--model")
     model = load_trained(run_dir, plan, updates)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import compat
-from runner.records import atomic, checkpoints, claim
+from runner.records import atomic, checkpoints, claim, summary
 from runner.data import load as data
 from runner.plan import deepspeed_json
-from runner.launch import diskspace
+from runner.launch import diskspace, machine
 from runner.launch import ranks as distributed
 from runner.evaluate import measure as evaluation
 from runner.launch import decide as fast
@@ -27,13 +27,11 @@ from runner.records import outputs
 from runner.records import report
 from runner.train import resume
 from runner.records.secrets import redact
-from runner.errors import Problem, RecipeError
 from runner.train.task_code import TASK_CODE
 from runner.train import session
-from runner.train.trainer import launch_config, library_name, non_finite_loss, out_of_memory_as_advice
+from runner.train.random_base import BASE_MODEL_DIR, keep_random_base, save_random_base
+from runner.train.trainer import launch_config, library_name, out_of_memory_as_advice, stop_if_diverged
 from runner.plan.topology import Topology
-
-BASE_MODEL_DIR = "base_model"
 
 
 @dataclass
@@ -63,14 +61,15 @@ def prepare(plan: dict) -> Prepared:
     released again when it fails."""
     from accelerate import PartialState
 
-    plan, hw = session.for_this_machine(plan, show=False)  # the null settings, decided for this machine
+    hw = machine.hardware()
+    distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
+    plan = fast.resolve(plan, hw, show=False)  # the null settings, decided for this machine
     launched = launch_config(plan, hw)  # bf16 left null is decided here too: the user's DeepSpeed JSON must agree
     # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True: the use_cpu decision.
     state = PartialState(cpu=launched["use_cpu"])
     hw["world_size"] = state.num_processes
     if state.is_main_process:
         fast.announce(plan)
-    distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
     deepspeed_json.check_precision(plan["recipe"], Topology(**plan["topology"]), launched["bf16"], launched.get("fp16"))
     # every rank resolved the same recipe and decided the same settings, and collectives work
     cpu_group = distributed.agree(plan, state)
@@ -101,7 +100,7 @@ def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
     plan, splits, config_updates = session.load_data(plan)
     tokenizer = models.load_tokenizer(plan["model"])
     session.check_tokenizer(plan, splits, tokenizer)
-    warnings = data_warnings(plan, splits, tokenizer, state.is_main_process)
+    warnings = session.data_warnings(plan, splits, tokenizer, state.is_main_process)
     keep_base = plan["peft"] is not None and plan["model"]["init"] == "random"
     # a random base to be quantized is kept unquantized: the adapter's true base, and what `merge` merges into
     model = models.load_model(plan["model"], seed, config_updates, quantize=not keep_base)
@@ -114,51 +113,7 @@ def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
     trainer.add_callback(marker)
     trainer.add_callback(watcher)
     return Prepared(plan, trainer, state, hw, launch_config(plan, hw), splits, config_updates,
-                    data_shape(splits), base, resume_from, watcher, warnings)
-
-
-DATA_CHECK_SAMPLE = 2000  # training rows whose token lengths are measured before each run
-
-
-def data_warnings(plan: dict, splits, tokenizer, show: bool) -> list[str]:
-    """Leakage and truncation found before the model loads; printed, and kept in run.json and the report."""
-    from runner.data.check import inspect
-
-    found = inspect(plan, splits, tokenizer, sample=DATA_CHECK_SAMPLE)["warnings"]
-    for warning in found if show else ():
-        print(f"warning: {warning}", file=sys.stderr)
-    return found
-
-
-def data_shape(splits: data.Splits) -> dict:
-    """Whether the trainer saw chat conversations: `predict` then prompts through the chat template too."""
-    from trl.data_utils import is_conversational
-
-    return {"conversational": bool(is_conversational(splits.train[0]))}
-
-
-def keep_random_base(model, run_dir: Path) -> dict:
-    """An adapter on randomly initialised weights is useless without them: keep them for the run directory.
-
-    A copy is taken now, before peft wraps the model, and `train` saves it as run_dir/base_model once
-    the directory is claimed. peft records `model.name_or_path` as the adapter's base, so pointing it
-    there makes the adapter load back with from_pretrained like any other.
-    """
-    weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-    model.config._name_or_path = model.name_or_path = str(run_dir / BASE_MODEL_DIR)
-    return {"weights": weights, "config": model.config.to_dict()}
-
-
-def save_random_base(base: dict, tokenizer, folder: Path) -> None:
-    from safetensors.torch import save_file
-    from transformers import AutoConfig
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = dict(base["config"])
-    AutoConfig.for_model(config.pop("model_type"), **config).save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in base["weights"].items()}, folder / "model.safetensors",
-              metadata={"format": "pt"})
-    tokenizer.save_pretrained(folder)
+                    session.data_shape(splits), base, resume_from, watcher, warnings)
 
 
 def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
@@ -174,30 +129,14 @@ def train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
 def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     trainer, state = prepared.trainer, prepared.state
     run_dir = Path(plan["output_dir"])
-    manifest = outputs.new_manifest(plan, prepared.hardware, argv)
-    manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
-                    weights_dtype=str(trainer.model.dtype).removeprefix("torch."),  # as loaded (GGUF: dequantized)
-                    trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
-                    config_updates=prepared.config_updates, data_shape=prepared.data_shape,
-                    data_warnings=prepared.data_warnings, resumed_from=resumed_from(prepared.resume_from),
-                    # rows the trainer holds after TRL's preparation: examples it dropped are gone (packed: rows)
-                    trainer_rows={"train": _rows(trainer.train_dataset), "eval": _rows(trainer.eval_dataset)},
-                    # what the trainer's accelerator really runs ("bf16" autocast, "fp16" or "no"), beside the
-                    # decision and its reason in plan.json (fast_defaults) and the CPU flag in hardware.cpu_bf16
-                    mixed_precision=str(trainer.accelerator.mixed_precision),
-                    trainer=library_name(type(trainer)))  # the class that trained (a record, never looked up)
+    manifest = first_manifest(plan, prepared, argv)
     results = {"train": None, "before": None, "after": None, "retention": None}
     moved = None
     started = time.monotonic()
     prepared.watcher.watch()  # from here a signal stops the run cleanly (after its first step at the earliest)
     try:
         if state.is_main_process:
-            moved = None if prepared.resume_from else outputs.start_run_dir(plan["output_dir"])
-            if prepared.random_base is not None:
-                save_random_base(prepared.random_base, trainer.processing_class, run_dir / BASE_MODEL_DIR)
-            outputs.write_json(run_dir / "recipe.json", plan["recipe"])
-            outputs.write_json(run_dir / "plan.json", plan)
-            outputs.write_manifest(run_dir, manifest)
+            moved = start_records(plan, prepared, manifest)
         state.wait_for_everyone()
         train_and_measure(trainer, plan, prepared, results)
         manifest["status"] = "finished"
@@ -220,13 +159,7 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
     except outputs.RecordsNotWritten:
         raise  # run.json already says failed, and why (finish wrote what it could)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C outside the training loop (measuring, writing records)
-            saved = (run_dir / "config.json").is_file() or (run_dir / "adapter_config.json").is_file()
-            manifest.update(status="interrupted", error="Ctrl-C outside the training loop" + (
-                f"; the trained model was already saved in {run_dir}" if saved else ""))
-            print(f"interrupted: {manifest['error']}", file=sys.stderr)
-        else:
-            manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        record_failure(manifest, exc, run_dir)
         if moved is not None:
             print(f"the earlier run in {run_dir} was kept at {moved}", file=sys.stderr)
         # records that cannot be written either are reported with this error, which is the cause
@@ -234,10 +167,53 @@ def _train(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
         raise
     if state.is_main_process:
         outputs.finish_replacing(run_dir)
-        print(summary(manifest), flush=True)
+        print(summary.summary(manifest), flush=True)
     state.wait_for_everyone()
     compat.end_process_group(state)
     return manifest
+
+
+def first_manifest(plan: dict, prepared: Prepared, argv: list[str]) -> dict:
+    """run.json as the run starts: what was loaded and decided, before any step."""
+    trainer = prepared.trainer
+    manifest = outputs.new_manifest(plan, prepared.hardware, argv)
+    manifest.update(parameters=models.count_parameters(trainer.model), examples=count_examples(prepared.splits),
+                    weights_dtype=str(trainer.model.dtype).removeprefix("torch."),  # as loaded (GGUF: dequantized)
+                    trainer_config=prepared.trainer_config, runner_settings=plan["trainer"]["runner_settings"],
+                    config_updates=prepared.config_updates, data_shape=prepared.data_shape,
+                    data_warnings=prepared.data_warnings, resumed_from=resumed_from(prepared.resume_from),
+                    # rows the trainer holds after TRL's preparation: examples it dropped are gone (packed: rows)
+                    trainer_rows={"train": _rows(trainer.train_dataset), "eval": _rows(trainer.eval_dataset)},
+                    # what the trainer's accelerator really runs ("bf16" autocast, "fp16" or "no"), beside the
+                    # decision and its reason in plan.json (fast_defaults) and the CPU flag in hardware.cpu_bf16
+                    mixed_precision=str(trainer.accelerator.mixed_precision),
+                    trainer=library_name(type(trainer)))  # the class that trained (a record, never looked up)
+    return manifest
+
+
+def start_records(plan: dict, prepared: Prepared, manifest: dict) -> Path | None:
+    """Main process: the run directory (an earlier run moved aside, kept until this one finishes: returned), the
+    random base an adapter needs, recipe.json, plan.json and run.json saying `running`."""
+    run_dir = Path(plan["output_dir"])
+    moved = None if prepared.resume_from else outputs.start_run_dir(plan["output_dir"])
+    if prepared.random_base is not None:
+        save_random_base(prepared.random_base, prepared.trainer.processing_class, run_dir / BASE_MODEL_DIR)
+    outputs.write_json(run_dir / "recipe.json", plan["recipe"])
+    outputs.write_json(run_dir / "plan.json", plan)
+    outputs.write_manifest(run_dir, manifest)
+    return moved
+
+
+def record_failure(manifest: dict, exc: BaseException, run_dir: Path) -> None:
+    """run.json's status and error for a run that stopped on an exception (Ctrl-C outside the training loop, where
+    measuring or writing records: interrupted)."""
+    if isinstance(exc, KeyboardInterrupt):
+        saved = (run_dir / "config.json").is_file() or (run_dir / "adapter_config.json").is_file()
+        manifest.update(status="interrupted", error="Ctrl-C outside the training loop" + (
+            f"; the trained model was already saved in {run_dir}" if saved else ""))
+        print(f"interrupted: {manifest['error']}", file=sys.stderr)
+    else:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _rows(dataset) -> int | None:
@@ -324,49 +300,6 @@ def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> di
     return early
 
 
-def stop_if_diverged(trainer, plan: dict) -> None:
-    """A NaN/inf loss ends the run before the broken weights are saved; checkpoints already written stay."""
-    bad = non_finite_loss(trainer)
-    if bad is None:
-        return
-    kept = checkpoints.latest_complete_checkpoint(Path(plan["output_dir"]))  # complete means finite weights
-    last = f"the last good checkpoint is {kept}" if kept else "no good checkpoint was written before it"
-    raise RecipeError([Problem("/training/learning_rate", f"the training loss became {bad.bad_value} at step "
-                               f"{bad.bad_step}; training stopped and the diverged weights were not saved ({last})",
-                               "lower learning_rate, keep max_grad_norm > 0, add warmup_steps, or prefer bf16 "
-                               "over fp16")])
-
-
 def count_examples(splits: data.Splits) -> dict:
     names = ("train", "eval", "evaluation", "retention")
     return {name: len(getattr(splits, name)) for name in names if getattr(splits, name) is not None}
-
-
-def summary(manifest: dict) -> str:
-    """The few lines a user reads at the end of a run."""
-    lines = [f"run '{manifest['name']}' finished in {manifest['seconds']:.1f} s -> {manifest['output_dir']}"]
-    losses = [h["loss"] for h in manifest["history"] if "loss" in h]
-    if losses:
-        lines.append(f"  train loss: {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log)")
-    evals = [(h["step"], h["eval_loss"]) for h in manifest["history"] if "eval_loss" in h]
-    if evals:
-        (s0, l0), (s1, l1) = evals[0], evals[-1]
-        lines.append(f"  eval loss:  {l0:.4f} (step {s0}) -> {l1:.4f} (step {s1})")
-    lines += metric_lines(manifest["metrics"])
-    params = manifest["parameters"]
-    lines.append(f"  parameters: {params['trainable']:,} trainable of {params['total']:,}")
-    lines.append("  load it with from_pretrained(output_dir); report.md, metrics.json and run.json beside it")
-    return "\n".join(lines)
-
-
-def metric_lines(results: dict) -> list[str]:
-    """`name: before -> after` for the scalar metrics (before only with a baseline)."""
-    before, lines = results.get("before") or {}, []
-    for name, value in (results.get("after") or {}).items():
-        if isinstance(value, (int, float)):
-            start = f"{before[name]:.4f} -> " if name in before else ""
-            lines.append(f"  {name}: {start}{value:.4f}")
-    for when in ("before", "after"):
-        if results.get("retention"):
-            lines.append(f"  retention loss ({when}): {results['retention'][when]['loss']:.4f}")
-    return lines

@@ -25,8 +25,8 @@ def apply(plan: dict, decisions: dict) -> dict:
     # No dataloader_persistent_workers: with it transformers 5.23 caches one eval dataloader under the key
     # "eval" and hands it back for every other eval_dataset (retention, evaluation.data): wrong losses.
     settings = {path: {**s, **decisions.get(path, {})} for path, s in plan["fast_defaults"]["settings"].items()}
-    if "/model/attn_implementation" in decisions and "/model/attn_implementation" not in settings:
-        settings["/model/attn_implementation"] = {"recipe": None, **decisions["/model/attn_implementation"]}
+    for path in decisions.keys() - settings.keys():  # the varlen attention; use_cpu in a plan.json from before it
+        settings[path] = {"recipe": None, **decisions[path]}
     return {**plan, "model": model, "trainer": {**plan["trainer"], "config": config},
             "fast_defaults": {**plan["fast_defaults"], "settings": settings}}
 

@@ -18,6 +18,7 @@ from runner.plan import memory_fit
 from runner.plan import scale
 from runner.plan import cache_location
 from runner.errors import Problem, RecipeError, did_you_mean, pointer
+from runner.recipe import schema
 from runner.recipe.load import Recipe, thaw
 from runner.plan.methods import METHODS, check_methods, parameter_counts, peft_spec, quantization_spec
 from runner.plan.evaluation import check_evaluation, check_source, evaluation_spec
@@ -270,7 +271,7 @@ def reference_model(doc: dict, task: Task) -> str | None:
 
 
 def resolve_output_dir(doc: dict) -> str:
-    chosen = doc["output"]["dir"].replace("{name}", doc["name"])
+    chosen = (doc["output"]["dir"] or schema.defaults_of("output")["dir"]).replace("{name}", doc["name"])
     try:
         return str(Path(chosen).expanduser().absolute())
     except RuntimeError as exc:  # ~user that does not exist

@@ -90,7 +90,8 @@ def plan_section(doc: dict, task_name: str, model_config: dict | None) -> dict:
 def decide(plan: dict, machine: dict) -> dict:
     """Pure: recipe path -> {"value", "reason"} for every setting the recipe left null."""
     section = plan["fast_defaults"]
-    facts, open_ = section["facts"], {p for p, s in section["settings"].items() if s["recipe"] is None}
+    facts = section["facts"]
+    open_ = {p for p, s in section["settings"].items() if s["recipe"] is None} | ALWAYS_DECIDED
     config = plan["trainer"]["config"]
     gpu = machine["gpus"] > 0
     out = {}

@@ -191,7 +191,7 @@ def changes(s: Settings) -> list[tuple[str, Settings]]:
     if method_of(s.peft).trains_base and s.optim in ("adamw_torch", "adamw_torch_fused"):
         found.append(("training.optim: adamw_bnb_8bit", replace(s, optim="adamw_bnb_8bit")))
     if method_of(s.peft).trains_base:
-        found.append(("peft.method: lora (r 16, all-linear)", replace(s, peft=LORA)))
+        found.append((f"peft.method: lora (r {LORA['r']}, {LORA['target_modules']})", replace(s, peft=LORA)))
     if s.quantization.get("method", "none") == "none" and s.kind != "classification":
         peft = s.peft if s.peft.get("method") == "lora" else LORA
         found.append(("QLoRA: model.quantization.method: bnb_4bit with peft.method: lora",

@@ -35,6 +35,9 @@ class MarkComplete(TrainerCallback):
     """Write the completeness marker last: every file of the checkpoint with its size and sha256, and what
     the checkpoint was trained from. Also keeps damaged checkpoints out of a resumed run's way."""
 
+    def __init__(self, recipe: dict):
+        self.recipe = recipe
+
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:  # global_step is the resumed step here (0 for a new run)
             resume.set_aside_newer(Path(args.output_dir), state.global_step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 
 from runner.data import load as data
 from runner.data.check import check_chat_template
@@ -66,3 +67,23 @@ def for_trained_model(plan: dict, run_dir) -> dict:
         # measure the trained model against itself.
         adjusted["trainer"]["reference_model"] = "initial"
     return adjusted
+
+
+DATA_CHECK_SAMPLE = 2000  # training rows whose token lengths are measured before each run
+
+
+def data_warnings(plan: dict, splits, tokenizer, show: bool) -> list[str]:
+    """Leakage and truncation found before the model loads; printed, and kept in run.json and the report."""
+    from runner.data.check import inspect
+
+    found = inspect(plan, splits, tokenizer, sample=DATA_CHECK_SAMPLE)["warnings"]
+    for warning in found if show else ():
+        print(f"warning: {warning}", file=sys.stderr)
+    return found
+
+
+def data_shape(splits: data.Splits) -> dict:
+    """Whether the trainer saw chat conversations: `predict` then prompts through the chat template too."""
+    from trl.data_utils import is_conversational
+
+    return {"conversational": bool(is_conversational(splits.train[0]))}

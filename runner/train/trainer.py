@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from pathlib import Path
 
 from runner import compat
 from runner.data import chat_masks
 from runner.data import tokencache
 from runner.errors import Problem, RecipeError
 from runner.plan.tasks import TASKS
+from runner.records import checkpoints
 
 # Optimizers that need a package beyond the base install (transformers imports it when it builds the optimizer).
 OPTIMIZER_PACKAGES = {
@@ -20,8 +22,12 @@ OPTIMIZER_PACKAGES = {
 def launch_config(plan: dict, hardware: dict) -> dict:
     """The config kwargs with the launch-time decisions of the plan made for this machine."""
     config = dict(plan["trainer"]["config"])
-    if "use_cpu" not in config:  # a plan.json from before use_cpu was a launch decision (runner/plan/decisions.py)
+    # A plan.json from before every per-machine setting was a rule in runner/plan/decisions.py (a finished run's,
+    # read again by eval or quantize): what it left to the launch, decided as it was then.
+    if "use_cpu" not in config:
         config["use_cpu"] = not hardware["gpus"]
+    if "bf16" in plan["trainer"].get("decided_at_launch", {}) and config.get("bf16") is None:
+        config["bf16"] = hardware["bf16"]
     return config
 
 
@@ -37,7 +43,7 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     trainer_class = tokencache.with_cache(trainer_class, plan, splits, tokenizer,
                                           {**config, **plan["trainer"]["runner_settings"]})
     args = rejected_as_user_error(library_name(config_class), config, lambda: config_class(**config))
-    kwargs = rejected_as_user_error(code.trainer_kwargs.__name__, config,
+    kwargs = rejected_as_user_error(f"{code.trainer_kwargs.__module__}.{code.trainer_kwargs.__name__}", config,
                                     lambda: code.trainer_kwargs(plan, model, tokenizer, splits))
     token_cache = kwargs.pop("token_cache", None)  # a task that tokenizes itself (classification) made one
     trainer = rejected_as_user_error(library_name(trainer_class), config, lambda: trainer_class(args=args, **kwargs))
@@ -128,3 +134,15 @@ def out_of_memory_as_advice(step_of):
         raise RecipeError([Problem("/training/per_device_train_batch_size",
                                    f"ran out of accelerator memory at step {step_of()}: {first}", MEMORY_HINT)]) from None
 
+
+def stop_if_diverged(trainer, plan: dict) -> None:
+    """A NaN/inf loss ends the run before the broken weights are saved; checkpoints already written stay."""
+    bad = non_finite_loss(trainer)
+    if bad is None:
+        return
+    kept = checkpoints.latest_complete_checkpoint(Path(plan["output_dir"]))  # complete means finite weights
+    last = f"the last good checkpoint is {kept}" if kept else "no good checkpoint was written before it"
+    raise RecipeError([Problem("/training/learning_rate", f"the training loss became {bad.bad_value} at step "
+                               f"{bad.bad_step}; training stopped and the diverged weights were not saved ({last})",
+                               "lower learning_rate, keep max_grad_norm > 0, add warmup_steps, or prefer bf16 "
+                               "over fp16")])

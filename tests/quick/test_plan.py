@@ -117,6 +117,8 @@ def test_default_output_dir_is_runs_slash_name(recipe_file, tmp_path, monkeypatc
     recipe = base_recipe(tmp_path)
     del recipe["output"]["dir"]  # the schema's default: runs/{name}
     assert plan_of(recipe_file, recipe)["output_dir"] == str(tmp_path / "runs" / "t")
+    recipe["output"]["dir"] = None  # null, as earlier recipes spelled the default
+    assert plan_of(recipe_file, recipe)["output_dir"] == str(tmp_path / "runs" / "t")
     recipe["output"]["dir"] = "elsewhere/{name}-v2"
     assert plan_of(recipe_file, recipe)["output_dir"] == str(tmp_path / "elsewhere" / "t-v2")
 

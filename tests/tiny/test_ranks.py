@@ -174,7 +174,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(config, tmp_pat
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.evaluate.measure import generate, prompt_completion
+    from runner.evaluate.generation import generate, prompt_completion
 
     reference_dir, reference = one_process
     _engine_recipe(tmp_path, PER_DEVICE)

@@ -3,7 +3,7 @@
 A recipe leaves these null (or, for `use_cpu`, has no key): `plan` lists each with its rule
 (plan["fast_defaults"]); at launch runner.launch.decide probes the machine and calls `decide` with what it found,
 and writes the values into the plan's model spec and trainer config, each with its reason, before anything
-loads. A value set in the recipe is never changed. The memory estimate reads the same rules (`assumed_gpu`)
+loads. A value set in the recipe is never changed. The memory estimate reads the same rules (`assumed_on_a_gpu`)
 instead of restating them; the rank-agreement and resume checks compare the values decided here.
 
 On a CPU every rule but precision falls back to the plain setting (weights as the recipe says, padded

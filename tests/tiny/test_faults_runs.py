@@ -411,7 +411,7 @@ def test_a_huge_file_of_unknown_keys_is_reported_briefly(tmp_path):
 def test_two_processes_into_a_directory_in_use_both_stop_with_the_message(tmp_path):
     """Under `accelerate launch` only the main process claims; the refusal reaches every rank (no rank waits at a
     barrier for a main process that stopped), and the launch exits non-zero within the timeout."""
-    from test_cli import free_port
+    from commandline import free_port
 
     out = tmp_path / "run"
     out.mkdir()

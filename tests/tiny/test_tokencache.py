@@ -226,7 +226,7 @@ def test_two_processes_agree_to_load_or_to_build(tmp_path):
     import sys
 
     from conftest import ROOT
-    from test_cli import free_port
+    from commandline import free_port
 
     recipe = recipe_for(tmp_path, training={"max_steps": 2})
     path = tmp_path / "recipe.json"

@@ -11,6 +11,7 @@ from pathlib import Path
 from runner.data import files as data_files
 from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
+from runner.data import sharegpt
 from runner.data.labels import encode_labels
 
 # file suffix -> (datasets builder, its options)
@@ -139,12 +140,12 @@ def canonical(dataset, spec: dict, where: str, name: str):
     dataset = dataset.select_columns(list(present.values()))
     renames = {col: field for field, col in present.items() if col != field}
     dataset = dataset.rename_columns(renames) if renames else dataset
-    problems = row_problems(dataset, columns, tuple(spec.get("optional_fields", ())), where, name)
+    problems = row_problems(dataset, columns, tuple(spec.get("optional_fields", ())), where, name, spec["format"])
     if problems:
         raise RecipeError(problems)
     convert = CONVERTERS.get(spec["format"])
     if convert is not None:
-        dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"{spec['format']} -> messages")
+        dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"Converting {spec['format']} rows")
     return dataset
 
 
@@ -168,7 +169,8 @@ def _cause(exc: BaseException) -> str:
 
 
 # Data format -> the function turning one canonical row into what the trainer reads (the format's `becomes`).
-CONVERTERS = {"alpaca": alpaca_to_messages}
+CONVERTERS = {"alpaca": alpaca_to_messages, "sharegpt": sharegpt.to_messages,
+              "sharegpt_preference": sharegpt.to_preference}
 # Task -> its data step: function(plan, splits) -> (splits, {"config": model config updates, "settings": ...}),
 # run on whole files before eval_fraction is split off. Tasks without one are absent.
 PREPARE = {"classification": encode_labels}

@@ -5,6 +5,7 @@ first few) and how many there are.
 """
 from __future__ import annotations
 
+from runner.data import sharegpt
 from runner.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -49,11 +50,18 @@ CHECKS = {
     "instruction": _text, "output": _text, "chosen": _text_or_turns, "rejected": _text_or_turns,
     "label": _label, "text_pair": _text, "input": _text,
 }
-OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt")  # optional fields may be missing or empty
+OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system")  # optional fields may be missing or empty
+# A format whose fields hold other shapes than the same-named fields of other formats: its own checks.
+FORMAT_CHECKS = {
+    "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text},
+    "sharegpt_preference": {"conversations": sharegpt.request_problem, "chosen": sharegpt.answer_problem,
+                            "rejected": sharegpt.answer_problem, "system": _text},
+}
 
 
-def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str) -> list[Problem]:
+def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str, fmt: str = "") -> list[Problem]:
     """Problems with the rows of a canonical dataset; `columns` maps canonical field -> source column."""
+    checks = {**CHECKS, **FORMAT_CHECKS.get(fmt, {})}
     found: dict[tuple[str, str], list[int]] = {}
     row = 0
     for batch in dataset.iter(batch_size=1000):
@@ -64,7 +72,7 @@ def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str)
                 value = values[i]
                 if field in optional and field in OPTIONAL_WHEN_EMPTY and value in (None, ""):
                     continue
-                reason = CHECKS[field](value)
+                reason = checks[field](value)
                 if reason:
                     found.setdefault((field, reason), []).append(row)
     return [

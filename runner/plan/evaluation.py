@@ -53,7 +53,8 @@ def check_evaluation(doc: dict, task: Task, fmt: str) -> list[Problem]:
         elif name in GENERATIVE and not task.formats[fmt].generative:
             problems.append(Problem(f"/evaluation/metrics/{i}", f"'{name}' compares generated answers with "
                                     f"references, which format '{fmt}' does not have",
-                                    "use format prompt_completion, messages, alpaca or preference"))
+                                    "use a format with prompts and answers: " + ", ".join(
+                                        name for name, spec in task.formats.items() if spec.generative)))
     if evaluation["data"] is not None and doc["training"].get("precompute_ref_log_probs"):
         problems.append(Problem("/evaluation/data", "TRL cannot precompute reference log-probs for data it first "
                                 "sees after training has started", "use data.eval for the evaluation data, or set "

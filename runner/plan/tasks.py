@@ -62,6 +62,8 @@ _CHAT = {
     "prompt_completion": Format(("prompt", "completion"), generative=True),
     "messages": Format(("messages",), generative=True),
     "alpaca": Format(("instruction", "output"), optional=("input",), becomes="messages", generative=True),
+    # LLaMA-Factory's and axolotl's shape: conversations of {"from": human/gpt/system, "value"} (runner/data/sharegpt.py)
+    "sharegpt": Format(("conversations",), optional=("system",), becomes="messages", generative=True),
 }
 
 _SFT = Task(
@@ -87,8 +89,12 @@ TASKS: Mapping[str, Task] = MappingProxyType({
     "dpo": Task(
         name="dpo",
         peft_task_type="CAUSAL_LM",
-        formats=MappingProxyType({"preference": Format(("chosen", "rejected"), optional=("prompt",),
-                                                       generative=True)}),
+        formats=MappingProxyType({
+            "preference": Format(("chosen", "rejected"), optional=("prompt",), generative=True),
+            # conversations ending with the request, chosen and rejected as gpt turns (LLaMA-Factory's dpo_en_demo)
+            "sharegpt_preference": Format(("conversations", "chosen", "rejected"), optional=("system",),
+                                          becomes="preference", generative=True),
+        }),
         default_metrics=("loss", "rewards"),
         metrics=("loss", "rewards") + GENERATIVE,  # generated answers compared with the chosen responses
         causal_lm=False,  # the DPO loss is not a token loss: no perplexity, no retention set

@@ -1,0 +1,76 @@
+"""ShareGPT rows (LLaMA-Factory's and axolotl's shape): the checks a row must pass and what it becomes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runner.data import sharegpt
+from real_models import SHARED_DATA
+
+H, G, S = "human", "gpt", "system"
+
+
+def turns(*pairs):
+    return [{"from": who, "value": text} for who, text in pairs]
+
+
+def test_a_conversation_becomes_chat_messages_with_its_system_prompt():
+    row = {"conversations": turns((H, "hi"), (G, "hello"), (H, "2+2?"), (G, "4")), "system": "Be brief."}
+    assert sharegpt.to_messages(row) == {"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"}]}
+    opening = {"conversations": turns((S, "Be brief."), (H, "hi"), (G, "hello"))}
+    assert sharegpt.to_messages(opening)["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_a_preference_pair_becomes_trls_conversational_preference_row():
+    row = {"conversations": turns((H, "hi"), (G, "hello"), (H, "2+2?")),
+           "chosen": {"from": G, "value": "4"}, "rejected": {"from": G, "value": "5"}}
+    assert sharegpt.to_preference(row) == {
+        "prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                   {"role": "user", "content": "2+2?"}],
+        "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}
+
+
+@pytest.mark.parametrize("conversation, problem", [
+    (turns((H, "hi"), (G, "hello")), None),
+    (turns((S, "sys"), (H, "hi"), (G, "hello")), None),
+    ([], "have no turns"),
+    (turns((H, "hi")), "end without an answer (the last turn is not gpt)"),
+    (turns((H, "hi"), (H, "again"), (G, "x")), "have turns that do not alternate human, gpt, human, ... (after an "
+                                               "optional system turn)"),
+    (turns((G, "first"), (H, "hi"), (G, "x")), "have turns that do not alternate human, gpt, human, ... (after an "
+                                              "optional system turn)"),
+    (turns((H, "hi"), (S, "late system"), (G, "x")), "have turns that do not alternate human, gpt, human, ... "
+                                                     "(after an optional system turn)"),
+    ([{"role": "user", "content": "hi"}], "have a turn that is not {\"from\", \"value\"}"),
+    (turns((H, "hi"), ("function_call", "{}"), ("observation", "{}"), (G, "x")),
+     "have a tool turn (function_call / observation), which the runner does not convert yet"),
+    (turns((H, "hi"), ("bot", "x")), "have a turn whose `from` is outside ['human', 'gpt', 'system']"),
+])
+def test_conversations_are_checked_turn_by_turn(conversation, problem):
+    assert sharegpt.conversation_problem(conversation) == problem
+
+
+def test_a_preference_request_ends_with_the_human_and_answers_are_gpt_turns():
+    assert sharegpt.request_problem(turns((H, "hi"))) is None
+    assert sharegpt.request_problem(turns((H, "hi"), (G, "x"))) == (
+        "end with an answer (the conversation before chosen/rejected must end with the human's turn)")
+    assert sharegpt.answer_problem({"from": G, "value": "x"}) is None
+    assert sharegpt.answer_problem({"from": H, "value": "x"}) == "are not a gpt turn"
+    assert sharegpt.answer_problem("x") == "have a turn that is not {\"from\", \"value\"}"
+
+
+def test_every_pair_of_llama_factorys_dpo_demo_passes_and_converts():
+    path = SHARED_DATA / "pref_dpo" / "dpo_en_demo.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    rows = json.loads(path.read_text())
+    assert len(rows) == 300
+    assert [sharegpt.request_problem(r["conversations"]) for r in rows] == [None] * 300
+    assert {sharegpt.answer_problem(r[k]) for r in rows for k in ("chosen", "rejected")} == {None}
+    converted = [sharegpt.to_preference(r) for r in rows]
+    assert sum(1 for c in converted if c["prompt"][0]["role"] == "system") == 80  # as its SOURCE.md counts
+    assert all(c["prompt"][-1]["role"] == "user" for c in converted)

@@ -12,6 +12,8 @@ from runner.data import files as data_files
 from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
 from runner.data import sharegpt
+from runner.data.rows import shown_rows
+from runner.recipe import templates
 from runner.data.labels import encode_labels
 
 # file suffix -> (datasets builder, its options)
@@ -126,6 +128,8 @@ def load_canonical(source: dict, spec: dict, where: str):
 
 def canonical(dataset, spec: dict, where: str, name: str):
     """Keep the format's columns, renamed to their canonical names, converted to what the trainer reads."""
+    if spec.get("templates"):
+        dataset = filled_templates(dataset, spec["templates"], where, name)
     columns = spec["columns"]  # canonical -> source column
     missing = [(field, col) for field, col in columns.items()
                if col not in dataset.column_names and field not in spec["optional"]]
@@ -147,6 +151,25 @@ def canonical(dataset, spec: dict, where: str, name: str):
     if convert is not None:
         dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"Converting {spec['format']} rows")
     return dataset
+
+
+def filled_templates(dataset, field_templates: dict, where: str, name: str):
+    """The dataset with each templated field built from the row's own fields; rows a template cannot fill are
+    reported together, by template and row number, before anything is converted."""
+    parsed = {field: templates.parse(template) for field, template in field_templates.items()}
+    failures: dict[tuple[str, str], list[int]] = {}
+    for number, row in enumerate(dataset, start=1):
+        for field, parts in parsed.items():
+            try:
+                templates.render(parts, row)
+            except templates.TemplateError as exc:
+                failures.setdefault((field, str(exc)), []).append(number)
+    if failures:
+        raise RecipeError([Problem(f"/data/templates/{field}", f"{len(rows)} rows of {name} ({where}) cannot fill "
+                                   f"it: {reason}: rows {shown_rows(rows)}", "fix those rows, or the template")
+                           for (field, reason), rows in failures.items()])
+    return dataset.map(lambda row: {field: templates.render(parts, row) for field, parts in parsed.items()},
+                       desc="Filling the field templates")
 
 
 def alpaca_to_messages(row: dict) -> dict:

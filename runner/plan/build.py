@@ -14,6 +14,7 @@ from pathlib import Path
 from runner import __version__
 from runner.plan import decisions
 from runner.plan import gguf_file
+from runner.plan.data_templates import check_templates
 from runner.plan import memory_fit
 from runner.plan import scale
 from runner.plan import cache_location
@@ -191,7 +192,7 @@ def check_data(data: dict, task: Task, fmt: str) -> list[Problem]:
         if key not in wanted:
             problems.append(Problem(f"/data/columns/{key}", f"format '{fmt}' has no field '{key}'",
                                     f"its fields are: {', '.join(wanted)}"))
-    return problems
+    return problems + check_templates(data, wanted, fmt)
 
 
 def data_spec(data: dict, task: Task, fmt: str) -> dict:
@@ -203,7 +204,8 @@ def data_spec(data: dict, task: Task, fmt: str) -> dict:
         "eval_fraction": data["eval_fraction"],
         # canonical field -> column in the source data; optional fields may be absent unless mapped
         "columns": {f: data["columns"].get(f, f) for f in spec.fields + spec.optional},
-        "optional": [f for f in spec.optional if f not in data["columns"]],
+        "optional": [f for f in spec.optional if f not in data["columns"] and f not in data["templates"]],
+        "templates": data["templates"],  # fields built from the row's own fields (runner/recipe/templates.py)
         "optional_fields": list(spec.optional),
         "labels": data["labels"],
     }

@@ -1,0 +1,60 @@
+"""The plan's checks of `data.templates`: each parses, fills a field of the format, and names fields the data has
+(read from the first row of a local JSON/JSONL file, so nothing is read in full)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner.errors import Problem, did_you_mean
+from runner.recipe import templates
+
+FIRST_ROW_MAX_BYTES = 64 * 2**20  # a JSON array is parsed whole to see its first row: only up to this size
+
+
+def check_templates(data: dict, wanted: tuple[str, ...], fmt: str) -> list[Problem]:
+    problems = []
+    row = first_row(data["train"])
+    for field, template in data["templates"].items():
+        where = f"/data/templates/{field}"
+        if field not in wanted:
+            problems.append(Problem(where, f"format '{fmt}' has no field '{field}'", f"its fields: {', '.join(wanted)}"))
+            continue
+        if field in data["columns"]:
+            problems.append(Problem(where, f"'{field}' is also mapped to a column in data.columns",
+                                    "keep either the template or the column"))
+        try:
+            parts = templates.parse(template)
+        except templates.TemplateError as exc:
+            problems.append(Problem(where, str(exc)))
+            continue
+        if row is not None:
+            problems += unknown_fields(parts, row, where, data["train"]["path"])
+    return problems
+
+
+def unknown_fields(parts: list, row: dict, where: str, path: str) -> list[Problem]:
+    names = list(row)
+    return [Problem(where, f"{templates.shown(part)}: the first row of {path} has no field '{part[0]}'",
+                    did_you_mean(part[0], names) or f"its fields: {', '.join(names)}")
+            for part in parts if isinstance(part, tuple) and part[0] not in row]
+
+
+def first_row(source: dict | None) -> dict | None:
+    """The first row of a local .jsonl or .json file (None: a Hub dataset, another kind of file, or unreadable:
+    the data step checks every row when it loads them)."""
+    if not source or "path" not in source:
+        return None
+    path = Path(source["path"])
+    try:
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                line = next((line for line in handle if line.strip()), None)
+            row = json.loads(line) if line else None
+        elif path.suffix == ".json" and path.stat().st_size <= FIRST_ROW_MAX_BYTES:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            row = rows[0] if isinstance(rows, list) and rows else None
+        else:
+            return None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return row if isinstance(row, dict) else None

@@ -1,0 +1,36 @@
+"""The recipes that read real datasets as they are (ShareGPT pairs, SciTLDR, WMT22 through data.templates) run from
+the command line on SmolLM2's real weights, cut down to a couple of steps: their paths, formats and templates
+resolve, and the summary shows the recipe's metric before and after."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from real_models import shared_data, smollm2  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.real
+
+CUT = ["--set", "training.max_steps=2", "--set", "training.eval_strategy=no",
+       "--set", "training.per_device_train_batch_size=2", "--set", "training.logging_steps=1"]
+RECIPES = {
+    "dpo_sharegpt": (["--set", "data.train.limit=24", "--set", "training.gradient_accumulation_steps=1",
+                      "--set", "training.max_length=128"],
+                     "rewards/margins: 0.0000 -> "),
+    "summarize_scitldr": (["--set", "data.train.limit=16", "--set", "data.eval.limit=4", "--set", "training.max_length=384",
+                           "--set", "evaluation.generation.max_new_tokens=16"], "rougeL: "),
+    "translate_wmt22": (["--set", "data.train.limit=16", "--set", "data.eval.limit=4", "--set", "training.max_length=128",
+                         "--set", "evaluation.generation.max_new_tokens=16"], "bleu: "),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_a_real_data_recipe_runs_as_shipped(name, tmp_path, smollm2, shared_data):
+    extra, shown = RECIPES[name]
+    result = subprocess.run([sys.executable, "-m", "runner", f"recipes/{name}.json", "--set",
+                             f"output.dir={tmp_path / name}", *CUT, *extra],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished in" in result.stdout and shown in result.stdout, result.stdout

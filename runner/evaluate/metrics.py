@@ -80,38 +80,52 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip())
 
 
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of pairs equal after stripping and collapsing whitespace runs to one space.
+def reference_lists(references: list) -> list[list[str]]:
+    """Each reference as the list of answers it accepts: a string is one; a list (SciTLDR's several TLDRs per paper)
+    is all of them."""
+    lists = [[r] if isinstance(r, str) else list(r) for r in references]
+    if any(not refs for refs in lists):
+        raise ValueError("a prediction has an empty list of references")
+    return lists
+
+
+def exact_match(predictions: list[str], references: list) -> float:
+    """Share of predictions equal to one of their references after stripping and collapsing whitespace runs.
 
     Case-sensitive on purpose: for generation targets such as code, labels or names, "True" and
     "true" are different answers. Punctuation is kept for the same reason.
     """
     _check_pairs(predictions, references)
-    hits = sum(_normalise(p) == _normalise(r) for p, r in zip(predictions, references))
+    hits = sum(any(_normalise(p) == _normalise(r) for r in refs)
+               for p, refs in zip(predictions, reference_lists(references)))
     return hits / len(predictions)
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict:
-    """Mean ROUGE-1/2/L F-measure over pairs, with the Porter stemmer (so "cats" matches "cat")."""
+def rouge(predictions: list[str], references: list) -> dict:
+    """Mean ROUGE-1/2/L F-measure over predictions, with the Porter stemmer (so "cats" matches "cat"); against
+    several references, the best one per ROUGE type (rouge_score's score_multi, as SciTLDR's authors score)."""
     from rouge_score import rouge_scorer
 
     _check_pairs(predictions, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for pred, ref in zip(predictions, references):
-        scores = scorer.score(ref, pred)  # score(target, prediction)
+    for pred, refs in zip(predictions, reference_lists(references)):
+        scores = scorer.score_multi(refs, pred)  # (targets, prediction); one target: score(target, prediction)
         for name in ROUGE_TYPES:
             totals[name] += scores[name].fmeasure
     return {name: total / len(predictions) for name, total in totals.items()}
 
 
-def bleu(predictions: list[str], references: list[str]) -> float:
-    """Corpus BLEU on a 0-100 scale with sacrebleu's defaults (13a tokenizer, exp smoothing)."""
+def bleu(predictions: list[str], references: list) -> float:
+    """Corpus BLEU on a 0-100 scale with sacrebleu's defaults (13a tokenizer, exp smoothing), against every
+    reference of each prediction."""
     import sacrebleu
 
     _check_pairs(predictions, references)
-    # one reference per prediction: sacrebleu wants a list of reference streams
-    return float(sacrebleu.corpus_bleu(predictions, [references]).score)
+    lists = reference_lists(references)
+    # sacrebleu takes reference streams (the i-th reference of every prediction); None where one has fewer
+    streams = [[refs[i] if i < len(refs) else None for refs in lists] for i in range(max(map(len, lists)))]
+    return float(sacrebleu.corpus_bleu(predictions, streams).score)
 
 
 def perplexity(mean_loss: float) -> float:

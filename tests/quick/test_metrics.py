@@ -1,6 +1,7 @@
 """Metrics against values worked out by hand in the comments, never against the libraries' own output."""
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -188,3 +189,38 @@ def test_import_is_cheap():
             "assert 'rouge_score' not in sys.modules and 'sacrebleu' not in sys.modules "
             "and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def scitldr_dev(count: int) -> tuple[list[str], list[list[str]]]:
+    """The first sentence of each abstract (a lead baseline), and the paper's several reference TLDRs."""
+    from real_models import SHARED_DATA
+
+    path = SHARED_DATA / "summ_scitldr" / "dev.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:count]]
+    return [r["source"][0] for r in rows], [r["target"] for r in rows]
+
+
+def test_multi_reference_scores_are_the_libraries_own_on_scitldr():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    predictions, references = scitldr_dev(40)
+    assert max(map(len, references)) > 1  # dev papers have 2-3 TLDRs
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    expected = {t: sum(scorer.score_multi(refs, p)[t].fmeasure for p, refs in zip(predictions, references)) / 40
+                for t in ("rouge1", "rouge2", "rougeL")}
+    assert metrics.rouge(predictions, references) == expected
+    width = max(map(len, references))
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
+    assert metrics.bleu(predictions, references) == sacrebleu.corpus_bleu(predictions, streams).score
+    # more references can only help: each paper's best reference beats its first alone
+    first_only = metrics.rouge(predictions, [refs[0] for refs in references])
+    assert all(expected[t] >= first_only[t] for t in expected) and expected["rouge1"] > first_only["rouge1"]
+
+
+def test_exact_match_counts_a_prediction_equal_to_any_reference():
+    assert metrics.exact_match(["b", "x", " c  d"], [["a", "b"], ["y"], ["c d"]]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="empty list of references"):
+        metrics.exact_match(["a"], [[]])

@@ -33,6 +33,8 @@ class Splits:
     eval: object | None  # evaluated during training and for the final loss
     evaluation: object | None  # what evaluation metrics are computed on (evaluation.data, else eval)
     retention: object | None  # general text measured before and after training
+    # each evaluation row's reference answers (evaluation.references), in the rows' order; None: the format's own
+    references: list[list[str]] | None = None
 
 
 def load_all(plan: dict) -> tuple[Splits, dict]:
@@ -47,12 +49,13 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
     chosen = None
     if evaluation["data"] is not None:
         chosen = load_canonical(evaluation["data"], spec, "/evaluation/data")
+    references = reference_answers(evaluation, spec)
     retention = None
     if evaluation["retention"] is not None:
         text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [],
                      "column_hint": "retention data needs a 'text' column of plain text"}
         retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
-    splits, derived = Splits(train, held_out, chosen, retention), {"config": {}, "settings": {}}
+    splits, derived = Splits(train, held_out, chosen, retention, references), {"config": {}, "settings": {}}
     prepare = PREPARE.get(plan["task"])
     if prepare is not None:
         splits, derived = prepare(plan, splits)
@@ -151,6 +154,25 @@ def canonical(dataset, spec: dict, where: str, name: str):
     if convert is not None:
         dataset = dataset.map(convert, remove_columns=dataset.column_names, desc=f"Converting {spec['format']} rows")
     return dataset
+
+
+def reference_answers(evaluation: dict, spec: dict) -> list[list[str]] | None:
+    """evaluation.references read from the evaluation source's rows as they are in the file, in their order (the
+    plan requires data.eval or evaluation.data for it, so no split reorders them)."""
+    if not evaluation.get("references"):
+        return None
+    source, where = (evaluation["data"], "/evaluation/data") if evaluation["data"] else (spec["eval"], "/data/eval")
+    path, answers, failures = templates.path_of(evaluation["references"]), [], {}
+    for number, row in enumerate(load_source(source, where), start=1):
+        try:
+            answers.append(templates.answers(row, path))
+        except templates.TemplateError as exc:
+            failures.setdefault(str(exc), []).append(number)
+    if failures:
+        raise RecipeError([Problem("/evaluation/references", f"{len(rows)} rows of {_name(source)} have no references "
+                                   f"there: {reason}: rows {shown_rows(rows)}", "fix those rows, or the path")
+                           for reason, rows in failures.items()])
+    return answers
 
 
 def filled_templates(dataset, field_templates: dict, where: str, name: str):

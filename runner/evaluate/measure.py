@@ -23,7 +23,7 @@ def measure(trainer, plan: dict, splits) -> dict:
             results.update(label_metrics(trainer, plan, splits.evaluation, wanted))
         generative = [name for name in wanted if name in GENERATIVE]
         if generative:
-            predictions, references = generated_answers(trainer, plan, splits.evaluation)
+            predictions, references = generated_answers(trainer, plan, splits.evaluation, splits.references)
             results.update(m.generation_metrics(generative, predictions, references))
     return results
 
@@ -76,15 +76,17 @@ def label_metrics(trainer, plan: dict, dataset, wanted: list[str]) -> dict:
     return out
 
 
-def generated_answers(trainer, plan: dict, dataset) -> tuple[list[str], list[str]]:
-    """Greedy (or configured) answers to the first `max_examples` prompts, and their references."""
+def generated_answers(trainer, plan: dict, dataset, references: list | None = None) -> tuple[list[str], list]:
+    """Greedy (or configured) answers to the first `max_examples` prompts, and their references: the format's one
+    answer per row, or every answer `references` holds for it (evaluation.references, in the rows' order)."""
     limit = plan["evaluation"]["max_examples"]
     rows = dataset.select(range(min(limit or len(dataset), len(dataset))))
     tokenizer = trainer.processing_class
     prompt_and_answer = PROMPT_AND_ANSWER[trained_format(TASKS[plan["task"]], plan["data"]["format"])]
-    pairs = [prompt_and_answer(row, tokenizer) for row in rows]
-    pairs = [p for p in pairs if p is not None]
-    prompts, references = [p for p, _ in pairs], [a for _, a in pairs]
+    pairs = [(i, prompt_and_answer(row, tokenizer)) for i, row in enumerate(rows)]
+    pairs = [(i, pair) for i, pair in pairs if pair is not None]
+    prompts = [prompt for _, (prompt, _) in pairs]
+    references = [references[i] if references is not None else answer for i, (_, answer) in pairs]
     return generate_across_ranks(trainer.model, tokenizer, prompts, plan["evaluation"]["generation"]), references
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.errors import Problem
+from runner.errors import Problem, did_you_mean
+from runner.plan.data_templates import first_row
 from runner.plan.tasks import GENERATIVE, Task
+from runner.recipe import templates
 
 
 def check_source(source: dict | None, where: str) -> list[Problem]:
@@ -63,10 +65,34 @@ def check_evaluation(doc: dict, task: Task, fmt: str) -> list[Problem]:
     if wants_eval and not has_eval_data(doc) and evaluation["retention"] is None:
         problems.append(Problem("/evaluation", "asks for an evaluation but there is no evaluation data",
                                 "add data.eval, data.eval_fraction or evaluation.data"))
+    problems += check_references(doc)
     if evaluation["retention"] is not None and not task.causal_lm:
         problems.append(Problem("/evaluation/retention", f"task '{task.name}' has no language-model loss to "
                                 "measure forgetting with", "retention applies to tasks sft and pretrain"))
     return problems
+
+
+def check_references(doc: dict) -> list[Problem]:
+    """evaluation.references: a field path read from a file's rows as they are, for the generative metrics."""
+    evaluation, where = doc["evaluation"], "/evaluation/references"
+    if evaluation["references"] is None:
+        return []
+    source = evaluation["data"] or doc["data"]["eval"]
+    if source is None:
+        return [Problem(where, "needs the evaluation rows as they are in a file: data.eval or evaluation.data",
+                        "data.eval_fraction splits rows off the training data after conversion; name data.eval")]
+    if not set(evaluation["metrics"] or ()) & set(GENERATIVE):
+        return [Problem(where, "only the generative metrics read references (exact_match, rouge, bleu)",
+                        "add one to evaluation.metrics, or remove evaluation.references")]
+    try:
+        path = templates.path_of(evaluation["references"])
+    except templates.TemplateError as exc:
+        return [Problem(where, str(exc))]
+    row = first_row(source)
+    if row is not None and path[0] not in row:
+        return [Problem(where, f"the first row of {source['path']} has no field '{path[0]}'",
+                        did_you_mean(path[0], list(row)) or f"its fields: {', '.join(row)}")]
+    return []
 
 
 def evaluation_spec(doc: dict, task: Task, fmt: str) -> dict:
@@ -77,6 +103,7 @@ def evaluation_spec(doc: dict, task: Task, fmt: str) -> dict:
         "metrics": metrics,
         "data": evaluation["data"],
         "max_examples": evaluation["max_examples"],
+        "references": evaluation["references"],
         "baseline": evaluation["baseline"],
         "retention": evaluation["retention"],
         "generation": evaluation["generation"],

@@ -60,10 +60,11 @@ def fields(template: str) -> list[str]:
 
 
 def render(parts: list, row: dict) -> str:
-    return "".join(part if isinstance(part, str) else _text(_lookup(row, part)) for part in parts)
+    return "".join(part if isinstance(part, str) else _text(lookup(row, part)) for part in parts)
 
 
-def _lookup(row, path: tuple):
+def lookup(row, path: tuple):
+    """The row's value at `path` (TemplateError, saying what is missing, where there is none)."""
     value = row
     for step in path:
         if isinstance(step, int):
@@ -98,3 +99,14 @@ def shown(path: tuple) -> str:
     for step in path:
         text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else step)
     return "{" + text + "}"
+
+
+def answers(row, path: tuple) -> list[str]:
+    """The reference answers at `path`: a string is one, a list of strings is all of them."""
+    value = lookup(row, path)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TemplateError(f"{shown(path)}: references must be a string or a non-empty list of strings, not "
+                        f"{_kind(value)}")

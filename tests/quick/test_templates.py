@@ -76,3 +76,26 @@ def test_templated_fields_need_no_column_and_plan_records_the_templates(tmp_path
     plan = build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
     assert plan["data"]["templates"] == {"prompt": "German: {translation.de}\nEnglish:",
                                          "completion": " {translation.en}"}
+
+
+def test_evaluation_references_are_checked_before_anything_loads(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [SCITLDR_ROW])
+    fields = {"templates": {"prompt": "{source}", "completion": " {target[0]}"}}
+    recipe = base_recipe(tmp_path, data={"format": "prompt_completion", "train": {"path": "train.jsonl"},
+                                         "eval_fraction": 0.5, **fields},
+                         evaluation={"metrics": ["rouge"], "references": "target"})
+    with pytest.raises(RecipeError) as info:
+        build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+    assert [(p.path, p.message) for p in info.value.problems] == [
+        ("/evaluation/references", "needs the evaluation rows as they are in a file: data.eval or evaluation.data")]
+    recipe["data"] = {**recipe["data"], "eval_fraction": None, "eval": {"path": "train.jsonl"}}
+    recipe["evaluation"] = {"metrics": ["rouge"], "references": "targets"}
+    with pytest.raises(RecipeError) as info:
+        build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+    assert [(p.path, p.hint) for p in info.value.problems] == [("/evaluation/references", "did you mean 'target'?")]
+    recipe["evaluation"] = {"metrics": ["loss"], "references": "target"}
+    with pytest.raises(RecipeError) as info:
+        build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+    assert info.value.problems[0].message == "only the generative metrics read references (exact_match, rouge, bleu)"
+    recipe["evaluation"] = {"metrics": ["rouge", "exact_match"], "references": "target"}
+    assert build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))["evaluation"]["references"] == "target"

@@ -54,3 +54,26 @@ def test_rows_a_template_cannot_fill_are_reported_by_number_before_conversion(tm
         ("/data/templates/completion", f"1 rows of {name} (/data/train) cannot fill it: {{target[0]}}: no field "
                                        "'target' (fields there: source): rows 3"),
     ]
+
+
+def test_every_reference_of_a_scitldr_paper_counts_in_a_runs_metrics(tmp_path, recipe_file, shared_data,
+                                                                      monkeypatch):
+    """Answers equal to each paper's last reviewer TLDR: exact match 1.0 against all references (evaluation.references),
+    where the format's one reference (the author's TLDR, target[0]) would give 0 for every paper with several."""
+    from runner.commands.run import run
+    from runner.evaluate import generation
+
+    dev = shared_data / "summ_scitldr" / "dev.jsonl"
+    rows = [json.loads(line) for line in dev.read_text().splitlines()[:6]]
+    assert sum(len(r["target"]) > 1 for r in rows) >= 3
+    answers = [r["target"][-1] for r in rows]
+    monkeypatch.setattr(generation, "generate", lambda model, tokenizer, prompts, settings: answers[:len(prompts)])
+    recipe = base_recipe(
+        tmp_path,
+        data={"format": "prompt_completion", "train": {"path": str(dev), "limit": 4},
+              "eval": {"path": str(dev), "limit": 6},
+              "templates": {"prompt": "{title}:", "completion": " {target[0]}"}},
+        training={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128},
+        evaluation={"metrics": ["exact_match", "rouge", "bleu"], "references": "target"})
+    after = run(build_plan(load_recipe(recipe_file(recipe))), argv=["test"])["metrics"]["after"]
+    assert after["exact_match"] == 1.0 and after["rouge1"] == 1.0 and after["bleu"] == pytest.approx(100.0)

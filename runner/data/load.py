@@ -63,6 +63,9 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
         splits = split_off_eval(splits, spec["eval_fraction"], plan["recipe"]["training"]["seed"])
     if splits.evaluation is None:
         splits = replace(splits, evaluation=splits.eval)
+    if splits.references is not None and len(splits.references) != len(splits.evaluation):
+        raise RuntimeError(f"{len(splits.references)} reference lists for {len(splits.evaluation)} evaluation rows: "
+                           "a data step changed the rows evaluation.references was read for")
     return splits, derived
 
 
@@ -125,7 +128,9 @@ def load_hub(source: dict, where: str):
 
 
 def load_canonical(source: dict, spec: dict, where: str):
-    text_columns = tuple(col for field, col in spec["columns"].items() if field != "label")
+    read = [name for template in (spec.get("templates") or {}).values() for name in templates.fields(template)]
+    # CSV/TSV cells a format or a template reads stay text ("007" is not 7)
+    text_columns = tuple(col for field, col in spec["columns"].items() if field != "label") + tuple(read)
     return canonical(load_source(source, where, text_columns), spec, where, _name(source))
 
 
@@ -163,7 +168,7 @@ def reference_answers(evaluation: dict, spec: dict) -> list[list[str]] | None:
         return None
     source, where = (evaluation["data"], "/evaluation/data") if evaluation["data"] else (spec["eval"], "/data/eval")
     path, answers, failures = templates.path_of(evaluation["references"]), [], {}
-    for number, row in enumerate(load_source(source, where), start=1):
+    for number, row in enumerate(load_source(source, where, (path[0],)), start=1):
         try:
             answers.append(templates.answers(row, path))
         except templates.TemplateError as exc:

@@ -59,6 +59,10 @@ FORMAT_CHECKS = {
 }
 
 
+# A format whose rows are checked as a whole too (fields that contradict each other).
+ROW_CHECKS = {"sharegpt": sharegpt.system_problem, "sharegpt_preference": sharegpt.system_problem}
+
+
 def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str, fmt: str = "") -> list[Problem]:
     """Problems with the rows of a canonical dataset; `columns` maps canonical field -> source column."""
     checks = {**CHECKS, **FORMAT_CHECKS.get(fmt, {})}
@@ -75,6 +79,10 @@ def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str,
                 reason = checks[field](value)
                 if reason:
                     found.setdefault((field, reason), []).append(row)
+            whole = ROW_CHECKS.get(fmt)
+            reason = whole({field: values[i] for field, values in batch.items()}) if whole else None
+            if reason:
+                found.setdefault(("conversations", reason), []).append(row)
     return [
         Problem(where, f"{len(rows)} rows {reason}: rows {shown_rows(rows)} (column {columns.get(field, field)}) in {name}",
                 HINTS.get(reason))

@@ -15,7 +15,7 @@ def _turn_problem(turn) -> str | None:
     if turn["from"] in TOOL_ROLES:
         return "have a tool turn (function_call / observation), which the runner does not convert yet"
     if turn["from"] not in ROLES:
-        return f"have a turn whose `from` is outside {list(ROLES)}"
+        return f"have a turn whose `from` is {turn['from']!r}, not one of {list(ROLES)}"
     return None
 
 
@@ -52,7 +52,16 @@ def answer_problem(value) -> str | None:
     problem = _turn_problem(value)
     if problem is None and value["from"] != "gpt":
         return "are not a gpt turn"
+    if problem is None and not value["value"].strip():
+        return "are empty"
     return problem
+
+
+def system_problem(row: dict) -> str | None:
+    """A `system` column and an opening system turn would give two system messages: refused, not merged."""
+    turns = row.get("conversations")
+    opening = isinstance(turns, list) and turns and isinstance(turns[0], dict) and turns[0].get("from") == "system"
+    return "have both a system column and an opening system turn (keep one)" if row.get("system") and opening else None
 
 
 def _messages(row: dict) -> list[dict]:

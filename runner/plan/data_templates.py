@@ -8,16 +8,26 @@ from pathlib import Path
 from runner.errors import Problem, did_you_mean
 from runner.recipe import templates
 
-FIRST_ROW_MAX_BYTES = 64 * 2**20  # a JSON array is parsed whole to see its first row: only up to this size
+FIRST_ROW_MAX_BYTES = 16 * 2**20  # a JSON array is parsed whole to see its first row: only up to this size
+# Fields that hold turns or turn objects, which a template (text) cannot make.
+NOT_TEXT = {"messages": "a list of chat turns", "conversations": "a list of ShareGPT turns"}
+NOT_TEXT_IN = {"sharegpt_preference": {"chosen": "a ShareGPT gpt turn", "rejected": "a ShareGPT gpt turn"}}
 
 
 def check_templates(data: dict, wanted: tuple[str, ...], fmt: str) -> list[Problem]:
+    if not data["templates"]:
+        return []
     problems = []
     row = first_row(data["train"])
+    not_text = {**NOT_TEXT, **NOT_TEXT_IN.get(fmt, {})}
     for field, template in data["templates"].items():
         where = f"/data/templates/{field}"
         if field not in wanted:
             problems.append(Problem(where, f"format '{fmt}' has no field '{field}'", f"its fields: {', '.join(wanted)}"))
+            continue
+        if field in not_text:
+            problems.append(Problem(where, f"'{field}' is {not_text[field]}; a template makes text",
+                                    f"map the column that holds it with data.columns.{field}"))
             continue
         if field in data["columns"]:
             problems.append(Problem(where, f"'{field}' is also mapped to a column in data.columns",
@@ -28,8 +38,18 @@ def check_templates(data: dict, wanted: tuple[str, ...], fmt: str) -> list[Probl
             problems.append(Problem(where, str(exc)))
             continue
         if row is not None:
-            problems += unknown_fields(parts, row, where, data["train"]["path"])
+            problems += unknown_fields(parts, row, where, data["train"]["path"]) or filled(parts, row, where,
+                                                                                          data["train"]["path"])
     return problems
+
+
+def filled(parts: list, row: dict, where: str, path: str) -> list[Problem]:
+    """The first row fills the template (nested fields, list items, values that can be text)."""
+    try:
+        templates.render(parts, row)
+    except templates.TemplateError as exc:
+        return [Problem(where, f"the first row of {path} cannot fill it: {exc}")]
+    return []
 
 
 def unknown_fields(parts: list, row: dict, where: str, path: str) -> list[Problem]:

@@ -92,6 +92,11 @@ def check_references(doc: dict) -> list[Problem]:
     if row is not None and path[0] not in row:
         return [Problem(where, f"the first row of {source['path']} has no field '{path[0]}'",
                         did_you_mean(path[0], list(row)) or f"its fields: {', '.join(row)}")]
+    try:
+        if row is not None:
+            templates.answers(row, path)
+    except templates.TemplateError as exc:
+        return [Problem(where, f"the first row of {source['path']}: {exc}")]
     return []
 
 

@@ -60,7 +60,7 @@ def fields(template: str) -> list[str]:
 
 
 def render(parts: list, row: dict) -> str:
-    return "".join(part if isinstance(part, str) else _text(lookup(row, part)) for part in parts)
+    return "".join(part if isinstance(part, str) else _text(lookup(row, part), part) for part in parts)
 
 
 def lookup(row, path: tuple):
@@ -77,21 +77,25 @@ def lookup(row, path: tuple):
                                                                          if present else ""))
         else:
             value = value[step]
+    if value in ("", []):  # a field that is there but says nothing: the filled text would hide it
+        raise TemplateError(f"{shown(path)}: empty")
     return value
 
 
-def _text(value) -> str:
+def _text(value, path: tuple) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return " ".join(value)
     if isinstance(value, (int, float, bool)):
         return json.dumps(value)
-    raise TemplateError(f"a value that is {_kind(value)} cannot be written as text")
+    raise TemplateError(f"{shown(path)}: {_kind(value)} cannot be written as text")
 
 
 def _kind(value) -> str:
-    return "a list of " + str(len(value)) if isinstance(value, list) else type(value).__name__
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    return {dict: "an object", type(None): "null"}.get(type(value), f"a {type(value).__name__}")
 
 
 def shown(path: tuple) -> str:

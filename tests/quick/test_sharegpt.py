@@ -48,7 +48,7 @@ def test_a_preference_pair_becomes_trls_conversational_preference_row():
     ([{"role": "user", "content": "hi"}], "have a turn that is not {\"from\", \"value\"}"),
     (turns((H, "hi"), ("function_call", "{}"), ("observation", "{}"), (G, "x")),
      "have a tool turn (function_call / observation), which the runner does not convert yet"),
-    (turns((H, "hi"), ("bot", "x")), "have a turn whose `from` is outside ['human', 'gpt', 'system']"),
+    (turns((H, "hi"), ("bot", "x")), "have a turn whose `from` is 'bot', not one of ['human', 'gpt', 'system']"),
 ])
 def test_conversations_are_checked_turn_by_turn(conversation, problem):
     assert sharegpt.conversation_problem(conversation) == problem
@@ -74,3 +74,10 @@ def test_every_pair_of_llama_factorys_dpo_demo_passes_and_converts():
     converted = [sharegpt.to_preference(r) for r in rows]
     assert sum(1 for c in converted if c["prompt"][0]["role"] == "system") == 80  # as its SOURCE.md counts
     assert all(c["prompt"][-1]["role"] == "user" for c in converted)
+
+
+def test_an_empty_answer_and_two_system_prompts_are_refused():
+    assert sharegpt.answer_problem({"from": G, "value": "  "}) == "are empty"
+    both = {"system": "A", "conversations": turns((S, "B"), (H, "hi"), (G, "x"))}
+    assert sharegpt.system_problem(both) == "have both a system column and an opening system turn (keep one)"
+    assert sharegpt.system_problem({**both, "system": None}) is None

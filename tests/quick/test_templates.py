@@ -28,10 +28,12 @@ def test_templates_render_nested_fields_list_items_and_joined_lists(template, ro
 
 
 @pytest.mark.parametrize("template, row, message", [
-    ("{target[5]}", SCITLDR_ROW, "{target[5]}: no item 5 (the value there is a list of 2)"),
+    ("{target[5]}", SCITLDR_ROW, "{target[5]}: no item 5 (the value there is a list of 2 items)"),
+    ("{source}", {**SCITLDR_ROW, "source": []}, "{source}: empty"),
+    ("{title}", {**SCITLDR_ROW, "title": ""}, "{title}: empty"),
     ("{translation.fr}", WMT_ROW, "{translation.fr}: no field 'fr' (fields there: de, en)"),
     ("{missing}", SCITLDR_ROW, "{missing}: no field 'missing' (fields there: source, target, paper_id, title)"),
-    ("{translation}", WMT_ROW, "a value that is dict cannot be written as text"),
+    ("{translation}", WMT_ROW, "{translation}: an object cannot be written as text"),
 ])
 def test_a_row_a_template_cannot_fill_says_what_is_missing(template, row, message):
     with pytest.raises(templates.TemplateError) as info:
@@ -99,3 +101,15 @@ def test_evaluation_references_are_checked_before_anything_loads(tmp_path):
     assert info.value.problems[0].message == "only the generative metrics read references (exact_match, rouge, bleu)"
     recipe["evaluation"] = {"metrics": ["rouge", "exact_match"], "references": "target"}
     assert build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))["evaluation"]["references"] == "target"
+
+
+def test_validate_fills_each_template_from_the_first_row_and_refuses_turn_fields(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [SCITLDR_ROW])
+    found = plan_problems(tmp_path, templates={"prompt": "{source}", "completion": " {target[2]}"})
+    assert found == [("/data/templates/completion", "the first row of " + str(tmp_path / "train.jsonl")
+                      + " cannot fill it: {target[2]}: no item 2 (the value there is a list of 2 items)", None)]
+    recipe = base_recipe(tmp_path, data={"format": "messages", "train": {"path": "train.jsonl"},
+                                         "templates": {"messages": "{source}"}})
+    with pytest.raises(RecipeError) as info:  # the schema offers no template for a turns field
+        build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+    assert [p.path for p in info.value.problems] == ["/data/templates/messages"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import base_recipe
-from real_models import SHARED_DATA, smollm2  # noqa: F401 - smollm2 is a fixture
+from real_models import SHARED_DATA
 from runner.commands.run import run
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from real_models import shared_data, smollm2  # noqa: F401 - fixtures
+
 
 pytestmark = pytest.mark.real
 

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from conftest import base_recipe, write_json, write_jsonl
-from real_models import shared_data  # noqa: F401 - a fixture
 from runner.data.load import load_all
 from runner.errors import RecipeError
 from runner.plan.build import build_plan

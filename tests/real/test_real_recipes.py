@@ -10,7 +10,6 @@ import pytest
 
 from conftest import ROOT
 
-
 pytestmark = pytest.mark.real
 
 CUT = ["--set", "training.max_steps=2", "--set", "training.eval_strategy=no",

@@ -49,7 +49,7 @@ def test_rows_a_template_cannot_fill_are_reported_by_number_before_conversion(tm
     name = str(tmp_path / "train.jsonl")
     assert [(p.path, p.message) for p in info.value.problems] == [
         ("/data/templates/completion", f"2 rows of {name} (/data/train) cannot fill it: {{target[0]}}: no item 0 "
-                                       "(the value there is a list of 0): rows 2, 4"),
+                                       "(the value there is a list of 0 items): rows 2, 4"),
         ("/data/templates/completion", f"1 rows of {name} (/data/train) cannot fill it: {{target[0]}}: no field "
                                        "'target' (fields there: source): rows 3"),
     ]

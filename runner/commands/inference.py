@@ -30,7 +30,7 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
     manifest_file = run_dir / outputs.MANIFEST
     check_finished(run_dir, json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}, "--model",
                    suggest_checkpoint=False)
-    plan, hardware = session.for_this_machine(plan, show=False)
+    plan, hardware = session.for_this_machine(plan)
     state = PartialState(cpu=launch_config(plan, hardware)["use_cpu"])  # the use_cpu decision
     plan, splits, updates = session.load_data(plan)
     tokenizer = saved_tokenizer(plan, run_dir, "--model")

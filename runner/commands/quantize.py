@@ -73,7 +73,7 @@ def measure_both(plan: dict, run_dir: Path, model, quantized) -> dict | None:
     from runner.evaluate import measure as evaluation
     from runner.train import session
 
-    plan, hardware = session.for_this_machine(plan, show=False)
+    plan, hardware = session.for_this_machine(plan)
     plan, splits, _ = session.load_data(plan)
     if splits.evaluation is None:
         return None

@@ -63,7 +63,7 @@ def prepare(plan: dict) -> Prepared:
 
     hw = machine.hardware()
     distributed.check_engine(plan["topology"], len(hw["gpus"]))  # e.g. FSDP on a CPU machine: plain DDP otherwise
-    plan = fast.resolve(plan, hw, show=False)  # the null settings, decided for this machine
+    plan = fast.resolve(plan, hw)  # the null settings, decided for this machine
     launched = launch_config(plan, hw)  # bf16 left null is decided here too: the user's DeepSpeed JSON must agree
     # On a CPU-only machine accelerate only forms a (gloo) process group when told cpu=True: the use_cpu decision.
     state = PartialState(cpu=launched["use_cpu"])

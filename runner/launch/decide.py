@@ -31,16 +31,13 @@ def apply(plan: dict, decisions: dict) -> dict:
             "fast_defaults": {**plan["fast_defaults"], "settings": settings}}
 
 
-def resolve(plan: dict, hardware: dict, show: bool = True) -> dict:
-    """Launch time: probe the machine, decide, apply; print what was decided (main process)."""
+def resolve(plan: dict, hardware: dict) -> dict:
+    """Launch time: probe the machine, decide, apply (`announce` says what was decided)."""
     if "fast_defaults" not in plan:  # a plan.json written before fast defaults existed
         return plan
     decisions = decide(plan, probe(hardware))
     check_installed(plan)
-    resolved = apply(plan, decisions)
-    if show:
-        announce(resolved)
-    return resolved
+    return apply(plan, decisions)
 
 
 def announce(plan: dict) -> None:

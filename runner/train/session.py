@@ -16,10 +16,10 @@ from runner.launch import decide, machine
 from runner.train.trainer import build_trainer
 
 
-def for_this_machine(plan: dict, show: bool) -> tuple[dict, dict]:
+def for_this_machine(plan: dict) -> tuple[dict, dict]:
     """(the plan with every per-machine setting decided here, the machine's facts)."""
     hardware = machine.hardware()
-    return decide.resolve(plan, hardware, show=show), hardware
+    return decide.resolve(plan, hardware), hardware
 
 
 def load_data(plan: dict) -> tuple[dict, data.Splits, dict]:

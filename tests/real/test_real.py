@@ -8,12 +8,11 @@ Precision is pinned (`training.bf16`) wherever an assertion depends on it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from fresh_process import logits_without_peft
 from conftest import write_json, write_jsonl
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
@@ -127,20 +126,6 @@ def test_continued_pretraining_lowers_held_out_perplexity(pretrained_run):
     assert after < 0.9 * before, (before, after)
 
 
-def logits_in_a_fresh_process(folder: Path, ids: list[int]):
-    """The merged model's logits, loaded where importing peft fails and with no gguf_file."""
-    import torch
-
-    code = ("import sys, json, torch; sys.modules['peft'] = None\n"
-            "from transformers import AutoModelForCausalLM\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}).eval()\n"
-            f"x = torch.tensor([{ids}])\n"
-            "with torch.no_grad(): print(json.dumps(m(input_ids=x).logits.float().tolist()))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def test_merge_of_the_real_adapter_matches_base_plus_adapter(pretrained_run, tmp_path):
     """The adapter's base is the GGUF file: `merge` loads it again from the plan the run recorded.
     Measured: merged vs base + adapter differ by at most 6.2e-5 in the logits; the adapter moves them by 8.6."""
@@ -158,7 +143,7 @@ def test_merge_of_the_real_adapter_matches_base_plus_adapter(pretrained_run, tmp
         expected = adapted(input_ids=torch.tensor([ids])).logits.float()
         with adapted.disable_adapter():
             base = adapted(input_ids=torch.tensor([ids])).logits.float()
-    merged = logits_in_a_fresh_process(tmp_path / "merged", ids)
+    merged = logits_without_peft(tmp_path / "merged", [ids])
     error, effect = (merged - expected).abs().max().item(), (expected - base).abs().max().item()
     print(f"\nmerge: |merged - (base + adapter)| = {error:.2e}; |adapter effect| = {effect:.3f}")
     assert error < 1e-3 and effect > 100 * error, (error, effect)

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from fresh_process import logits_without_peft
 from conftest import TINY_MODEL, write_jsonl
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
@@ -96,7 +97,7 @@ def test_a_lora_adapter_on_a_gguf_base_reloads_for_eval_predict_and_merge(tmp_pa
     from runner.commands.inference import evaluate_run, load_trained, predict
     from runner.commands.merge import merge
     from runner.commands.run import run
-    from test_methods import PROBE, logits, logits_without_peft
+    from test_methods import PROBE, logits
 
     plan, _ = tiny_run_plan(tmp_path, recipe_file, peft={"method": "lora", "r": 4},
                             evaluation={"metrics": ["loss"]})
@@ -117,6 +118,6 @@ def test_a_lora_adapter_on_a_gguf_base_reloads_for_eval_predict_and_merge(tmp_pa
     assert (expected - base_logits).abs().max() > 1e-2, "the adapter changes the answers"
     record = merge(out, None)
     assert record["dtype"] == "float32"
-    merged = logits_without_peft(tmp_path / "run-merged")  # a fresh process, no peft, no gguf_file
+    merged = logits_without_peft(tmp_path / "run-merged", PROBE.tolist())  # a fresh process, no peft, no gguf_file
     assert torch.allclose(merged, expected, atol=1e-5), (merged - expected).abs().max()
     assert PROBE.shape[1] == merged.shape[1]

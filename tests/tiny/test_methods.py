@@ -7,13 +7,12 @@ that `merge` gives a plain model with the logits of base + adapter.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from assets import reverse_rows
+from fresh_process import logits_without_peft
 from conftest import ROOT, base_recipe, write_jsonl
 from runner.plan import estimate
 from runner.train import models
@@ -123,24 +122,12 @@ def test_quantized_base_with_lora_then_merge(tmp_path, recipe_file, method):
     # base + adapter at full precision (what merge folds together) vs the merged model, without peft
     full = {**plan, "model": {**plan["model"], "quantization": None}}
     expected = logits(load_trained(out, full))
-    merged = logits_without_peft(tmp_path / "run-merged")
+    merged = logits_without_peft(tmp_path / "run-merged", PROBE.tolist())
     assert torch.allclose(merged, expected, atol=1e-4), (merged - expected).abs().max()
     # the quantized training model differs from the merged one only by quantization error
     assert (merged - trained_logits).abs().max() < 0.5
     with pytest.raises(RecipeError, match="already exists"):
         merge(out, None)
-
-
-def logits_without_peft(folder) -> torch.Tensor:
-    """Load the merged model in a fresh process where importing peft fails."""
-    code = ("import sys, json, torch; sys.modules['peft'] = None\n"
-            "from transformers import AutoModelForCausalLM\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}).eval()\n"
-            f"x = torch.tensor({PROBE.tolist()})\n"
-            "print(json.dumps(m(input_ids=x).logits.float().tolist()))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_quantize_reports_size_and_metric_before_and_after(tmp_path, recipe_file):

@@ -31,6 +31,7 @@ from runner.train.task_code import TASK_CODE
 from runner.train import session
 from runner.train.random_base import BASE_MODEL_DIR, keep_random_base, save_random_base
 from runner.train.trainer import launch_config, library_name, out_of_memory_as_advice, stop_if_diverged
+from runner.plan.tasks import TASKS, data_format
 from runner.plan.topology import Topology
 
 
@@ -239,7 +240,9 @@ def finish(manifest: dict, results: dict, trainer, plan: dict, started: float, w
     if not write:
         return
     run_dir = Path(plan["output_dir"])
-    resolved = {**plan["recipe"], "data": {**plan["recipe"]["data"], "format": plan["data"]["format"]}}
+    data_section = plan["recipe"]["data"]  # its format resolved (null: the task's default), as its sources read it
+    resolved = {**plan["recipe"], "data": {**data_section, "format": data_format(TASKS[plan["task"]],
+                                                                                  data_section["format"])}}
     outputs.readable_like_records(run_dir)  # the model and every checkpoint
     outputs.write_records(run_dir, manifest, {
         "metrics.json": lambda: outputs.write_json(run_dir / "metrics.json", results),
@@ -301,5 +304,11 @@ def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> di
 
 
 def count_examples(splits: data.Splits) -> dict:
+    """Rows per split; a mixture's rows per source too (`train_sources`: what each gave the training rows)."""
     names = ("train", "eval", "evaluation", "retention")
-    return {name: len(getattr(splits, name)) for name in names if getattr(splits, name) is not None}
+    counts = {name: len(getattr(splits, name)) for name in names if getattr(splits, name) is not None}
+    if splits.drawn is not None:
+        counts["train_sources"] = dict(splits.drawn)
+    if splits.eval_ranges is not None:
+        counts["eval_sources"] = {name: end - start for name, (start, end) in splits.eval_ranges.items()}
+    return counts

@@ -60,11 +60,33 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
         "eval_loss_tokens": eval_loss_tokens(splits.eval, sample, tokenizer, config, cut) if token_loss else None,
         "leakage": leakage(splits.train, splits.eval),
         "preview": preview(splits.train[0], tokenizer, config),
+        "sources": per_source(splits, sample, tokenizer, config, cut, token_loss),
     }
     if token_loss:
         refuse_training_on_nothing(report)
     report["warnings"] = warnings(report)
     return report
+
+
+def per_source(splits, sample: int | None, tokenizer, config: dict, cut: int | None, token_loss: bool) -> dict | None:
+    """A mixture's sources, each measured on its own first rows: its rows, what it gave the training rows (count,
+    share of examples, estimated share of tokens), token lengths, truncation and loss tokens."""
+    if splits.train_sources is None:
+        return None
+    found = {}
+    for name, rows in splits.train_sources.items():
+        masks = token_masks(_first(rows, sample), tokenizer, config)
+        lengths = [len(mask) for mask in masks]
+        loss = loss_tokens(masks, cut, drops_emptied_examples(config)) if token_loss else None
+        found[name] = {"rows": len(rows), "drawn": splits.drawn[name],
+                       "share": splits.drawn[name] / sum(splits.drawn.values()),
+                       "mean_tokens": statistics.fmean(lengths), "token_lengths": length_stats(lengths),
+                       "measured_rows": len(lengths), "truncated": sum(n > cut for n in lengths) if cut else 0,
+                       "loss_tokens": loss}
+    tokens = {name: entry["drawn"] * entry["mean_tokens"] for name, entry in found.items()}
+    for name, entry in found.items():  # the mean of its measured rows stands for the rows it gave
+        entry["token_share"] = tokens[name] / sum(tokens.values()) if sum(tokens.values()) else 0.0
+    return found
 
 
 def _first(dataset, sample: int | None):

@@ -64,12 +64,29 @@ def loss_line(report: dict) -> list[str]:
             f"{report['truncated']}; examples dropped (every loss token cut off): {loss['dropped']}{packed}"]
 
 
+def source_lines(report: dict) -> list[str]:
+    """A mixture's sources, one line each: what it gave the training rows and how its examples measure."""
+    if not report.get("sources"):
+        return []
+    lines = ["sources (examples given to the training rows, their share of examples and of tokens; measured on "
+             "each source's first rows):"]
+    for name, entry in report["sources"].items():
+        stats, loss = entry["token_lengths"], entry["loss_tokens"]
+        loss_part = f", loss tokens {loss['all']} of {loss['tokens']} ({loss['all'] / loss['tokens']:.1%})" \
+            if loss and loss["tokens"] else ""
+        lines.append(f"  {name}: {entry['drawn']} examples from its {entry['rows']} rows; {entry['share']:.1%} of "
+                     f"examples, ~{entry['token_share']:.1%} of tokens; tokens per example median {stats['median']}, "
+                     f"max {stats['max']}; truncated {entry['truncated']} of {entry['measured_rows']}{loss_part}")
+    return lines
+
+
 def render(report: dict) -> str:
     stats = report["token_lengths"]
     lines = [f"examples: {', '.join(f'{k} {v}' for k, v in report['examples'].items())}",
              f"training tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, "
              f"max {stats['max']} (max_length {report['max_length']})",
              *loss_line(report),
+             *source_lines(report),
              "first training example (text in ⟦ ⟧ carries no loss):", "  " + report["preview"].replace("\n", "\n  ")]
     lines += [f"warning: {w}" for w in report["warnings"]] or ["no warnings"]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from runner.data import files as data_files
 from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
 from runner.data import sharegpt
+from runner.data.mixture import concatenated, mixed
 from runner.data.rows import shown_rows
 from runner.recipe import templates
 from runner.data.labels import encode_labels
@@ -35,6 +36,11 @@ class Splits:
     retention: object | None  # general text measured before and after training
     # each evaluation row's reference answers (evaluation.references), in the rows' order; None: the format's own
     references: list[list[str]] | None = None
+    # a mixture: each training source's own rows, and how many of the training rows each one gave
+    train_sources: dict | None = None
+    drawn: dict[str, int] | None = None
+    # a list of evaluation sources: each one's rows of `eval`, as (first, end) row ranges in order
+    eval_ranges: dict[str, tuple[int, int]] | None = None
 
 
 def load_all(plan: dict) -> tuple[Splits, dict]:
@@ -44,18 +50,22 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
     problems name rows of the files the user has.
     """
     spec, evaluation = plan["data"], plan["evaluation"]
-    train = load_canonical(spec["train"], spec, "/data/train")
-    held_out = load_canonical(spec["eval"], spec, "/data/eval") if spec["eval"] is not None else None
-    chosen = None
-    if evaluation["data"] is not None:
-        chosen = load_canonical(evaluation["data"], spec, "/evaluation/data")
+    sources = {part["name"]: load_part(part) for part in spec["train"]}
+    train, drawn = mixed(sources, spec, plan["recipe"]["training"]["seed"])
+    held_out, ranges = None, None
+    if spec["eval"] is not None:
+        held_out, ranges = concatenated({part["name"]: load_part(part) for part in spec["eval"]}, spec["eval"])
+    chosen = load_part(spec["evaluation_data"]) if spec["evaluation_data"] is not None else None
     references = reference_answers(evaluation, spec)
     retention = None
     if evaluation["retention"] is not None:
-        text_spec = {"format": "text", "columns": {"text": "text"}, "optional": [],
+        text_spec = {"name": "retention", "where": "/evaluation/retention", "source": evaluation["retention"],
+                     "format": "text", "columns": {"text": "text"}, "optional": [], "templates": {},
                      "column_hint": "retention data needs a 'text' column of plain text"}
-        retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
-    splits, derived = Splits(train, held_out, chosen, retention, references), {"config": {}, "settings": {}}
+        retention = load_part(text_spec)
+    splits = Splits(train, held_out, chosen, retention, references, sources if len(sources) > 1 else None,
+                    drawn if len(sources) > 1 else None, ranges if ranges and len(ranges) > 1 else None)
+    derived = {"config": {}, "settings": {}}
     prepare = PREPARE.get(plan["task"])
     if prepare is not None:
         splits, derived = prepare(plan, splits)
@@ -127,17 +137,19 @@ def load_hub(source: dict, where: str):
         raise RecipeError([Problem(f"{where}/hub", f"cannot load {source['hub']}: {_cause(exc)}")]) from None
 
 
-def load_canonical(source: dict, spec: dict, where: str):
-    read = [name for template in (spec.get("templates") or {}).values() for name in templates.fields(template)]
+def load_part(part: dict):
+    """One source's rows, in its format's canonical columns (part: a source as the plan lists it)."""
+    read = [name for template in (part.get("templates") or {}).values() for name in templates.fields(template)]
     # CSV/TSV cells a format or a template reads stay text ("007" is not 7)
-    text_columns = tuple(col for field, col in spec["columns"].items() if field != "label") + tuple(read)
-    return canonical(load_source(source, where, text_columns), spec, where, _name(source))
+    text_columns = tuple(col for field, col in part["columns"].items() if field != "label") + tuple(read)
+    return canonical(load_source(part["source"], part["where"], text_columns), part)
 
 
-def canonical(dataset, spec: dict, where: str, name: str):
+def canonical(dataset, spec: dict):
     """Keep the format's columns, renamed to their canonical names, converted to what the trainer reads."""
+    where, name = spec["where"], _name(spec["source"])
     if spec.get("templates"):
-        dataset = filled_templates(dataset, spec["templates"], where, name)
+        dataset = filled_templates(dataset, spec["templates"], spec["templates_at"], where, name)
     columns = spec["columns"]  # canonical -> source column
     missing = [(field, col) for field, col in columns.items()
                if col not in dataset.column_names and field not in spec["optional"]]
@@ -163,10 +175,11 @@ def canonical(dataset, spec: dict, where: str, name: str):
 
 def reference_answers(evaluation: dict, spec: dict) -> list[list[str]] | None:
     """evaluation.references read from the evaluation source's rows as they are in the file, in their order (the
-    plan requires data.eval or evaluation.data for it, so no split reorders them)."""
+    plan requires data.eval (one source) or evaluation.data for it, so no split reorders them)."""
     if not evaluation.get("references"):
         return None
-    source, where = (evaluation["data"], "/evaluation/data") if evaluation["data"] else (spec["eval"], "/data/eval")
+    part = spec["evaluation_data"] or spec["eval"][0]
+    source, where = part["source"], part["where"]
     path, answers, failures = templates.path_of(evaluation["references"]), [], {}
     for number, row in enumerate(load_source(source, where, (path[0],)), start=1):
         try:
@@ -180,7 +193,7 @@ def reference_answers(evaluation: dict, spec: dict) -> list[list[str]] | None:
     return answers
 
 
-def filled_templates(dataset, field_templates: dict, where: str, name: str):
+def filled_templates(dataset, field_templates: dict, at: str, where: str, name: str):
     """The dataset with each templated field built from the row's own fields; rows a template cannot fill are
     reported together, by template and row number, before anything is converted."""
     parsed = {field: templates.parse(template) for field, template in field_templates.items()}
@@ -192,7 +205,7 @@ def filled_templates(dataset, field_templates: dict, where: str, name: str):
             except templates.TemplateError as exc:
                 failures.setdefault((field, str(exc)), []).append(number)
     if failures:
-        raise RecipeError([Problem(f"/data/templates/{field}", f"{len(rows)} rows of {name} ({where}) cannot fill "
+        raise RecipeError([Problem(f"{at}/{field}", f"{len(rows)} rows of {name} ({where}) cannot fill "
                                    f"it: {reason}: rows {shown_rows(rows)}", "fix those rows, or the template")
                            for (field, reason), rows in failures.items()])
     return dataset.map(lambda row: {field: templates.render(parts, row) for field, parts in parsed.items()},

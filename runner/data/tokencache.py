@@ -33,6 +33,7 @@ from pathlib import Path
 
 from runner import __version__, compat
 from runner.plan.cache_location import cache_root
+from runner.recipe.sources import all_sources, local_files
 
 RECORD = "entry.json"  # written last, inside the entry: its presence means the entry is complete
 LIBRARIES = ("trl", "transformers", "tokenizers", "datasets")
@@ -137,16 +138,15 @@ def key_inputs(plan: dict, splits, tokenizer, settings: dict) -> dict:
 
     recipe = plan["recipe"]
     data = {k: v for k, v in recipe["data"].items() if k != "tokenization_cache"}
-    sources = [recipe["data"]["train"], recipe["data"]["eval"], recipe["evaluation"].get("data"),
-               recipe["evaluation"].get("retention")]
+    sources = [source for _, source in all_sources(recipe)]  # each source of a mixture too
     hub = {name: getattr(d, "_fingerprint", None) for name in ("train", "eval", "evaluation", "retention")
-           if (d := getattr(splits, name, None)) is not None} if any(s and "hub" in s for s in sources) else {}
+           if (d := getattr(splits, name, None)) is not None} if any("hub" in s for s in sources) else {}
     return {
         "runner": __version__,
         "libraries": {name: version(name) for name in LIBRARIES},
         "task": plan["task"], "format": plan["data"]["format"],
         "data": data, "sources": sources,
-        "files": {s["path"]: file_hash(Path(s["path"])) for s in sources if s and "path" in s},
+        "files": {path: file_hash(Path(path)) for path in local_files(recipe)},
         "hub_fingerprints": hub,
         "settings": settings,
         "tokenizer": tokenizer_hash(tokenizer),

@@ -6,6 +6,8 @@ default); classification metrics from the trainer's predictions. Metric arithmet
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from runner.evaluate import metrics as m
 from runner.plan.tasks import GENERATIVE, LABEL_METRICS, TASKS, trained_format
 from runner.evaluate.generation import PROMPT_AND_ANSWER, generate_across_ranks
@@ -13,7 +15,16 @@ from runner.train import classification
 
 
 def measure(trainer, plan: dict, splits) -> dict:
-    """The plan's metrics on the evaluation data, plus retention loss when configured."""
+    """The plan's metrics on the evaluation data; with a list of evaluation sources, on each one too (`sources`)."""
+    results = measure_rows(trainer, plan, splits)
+    if results and splits.eval_ranges is not None and splits.evaluation is splits.eval:
+        results["sources"] = {name: measure_rows(trainer, plan, replace(splits, evaluation=splits.eval.select(
+            range(first, end)), references=None)) for name, (first, end) in splits.eval_ranges.items()}
+    return results
+
+
+def measure_rows(trainer, plan: dict, splits) -> dict:
+    """The plan's metrics on splits.evaluation."""
     wanted = plan["evaluation"]["metrics"]
     results: dict = {}
     if splits.evaluation is not None and wanted:

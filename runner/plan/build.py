@@ -14,7 +14,7 @@ from pathlib import Path
 from runner import __version__
 from runner.plan import decisions
 from runner.plan import gguf_file
-from runner.plan.data_templates import check_templates
+from runner.plan import data_sources
 from runner.plan import memory_fit
 from runner.plan import scale
 from runner.plan import cache_location
@@ -22,8 +22,8 @@ from runner.errors import Problem, RecipeError, did_you_mean, pointer
 from runner.recipe import schema
 from runner.recipe.load import Recipe, thaw
 from runner.plan.methods import METHODS, check_methods, parameter_counts, peft_spec, quantization_spec
-from runner.plan.evaluation import check_evaluation, check_source, evaluation_spec
-from runner.plan.tasks import TASKS, Task, data_format, trained_format
+from runner.plan.evaluation import check_evaluation, evaluation_spec
+from runner.plan.tasks import TASKS, Task, trained_format
 from runner.plan.topology import Topology
 
 
@@ -32,10 +32,10 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     topology = topology or Topology()
     task = TASKS[recipe["task"]]
     doc = recipe.to_dict()
-    fmt = data_format(task, doc["data"]["format"])
+    fmt = data_sources.parts(doc["data"], task)["train"][0]["format"]  # a mixture's sources share its shape
     raw_config, config_source = read_model_config(doc["model"])
     model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
-    problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
+    problems = check_model(doc["model"], raw_config, task) + data_sources.check_data(doc["data"], task)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
     output_dir = resolve_output_dir(doc)
@@ -49,7 +49,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         "task": task.name,
         "output_dir": output_dir,
         "model": model_spec(doc["model"], task),
-        "data": data_spec(doc["data"], task, fmt),
+        "data": data_sources.data_spec(doc["data"], task, doc["evaluation"]["data"]),
         "peft": peft_spec(doc["peft"], task, doc["model"]),
         "trainer": {
             "config": trainer_config(doc, task, fmt, output_dir),
@@ -167,48 +167,6 @@ def gguf_spec(model: dict) -> dict | None:
     _, _, header = gguf_file.read_config(model)
     facts = gguf_file.summary(header) if header else {"architecture": None, "tensor_types": None, "quantized": None}
     return {**facts, "dequantized_on_load": True, "weights_dtype": gguf_file.weights_dtype(model, header)}
-
-
-# --- data -----------------------------------------------------------------------------------
-
-
-def check_data(data: dict, task: Task, fmt: str) -> list[Problem]:
-    """Sources exist, the format is the task's, and the column mapping fits the format."""
-    problems = check_source(data["train"], "/data/train") + check_source(data["eval"], "/data/eval")
-    if data["eval"] is not None and data["eval_fraction"] is not None:
-        problems.append(Problem("/data/eval_fraction", "set either data.eval or data.eval_fraction, not both"))
-    if fmt not in task.formats:
-        return problems + [Problem("/data/format", f"task '{task.name}' does not read format '{fmt}'",
-                                   f"its formats: {', '.join(task.formats)}")]
-    spec = task.formats[fmt]
-    if data["labels"] is not None and "label" not in spec.fields:
-        problems.append(Problem("/data/labels", f"format '{fmt}' has no labels"))
-    wanted = spec.fields + spec.optional
-    mapped = [data["columns"].get(field, field) for field in wanted]
-    for column in sorted({c for c in mapped if mapped.count(c) > 1}):
-        problems.append(Problem("/data/columns", f"column '{column}' is mapped to more than one field",
-                                "each field needs its own column"))
-    for key in data["columns"]:
-        if key not in wanted:
-            problems.append(Problem(f"/data/columns/{key}", f"format '{fmt}' has no field '{key}'",
-                                    f"its fields are: {', '.join(wanted)}"))
-    return problems + check_templates(data, wanted, fmt)
-
-
-def data_spec(data: dict, task: Task, fmt: str) -> dict:
-    spec = task.formats[fmt]
-    return {
-        "format": fmt,
-        "train": data["train"],
-        "eval": data["eval"],
-        "eval_fraction": data["eval_fraction"],
-        # canonical field -> column in the source data; optional fields may be absent unless mapped
-        "columns": {f: data["columns"].get(f, f) for f in spec.fields + spec.optional},
-        "optional": [f for f in spec.optional if f not in data["columns"] and f not in data["templates"]],
-        "templates": data["templates"],  # fields built from the row's own fields (runner/recipe/templates.py)
-        "optional_fields": list(spec.optional),
-        "labels": data["labels"],
-    }
 
 
 # --- training -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from runner.errors import Problem
+from runner.recipe.sources import local_files
 
 ENV = "RECIPE_RUNNER_CACHE"
 
@@ -22,9 +23,7 @@ def cache_root(setting) -> Path | None:
 def check_location(doc: dict, output_dir: str | None = None) -> list:
     """The cache is never put among the user's data files (the plan reports it at data.tokenization_cache)."""
     root = cache_root(doc["data"].get("tokenization_cache"))
-    sources = [doc["data"]["train"], doc["data"]["eval"], doc["evaluation"].get("data"),
-               doc["evaluation"].get("retention")]
-    folders = {Path(s["path"]).absolute().parent for s in sources if s and "path" in s}
+    folders = {Path(path).absolute().parent for path in local_files(doc)}
     within = lambda folder: root == folder or folder in root.parents  # noqa: E731
     hint = "choose a directory of its own, e.g. ~/.cache/recipe-runner/tokenized (the default: null)"
     if root is None:

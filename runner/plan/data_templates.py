@@ -14,23 +14,25 @@ NOT_TEXT = {"messages": "a list of chat turns", "conversations": "a list of Shar
 NOT_TEXT_IN = {"sharegpt_preference": {"chosen": "a ShareGPT gpt turn", "rejected": "a ShareGPT gpt turn"}}
 
 
-def check_templates(data: dict, wanted: tuple[str, ...], fmt: str) -> list[Problem]:
-    if not data["templates"]:
+def check_templates(part: dict, wanted: tuple[str, ...]) -> list[Problem]:
+    """`part`: a data source with the format, columns and templates that apply to it (runner/plan/data_sources.py)."""
+    if not part["templates"]:
         return []
-    problems = []
-    row = first_row(data["train"])
+    problems, fmt, at = [], part["format"], part["settings_at"]
+    source = part["source"]
+    row = first_row(source)
     not_text = {**NOT_TEXT, **NOT_TEXT_IN.get(fmt, {})}
-    for field, template in data["templates"].items():
-        where = f"/data/templates/{field}"
+    for field, template in part["templates"].items():
+        where = f"{at}/templates/{field}"
         if field not in wanted:
             problems.append(Problem(where, f"format '{fmt}' has no field '{field}'", f"its fields: {', '.join(wanted)}"))
             continue
         if field in not_text:
             problems.append(Problem(where, f"'{field}' is {not_text[field]}; a template makes text",
-                                    f"map the column that holds it with data.columns.{field}"))
+                                    f"map the column that holds it with {at.lstrip('/').replace('/', '.')}.columns.{field}"))
             continue
-        if field in data["columns"]:
-            problems.append(Problem(where, f"'{field}' is also mapped to a column in data.columns",
+        if field in part["columns"]:
+            problems.append(Problem(where, f"'{field}' is also mapped to a column in {at.lstrip('/').replace('/', '.')}.columns",
                                     "keep either the template or the column"))
         try:
             parts = templates.parse(template)
@@ -38,8 +40,7 @@ def check_templates(data: dict, wanted: tuple[str, ...], fmt: str) -> list[Probl
             problems.append(Problem(where, str(exc)))
             continue
         if row is not None:
-            problems += unknown_fields(parts, row, where, data["train"]["path"]) or filled(parts, row, where,
-                                                                                          data["train"]["path"])
+            problems += unknown_fields(parts, row, where, source["path"]) or filled(parts, row, where, source["path"])
     return problems
 
 

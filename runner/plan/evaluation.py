@@ -78,6 +78,9 @@ def check_references(doc: dict) -> list[Problem]:
     if evaluation["references"] is None:
         return []
     source = evaluation["data"] or doc["data"]["eval"]
+    if isinstance(source, list):
+        return [Problem(where, "reads one file's rows in order; data.eval is a list of sources",
+                        "name the file with the references in evaluation.data")]
     if source is None:
         return [Problem(where, "needs the evaluation rows as they are in a file: data.eval or evaluation.data",
                         "data.eval_fraction splits rows off the training data after conversion; name data.eval")]

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from runner.plan import deepspeed_json
+from runner.recipe.sources import split_sources
 from runner.errors import Problem
 from runner.plan.methods import METHODS
 from runner.plan.topology import Topology
@@ -132,13 +133,27 @@ def batch_arithmetic(doc: dict, topology: Topology, packing_at_launch: bool = Fa
 
 
 def train_rows(doc: dict) -> tuple[int | None, str | None]:
-    """Training rows as the trainer will see them, when a local file tells cheaply; else None and why not."""
+    """Training rows as the trainer will see them, when local files tell cheaply; else None and why not."""
     data, training = doc["data"], doc["training"]
-    source = data["train"]
-    if "path" not in source:
-        return None, "Hub dataset: its size is known once it loads"
     if training.get("packing"):
         return None, "packing: the row count depends on the token lengths"
+    sources = split_sources(data, "train")
+    if isinstance(data["train"], list) and data["mixture"]["strategy"] == "interleave":
+        return None, "a sampled mixture: its size is known once it is drawn (data.mixture.expected_rows estimates it)"
+    counted = [source_rows(source) for _, source in sources]
+    unknown = next((why for rows, why in counted if rows is None), None)
+    if unknown:
+        return None, unknown
+    rows = sum(rows for rows, _ in counted)
+    if data["eval_fraction"] is not None:  # datasets' train_test_split: ceil(fraction * rows) go to eval
+        rows -= math.ceil(data["eval_fraction"] * rows)
+    return rows, None
+
+
+def source_rows(source: dict) -> tuple[int | None, str | None]:
+    """Rows one source gives (after its `limit`), when a local file tells cheaply; else None and why not."""
+    if "path" not in source:
+        return None, "Hub dataset: its size is known once it loads"
     path = Path(source["path"])
     if path.suffix not in (".jsonl", ".json") or not path.is_file():
         return None, f"{path.suffix or 'this'} files are counted when they load"
@@ -147,9 +162,7 @@ def train_rows(doc: dict) -> tuple[int | None, str | None]:
     rows = _count_rows(path)
     if rows is None:
         return None, f"cannot count the rows of {path}"
-    if data["eval_fraction"] is not None:  # datasets' train_test_split: ceil(fraction * rows) go to eval
-        rows -= math.ceil(data["eval_fraction"] * rows)
-    return rows, None
+    return (rows if source["limit"] is None else min(rows, source["limit"])), None
 
 
 def _count_rows(path: Path) -> int | None:

@@ -61,15 +61,31 @@ def _nested(prefix: str, sub: dict):
     groups: dict[str, list[str]] = {}
     bodies: dict[str, dict] = {}
     for key, prop in sub.get("properties", {}).items():
-        for branch in [prop] + prop.get("anyOf", []):
+        for branch in _object_branches(prop):
             inner = schema.resolve(branch)
-            if inner.get("type") == "object" and inner.get("properties"):
-                ref = branch.get("$ref", f"{prefix}.{key}")
-                groups.setdefault(ref, []).append(f"{prefix}.{key}")
-                bodies[ref] = inner
-                break
+            name = f"{prefix}.{key}" + ("[]" if branch is not prop and _is_list(prop, branch) else "")
+            ref = branch.get("$ref", name)
+            if name not in groups.get(ref, []):
+                groups.setdefault(ref, []).append(name)
+            bodies[ref] = inner
     for ref, names in groups.items():
         yield "`, `".join(names), bodies[ref]
+
+
+def _object_branches(prop: dict) -> list[dict]:
+    """The object schemas a field takes: its own, its first object branch, and a list's item (`[]` in the name)."""
+    found = []
+    for branch in [prop] + prop.get("anyOf", []):
+        inner = schema.resolve(branch)
+        if inner.get("type") == "object" and inner.get("properties") and not found:
+            found.append(branch)
+        if inner.get("type") == "array" and schema.resolve(inner.get("items", {})).get("properties"):
+            found.append(inner["items"])
+    return found
+
+
+def _is_list(prop: dict, branch: dict) -> bool:
+    return any(schema.resolve(b).get("items") is branch for b in prop.get("anyOf", []))
 
 
 def _table(sub: dict) -> str:

@@ -142,14 +142,28 @@ def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None, so
     for parts, kind in schema.path_fields():
         if only is not None and parts[: len(only)] != only:
             continue
-        parent = _get(doc, parts[:-1])
-        if isinstance(parent, dict) and isinstance(parent.get(parts[-1]), str):
-            try:
-                parent[parts[-1]] = resolve_one(parent[parts[-1]], base, kind)
-            except (OSError, RuntimeError, ValueError) as exc:  # too long, ~unknown-user, NUL byte
-                problems.append(Problem(pointer(parts), f"{parent[parts[-1]][:80]!r} is not a usable path: {exc}"))
+        for where, parent in _parents(doc, parts[:-1], ()):
+            if isinstance(parent, dict) and isinstance(parent.get(parts[-1]), str):
+                try:
+                    parent[parts[-1]] = resolve_one(parent[parts[-1]], base, kind)
+                except (OSError, RuntimeError, ValueError) as exc:  # too long, ~unknown-user, NUL byte
+                    problems.append(Problem(pointer(where + (parts[-1],)),
+                                            f"{parent[parts[-1]][:80]!r} is not a usable path: {exc}"))
     if problems:
         raise RecipeError(problems, source=str(source) if source else None)
+
+
+def _parents(doc, parts: tuple, where: tuple):
+    """(concrete key path, value) of every place `parts` names; "*" is each item of a list."""
+    if not parts:
+        yield where, doc
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        for index, item in enumerate(doc if isinstance(doc, list) else []):
+            yield from _parents(item, rest, where + (index,))
+    elif isinstance(doc, dict) and head in doc:
+        yield from _parents(doc[head], rest, where + (head,))
 
 
 def resolve_one(value: str, base: Path, kind: str) -> str:
@@ -163,14 +177,6 @@ def resolve_one(value: str, base: Path, kind: str) -> str:
     if kind == "local" or value.startswith(PATH_PREFIXES) or candidate.exists() or first.exists():
         return str(candidate)
     return value
-
-
-def _get(doc, parts):
-    for part in parts:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(part)
-    return doc
 
 
 # --- --set overrides ------------------------------------------------------------------------

@@ -237,8 +237,8 @@ def fill_defaults(doc: dict) -> dict:
 
 def defaults_of(section: str) -> dict:
     """The schema's defaults for a section of $defs (e.g. "lora"): what a recipe gets when it names only the method."""
-    return {key: copy.deepcopy(prop["default"]) for key, prop in load_schema()["$defs"][section]["properties"].items()
-            if "default" in resolve(prop)}
+    props = {key: resolve(prop) for key, prop in load_schema()["$defs"][section]["properties"].items()}
+    return {key: copy.deepcopy(prop["default"]) for key, prop in props.items() if "default" in prop}
 
 
 def _fill(instance, sub: dict) -> None:
@@ -247,6 +247,9 @@ def _fill(instance, sub: dict) -> None:
         if is_valid(instance, branch):
             _fill(instance, branch)
             break
+    if isinstance(instance, list) and "items" in sub:
+        for item in instance:
+            _fill(item, sub["items"])
     if not isinstance(instance, dict):
         return
     for key, prop in sub.get("properties", {}).items():
@@ -279,6 +282,8 @@ def subschemas_at(parts: list[str]) -> list[dict]:
 def _property_candidates(sub: dict, key: str) -> list[dict]:
     sub = resolve(sub)
     found = [sub["properties"][key]] if key in sub.get("properties", {}) else []
+    if str(key).isdigit() and "items" in sub:  # a list's item (a source of a mixture)
+        found.append(sub["items"])
     for branch in sub.get("allOf", []) + sub.get("anyOf", []) + sub.get("oneOf", []):
         found += _property_candidates(branch, key)
     for branch in (sub.get("then"), sub.get("else")):
@@ -301,7 +306,8 @@ def keys_at(parts: list[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def path_fields() -> tuple[tuple[tuple[str, ...], str], ...]:
-    """(key path, kind) of every field marked `x-path` ("local" or "local-or-hub")."""
+    """(key path, kind) of every field marked `x-path` ("local" or "local-or-hub"); "*" in a key path stands for
+    every item of a list (the sources of a mixture)."""
     found: list = []
 
     def walk(sub: dict, parts: tuple[str, ...], depth: int) -> None:
@@ -314,6 +320,8 @@ def path_fields() -> tuple[tuple[tuple[str, ...], str], ...]:
             walk(prop, parts + (key,), depth + 1)
         for branch in sub.get("allOf", []) + sub.get("anyOf", []) + sub.get("oneOf", []):
             walk(branch, parts, depth + 1)
+        if "items" in sub:
+            walk(sub["items"], parts + ("*",), depth + 1)
         if "then" in sub:
             walk(sub["then"], parts, depth + 1)
 

@@ -81,11 +81,19 @@ def _source(source: dict | None) -> str:
 
 def _data_lines(manifest: dict, plan: dict) -> list[str]:
     data, examples = plan["data"], manifest.get("examples") or {}
-    lines = [f"- format: {data['format']}", f"- train: {_source(data['train'])}"
-             + (f", {examples['train']:,} examples" if "train" in examples else "")]
-    if data.get("eval"):
-        lines.append(f"- eval: {_source(data['eval'])}" + (f", {examples['eval']:,} examples"
-                                                            if "eval" in examples else ""))
+    lines = [f"- format: {data['format']}"]
+    for split in ("train", "eval"):
+        parts = data.get(split) or []
+        counted = f", {examples[split]:,} examples" if split in examples else ""
+        if len(parts) == 1:
+            lines.append(f"- {split}: {_source(parts[0]['source'])}{counted}")
+        elif parts:
+            how = data["mixture"]["strategy"] if split == "train" else "concatenate"
+            lines.append(f"- {split}: a mixture of {len(parts)} sources ({how}){counted}")
+            given = examples.get(f"{split}_sources") or {}
+            lines += [f"  - {part['name']}: {_source(part['source'])}, format {part['format']}"
+                      + (f", weight {part['weight']}" if how == "interleave" else "")
+                      + (f", {given[part['name']]:,} examples" if part["name"] in given else "") for part in parts]
     lines += [f"- note: {warning}" for warning in manifest.get("data_warnings") or []]
     return lines
 

@@ -52,6 +52,9 @@ def metric_table(metrics: dict) -> str:
     metrics = metrics or {}
     before, after = metrics.get("before") or {}, metrics.get("after") or {}
     parts = [_comparison_table(before, after)] if _scalars(before) or _scalars(after) else []
+    for name in list(after.get("sources") or {}) or list(before.get("sources") or {}):
+        parts.append(f"Evaluation source `{name}`:\n\n" + _comparison_table(
+            (before.get("sources") or {}).get(name) or {}, (after.get("sources") or {}).get(name) or {}))
     retention = metrics.get("retention")
     if retention:
         parts.append("Retention (general ability the fine-tuning should keep):\n\n"

@@ -26,6 +26,11 @@ def metric_lines(results: dict) -> list[str]:
         if isinstance(value, (int, float)):
             start = f"{before[name]:.4f} -> " if name in before else ""
             lines.append(f"  {name}: {start}{value:.4f}")
+    sources = (results.get("after") or {}).get("sources") or {}
+    for source, values in sources.items():
+        earlier = ((results.get("before") or {}).get("sources") or {}).get(source) or {}
+        lines += [f"  {source} {name}: " + (f"{earlier[name]:.4f} -> " if name in earlier else "") + f"{value:.4f}"
+                  for name, value in values.items() if isinstance(value, (int, float))]
     for when in ("before", "after"):
         if results.get("retention"):
             lines.append(f"  retention loss ({when}): {results['retention'][when]['loss']:.4f}")

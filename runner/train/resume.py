@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from runner.errors import Problem, RecipeError
+from runner.recipe.sources import SPLITS, split_sources
 from runner.records.outputs import MANIFEST
 from runner.records.checkpoints import checkpoints, progress, read_marker, unverified, whole_checkpoint
 from runner.records.secrets import redact
@@ -116,11 +117,13 @@ def changed_world_size(checkpoint: Path, saved: int, now: int) -> list[Problem]:
 def data_files(recipe: dict) -> dict:
     """Size and modification time of the local training files, to notice them changing under a run."""
     found = {}
-    for split in ("train", "eval"):
-        source = recipe["data"].get(split) or {}
-        if "path" in source and Path(source["path"]).is_file():
-            stat = Path(source["path"]).stat()
-            found[split] = {"path": source["path"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    for split in SPLITS:
+        for where, source in split_sources(recipe["data"], split):
+            if "path" in source and Path(source["path"]).is_file():
+                stat = Path(source["path"]).stat()
+                # "train", "eval", or "train/0" for a mixture's first source
+                found[where.removeprefix("/data/")] = {"path": source["path"], "size": stat.st_size,
+                                                       "mtime_ns": stat.st_mtime_ns}
     return found
 
 

@@ -46,7 +46,9 @@ def test_quickstart_plan_names_task_config_and_arguments():
     bf16 = plan["fast_defaults"]["settings"]["/training/bf16"]  # one of the fast defaults, with its rule
     assert bf16["recipe"] is None and "avx512_bf16 / amx_bf16 (x86)" in bf16["rule"]
     assert plan["fast_defaults"]["settings"]["/training/use_cpu"]["recipe"] is None
-    assert plan["data"]["columns"] == {"prompt": "prompt", "completion": "completion"}
+    (train,) = plan["data"]["train"]  # one source: a list of one, with the data section's settings
+    assert train["columns"] == {"prompt": "prompt", "completion": "completion"} and train["where"] == "/data/train"
+    assert [part["where"] for part in plan["data"]["eval"]] == ["/data/eval"] and plan["data"]["mixture"] is None
     assert plan["parameters"]["known"] and plan["parameters"]["trainable"] == plan["parameters"]["total"]
 
 

@@ -78,6 +78,8 @@ def test_path_fields_are_found():
         "model.chat_template": "local",
         "data.train.path": "local",
         "data.eval.path": "local",
+        "data.train.*.path": "local",  # each source of a mixture
+        "data.eval.*.path": "local",
         "evaluation.data.path": "local",
         "evaluation.retention.path": "local",
     }

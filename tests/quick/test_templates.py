@@ -76,7 +76,7 @@ def test_templated_fields_need_no_column_and_plan_records_the_templates(tmp_path
                                          "templates": {"prompt": "German: {translation.de}\nEnglish:",
                                                        "completion": " {translation.en}"}})
     plan = build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
-    assert plan["data"]["templates"] == {"prompt": "German: {translation.de}\nEnglish:",
+    assert plan["data"]["train"][0]["templates"] == {"prompt": "German: {translation.de}\nEnglish:",
                                          "completion": " {translation.en}"}
 
 

@@ -1,0 +1,93 @@
+"""Several sources as one dataset: drawn by weight (`interleave`, seeded: the same recipe draws the same mixture)
+or one after another (`concatenate`), with the number of rows each source gave.
+
+The sources' rows already have the trainer's shape (the plan refuses formats that would not); what may still differ
+is their Arrow types, e.g. conversations whose turns carry a key the others lack. They are cast to the union of
+their types first, the missing keys null, as `datasets` itself reads a file whose rows differ that way.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from runner.errors import Problem, RecipeError
+
+SOURCE = "__mixture_source__"  # the index of a row's source, while the mixture is drawn
+
+
+def mixed(sources: dict, spec: dict, training_seed: int) -> tuple[object, dict[str, int]]:
+    """(the training rows, source name -> rows it gave); one source is its own mixture."""
+    if len(sources) == 1:
+        (name, only), = sources.items()
+        return only, {name: len(only)}
+    import datasets
+
+    tagged = [part.add_column(SOURCE, [index] * len(part))
+              for index, part in enumerate(aligned(sources, spec["train"]))]
+    mixture = spec["mixture"]
+    if mixture["strategy"] == "concatenate":
+        combined = datasets.concatenate_datasets(tagged)
+    else:
+        weights = [part["weight"] for part in spec["train"]]
+        seed = mixture["seed"] if mixture["seed"] is not None else training_seed
+        combined = datasets.interleave_datasets(tagged, probabilities=[w / sum(weights) for w in weights],
+                                                seed=seed, stopping_strategy=mixture["stopping_strategy"])
+    counts = Counter(combined[SOURCE])
+    return combined.remove_columns(SOURCE), {name: counts.get(index, 0) for index, name in enumerate(sources)}
+
+
+def concatenated(sources: dict, parts: list[dict]) -> tuple[object, dict[str, tuple[int, int]]]:
+    """(the evaluation sources one after another, source name -> its (first, end) rows there)."""
+    import datasets
+
+    ranges, start = {}, 0
+    for name, rows in sources.items():
+        ranges[name] = (start, start + len(rows))
+        start += len(rows)
+    together = aligned(sources, parts)
+    return (together[0] if len(together) == 1 else datasets.concatenate_datasets(together)), ranges
+
+
+def aligned(sources: dict, parts: list[dict]) -> list:
+    """The sources cast to one set of Arrow types (the union of theirs)."""
+    datasets_ = list(sources.values())
+    first, wanted = parts[0], set(datasets_[0].column_names)
+    for part, rows in zip(parts[1:], datasets_[1:]):
+        if set(rows.column_names) != wanted:
+            raise RecipeError([Problem(part["where"], f"source '{part['name']}' gives the trainer the fields "
+                                       f"{sorted(rows.column_names)}, source '{first['name']}' {sorted(wanted)}: "
+                                       "one dataset cannot hold both", "give the sources the same fields (e.g. every "
+                                       "preference source an explicit prompt, or none)")])
+    union = datasets_[0].features
+    for part, rows in zip(parts[1:], datasets_[1:]):
+        merged = union_of(union, rows.features)
+        if merged is None:
+            raise RecipeError([Problem(part["where"], f"the rows of source '{part['name']}' have other types than "
+                                       f"those of '{first['name']}': {rows.features} against {union}",
+                                       "give the same fields the same kind of value (text, number, list) in every "
+                                       "source")])
+        union = merged
+    return [rows if rows.features == union else rows.cast(union) for rows in datasets_]
+
+
+def union_of(one, other):
+    """The Arrow type both fit (structs: every key of either; null: the other type); None when there is none."""
+    from datasets import Features, List, Value
+
+    if one == other:
+        return one
+    if isinstance(one, Value) and one.dtype == "null":
+        return other
+    if isinstance(other, Value) and other.dtype == "null":
+        return one
+    if isinstance(one, dict) and isinstance(other, dict):
+        merged = {}
+        for key in list(one) + [k for k in other if k not in one]:
+            both = union_of(one[key], other[key]) if key in one and key in other else one.get(key, other.get(key))
+            if both is None:
+                return None
+            merged[key] = both
+        return Features(merged) if isinstance(one, Features) else merged
+    if isinstance(one, List) and isinstance(other, List):
+        item = union_of(one.feature, other.feature)
+        return None if item is None else List(item)
+    return None

@@ -15,28 +15,37 @@ from runner.train import classification
 
 
 def measure(trainer, plan: dict, splits) -> dict:
-    """The plan's metrics on the evaluation data; with a list of evaluation sources, on each one too (`sources`)."""
-    results = measure_rows(trainer, plan, splits)
-    if results and splits.eval_ranges is not None and splits.evaluation is splits.eval:
-        results["sources"] = {name: measure_rows(trainer, plan, replace(splits, evaluation=splits.eval.select(
-            range(first, end)), references=None)) for name, (first, end) in splits.eval_ranges.items()}
-    return results
+    """The plan's metrics on the evaluation data; with a list of evaluation sources, on each one too (`sources`),
+    the whole set's generative metrics then scored on the answers generated for each (max_examples per source)."""
+    if splits.eval_ranges is None or splits.evaluation is not splits.eval:
+        return measure_rows(trainer, plan, splits)[0]
+    per_source, predictions, references = {}, [], []
+    for name, (first, end) in splits.eval_ranges.items():
+        rows = replace(splits, evaluation=splits.eval.select(range(first, end)), references=None)
+        per_source[name], (said, meant) = measure_rows(trainer, plan, rows, prefix=f"eval_{name}")
+        predictions, references = predictions + said, references + meant
+    results = measure_rows(trainer, plan, splits, generated=(predictions, references))[0]
+    return {**results, "sources": per_source} if results else results
 
 
-def measure_rows(trainer, plan: dict, splits) -> dict:
-    """The plan's metrics on splits.evaluation."""
+def measure_rows(trainer, plan: dict, splits, prefix: str = "eval", generated: tuple | None = None) -> tuple:
+    """(the plan's metrics on splits.evaluation, (generated answers, their references)). `prefix`: the trainer's
+    metric_key_prefix (a source's own keeps the run's eval_loss history the whole set's); `generated`: answers
+    already generated for these rows."""
     wanted = plan["evaluation"]["metrics"]
     results: dict = {}
+    predictions, references = generated or ([], [])
     if splits.evaluation is not None and wanted:
         features = eval_features(trainer, plan, splits)
-        results.update(loss_metrics(trainer.evaluate(eval_dataset=features), wanted))
+        results.update(loss_metrics(trainer.evaluate(eval_dataset=features, metric_key_prefix=prefix), wanted, prefix))
         if any(name in LABEL_METRICS for name in wanted):
             results.update(label_metrics(trainer, plan, splits.evaluation, wanted))
         generative = [name for name in wanted if name in GENERATIVE]
         if generative:
-            predictions, references = generated_answers(trainer, plan, splits.evaluation, splits.references)
+            if generated is None:
+                predictions, references = generated_answers(trainer, plan, splits.evaluation, splits.references)
             results.update(m.generation_metrics(generative, predictions, references))
-    return results
+    return results, (predictions, references)
 
 
 def measure_at_train_start(trainer, plan: dict, splits, results: dict, early: dict):
@@ -65,13 +74,13 @@ def eval_features(trainer, plan: dict, splits):
     return featurize(trainer, plan, splits.evaluation) if featurize else splits.evaluation
 
 
-def loss_metrics(evaluated: dict, wanted: list[str]) -> dict:
+def loss_metrics(evaluated: dict, wanted: list[str], prefix: str = "eval") -> dict:
     out = {}
     if "loss" in wanted or "perplexity" in wanted:
-        out["loss"] = evaluated["eval_loss"]
+        out["loss"] = evaluated[f"{prefix}_loss"]
     if "perplexity" in wanted:
-        out["perplexity"] = m.perplexity(evaluated["eval_loss"])
-    if "rewards" in wanted:  # TRL's DPO logs eval_rewards/chosen, /rejected, /accuracies, /margins
+        out["perplexity"] = m.perplexity(evaluated[f"{prefix}_loss"])
+    if "rewards" in wanted:  # TRL's DPO adds eval_rewards/chosen, /rejected, /accuracies, /margins (whatever the prefix)
         out.update({k.removeprefix("eval_"): v for k, v in evaluated.items() if k.startswith("eval_rewards/")})
     return out
 

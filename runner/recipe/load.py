@@ -140,7 +140,7 @@ def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None, so
     """Make the file's local paths absolute, relative to `base` (the directory of the file naming them)."""
     problems = []
     for parts, kind in schema.path_fields():
-        if only is not None and parts[: len(only)] != only:
+        if only is not None and not _within(parts, only):
             continue
         for where, parent in _parents(doc, parts[:-1], ()):
             if isinstance(parent, dict) and isinstance(parent.get(parts[-1]), str):
@@ -151,6 +151,11 @@ def resolve_paths(doc: dict, base: Path, only: tuple[str, ...] | None = None, so
                                             f"{parent[parts[-1]][:80]!r} is not a usable path: {exc}"))
     if problems:
         raise RecipeError(problems, source=str(source) if source else None)
+
+
+def _within(parts: tuple, only: tuple) -> bool:
+    """Whether a path field's key path (with "*" for list items) lies under a concrete key path."""
+    return len(parts) >= len(only) and all(a == b or (a == "*" and b.isdigit()) for a, b in zip(parts, only))
 
 
 def _parents(doc, parts: tuple, where: tuple):
@@ -200,17 +205,32 @@ def apply_overrides(doc: dict, overrides) -> list[Problem]:
             problems.append(Problem("/extends", f"--set {text!r}: extends cannot be overridden",
                                     "write a recipe file that extends the one you want"))
             continue
-        target = doc
+        target, where = doc, []
         for part in parts[:-1]:
-            if not isinstance(target.get(part), dict):
-                target[part] = {}
-            target = target[part]
+            target = _step_into(target, part)
+            where.append(part)
+            if target is None:
+                problems.append(Problem(pointer(where), f"--set {text!r}: no source {part} here",
+                                        "name a source of the recipe's list by its position, from 0"))
+                break
+        if target is None:
+            continue
         value = _typed(raw, subs)
         if changes_kind(target, {parts[-1]: value}):
             target.clear()  # e.g. peft.method=none on a LoRA recipe: LoRA's fields go with it
         target[parts[-1]] = value
         resolve_paths(doc, base=Path.cwd(), only=tuple(parts))
     return problems
+
+
+def _step_into(target, part: str):
+    """The object at `part` for a --set to write into (made when missing); a list (of sources) is indexed by
+    position. None: no such item."""
+    if isinstance(target, list):
+        return target[int(part)] if part.isdigit() and int(part) < len(target) else None
+    if not isinstance(target.get(part), (dict, list)):
+        target[part] = {}
+    return target[part]
 
 
 def _unknown_override(parts: list[str], text: str) -> Problem:

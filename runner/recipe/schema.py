@@ -108,7 +108,8 @@ def _translate_branches(error, where: str, custom: str | None) -> list[Problem]:
     ]
     if custom:
         return [Problem(where, _with_value(error.instance, custom))]
-    if len(fitting) == 1 and "properties" in resolve(error.validator_value[fitting[0][0]]):
+    branch = resolve(error.validator_value[fitting[0][0]]) if len(fitting) == 1 else {}
+    if "properties" in branch or "items" in branch:  # an object or a list (of sources): say what is wrong inside
         return [p for e in fitting[0][1] for p in _translate(e)]
     options = [_describe(resolve(b)) for b in error.validator_value]
     return [Problem(where, f"{_show(error.instance)} is not {' or '.join(options)}")]

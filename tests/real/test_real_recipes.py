@@ -1,4 +1,5 @@
-"""The recipes that read real datasets as they are (ShareGPT pairs, SciTLDR, WMT22 through data.templates) run from
+"""The recipes that read real datasets as they are (ShareGPT pairs, SciTLDR, WMT22 through data.templates, the three
+mixed with Alpaca) run from
 the command line on SmolLM2's real weights, cut down to a couple of steps: their paths, formats and templates
 resolve, and the summary shows the recipe's metric before and after."""
 from __future__ import annotations
@@ -18,6 +19,10 @@ RECIPES = {
     "dpo_sharegpt": (["--set", "data.train.limit=24", "--set", "training.gradient_accumulation_steps=1",
                       "--set", "training.max_length=128"],
                      "rewards/margins: 0.0000 -> "),
+    "mix_instruct": (["--set", "data.train.0.limit=8", "--set", "data.train.1.limit=4", "--set", "data.train.2.limit=4",
+                      "--set", "data.eval.0.limit=2", "--set", "data.eval.1.limit=2", "--set", "training.max_length=256",
+                      "--set", "evaluation.generation.max_new_tokens=8", "--set", "evaluation.baseline=false"],
+                     "wmt22 bleu: "),
     "summarize_scitldr": (["--set", "data.train.limit=16", "--set", "data.eval.limit=4", "--set", "training.max_length=384",
                            "--set", "evaluation.generation.max_new_tokens=16"], "rougeL: "),
     "translate_wmt22": (["--set", "data.train.limit=16", "--set", "data.eval.limit=4", "--set", "training.max_length=128",

@@ -306,7 +306,7 @@ def measure_before(trainer, plan: dict, prepared: Prepared, results: dict) -> di
 def count_examples(splits: data.Splits) -> dict:
     """Rows per split; a mixture's rows per source too (`train_sources`: what each gave the training rows)."""
     names = ("train", "eval", "evaluation", "retention")
-    counts = {name: len(getattr(splits, name)) for name in names if getattr(splits, name) is not None}
+    counts = {name: _rows(getattr(splits, name)) for name in names if getattr(splits, name) is not None}
     if splits.drawn is not None:
         counts["train_sources"] = dict(splits.drawn)
     if splits.eval_ranges is not None:

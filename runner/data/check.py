@@ -11,6 +11,7 @@ import json
 import statistics
 
 from runner.data import chat_masks
+from runner.data.streaming import first_row, head, is_stream, size
 from runner.errors import Problem, RecipeError
 from runner.data.check_report import render, warnings  # noqa: F401  (render: `check-data` prints it)
 from runner.data.rows import shown_rows
@@ -24,7 +25,7 @@ def check_chat_template(plan: dict, splits, tokenizer) -> None:
     on them: said before any weights load, with the fix."""
     from trl.data_utils import is_conversational
 
-    row = splits.train[0]
+    row = first_row(splits.train)
     if tokenizer.chat_template is None and is_conversational(row):
         raise RecipeError([Problem("/model/chat_template", "the data are conversations but the tokenizer has no "
                                    "chat template", "name a Jinja template file in model.chat_template")])
@@ -43,14 +44,15 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     config = chat_masks.loss_options(plan)
     token_loss = TASKS[plan["task"]].causal_lm
     max_length = config.get("max_length")
-    rows = _first(splits.train, sample)
+    rows = head(splits.train, sample)  # a stream's first rows (its first HEAD_ROWS when sample is None)
     masks = token_masks(rows, tokenizer, config)
     lengths = [len(mask) for mask in masks]
     cut = max_length if max_length and truncates_each_example(config) else None
     loss = loss_tokens(masks, cut, drops_emptied_examples(config)) if token_loss else None
     report = {
-        "examples": {name: len(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
-                     if getattr(splits, name) is not None},
+        "examples": {name: size(getattr(splits, name)) for name in ("train", "eval", "evaluation", "retention")
+                     if getattr(splits, name) is not None},  # None: streamed, its size unknown
+        "streamed": is_stream(splits.train),
         "token_lengths": length_stats(lengths),
         "max_length": max_length,
         "measured_rows": len(lengths),
@@ -58,8 +60,8 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
         "truncated": sum(n > cut for n in lengths) - (loss["emptied"] if loss else 0) if cut else 0,
         "loss_tokens": loss,
         "eval_loss_tokens": eval_loss_tokens(splits.eval, sample, tokenizer, config, cut) if token_loss else None,
-        "leakage": leakage(splits.train, splits.eval),
-        "preview": preview(splits.train[0], tokenizer, config),
+        "leakage": leakage(splits.train if not is_stream(splits.train) else rows, splits.eval),
+        "preview": preview(rows[0], tokenizer, config),
         "sources": per_source(splits, sample, tokenizer, config, cut, token_loss),
     }
     if token_loss:
@@ -74,23 +76,20 @@ def per_source(splits, sample: int | None, tokenizer, config: dict, cut: int | N
     if splits.train_sources is None:
         return None
     found = {}
+    drawn = splits.drawn or {}
     for name, rows in splits.train_sources.items():
-        masks = token_masks(_first(rows, sample), tokenizer, config)
+        masks = token_masks(head(rows, sample), tokenizer, config)
         lengths = [len(mask) for mask in masks]
         loss = loss_tokens(masks, cut, drops_emptied_examples(config)) if token_loss else None
-        found[name] = {"rows": len(rows), "drawn": splits.drawn[name],
-                       "share": splits.drawn[name] / sum(splits.drawn.values()),
+        found[name] = {"rows": size(rows), "drawn": drawn.get(name),
+                       "share": drawn[name] / sum(drawn.values()) if drawn else None,
                        "mean_tokens": statistics.fmean(lengths), "token_lengths": length_stats(lengths),
                        "measured_rows": len(lengths), "truncated": sum(n > cut for n in lengths) if cut else 0,
                        "loss_tokens": loss}
-    tokens = {name: entry["drawn"] * entry["mean_tokens"] for name, entry in found.items()}
+    tokens = {name: entry["drawn"] * entry["mean_tokens"] for name, entry in found.items() if entry["drawn"]}
     for name, entry in found.items():  # the mean of its measured rows stands for the rows it gave
-        entry["token_share"] = tokens[name] / sum(tokens.values()) if sum(tokens.values()) else 0.0
+        entry["token_share"] = tokens[name] / sum(tokens.values()) if name in tokens else None
     return found
-
-
-def _first(dataset, sample: int | None):
-    return dataset if sample is None else dataset.select(range(min(sample, len(dataset))))
 
 
 def truncates_each_example(config: dict) -> bool:
@@ -108,7 +107,7 @@ def eval_loss_tokens(held_out, sample: int | None, tokenizer, config: dict, cut:
     """loss_tokens of the evaluation examples: TRL truncates and drops them as it does training examples."""
     if held_out is None or cut is None:
         return None
-    return loss_tokens(token_masks(_first(held_out, sample), tokenizer, config), cut, drops_emptied_examples(config))
+    return loss_tokens(token_masks(head(held_out, sample), tokenizer, config), cut, drops_emptied_examples(config))
 
 
 DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run

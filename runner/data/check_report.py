@@ -29,26 +29,30 @@ def truncation_warnings(report: dict) -> list[str]:
     """What truncation does to the training examples, in the trainer's terms: cut and still trained, dropped
     (unpacked: TRL leaves them out), or kept in a pack with nothing to learn."""
     found, measured, limit = [], report["measured_rows"], report["max_length"]
-    total = report["examples"].get("train")
+    total, streamed = report["examples"].get("train"), report.get("streamed", False)
+    of = lambda count: _of(count, measured, total, streamed)  # noqa: E731
     if report["truncated"]:
         share = report["truncated"] / measured
-        found.append(f"{_of(report['truncated'], measured, total)} training examples ({share:.1%}) are longer than "
+        found.append(f"{of(report['truncated'])} training examples ({share:.1%}) are longer than "
                      f"max_length {limit} and will be truncated to it (the start is kept and still carries loss)")
     loss = report["loss_tokens"]
     if loss and loss["dropped"]:
-        found.append(f"{_of(loss['dropped'], measured, total)} training examples will be dropped by the trainer: "
+        found.append(f"{of(loss['dropped'])} training examples will be dropped by the trainer: "
                      f"truncation at max_length {limit} cuts away every token that carries loss (rows "
                      f"{shown_rows(loss['dropped_rows'], loss['dropped'])}); it trains on the other "
-                     f"{measured - loss['dropped']}" + ("" if total == measured else " measured"))
+                     f"{measured - loss['dropped']}" + ("" if total == measured and not streamed else " measured"))
     elif loss and loss["emptied"]:
-        found.append(f"{_of(loss['emptied'], measured, total)} training examples lose every token that carries loss "
+        found.append(f"{of(loss['emptied'])} training examples lose every token that carries loss "
                      f"to truncation at max_length {limit}: packed, they stay in the data and train on nothing "
                      f"(rows {shown_rows(loss['emptied_rows'], loss['emptied'])})")
     return found
 
 
-def _of(count: int, measured: int, total: int | None) -> str:
-    """'3 of the 25' when every example was measured, else '3 of the first 2000 measured (of 50000)'."""
+def _of(count: int, measured: int, total: int | None, streamed: bool = False) -> str:
+    """'3 of the 25' when every example was measured, else '3 of the first 2000 measured (of 50000)'; a stream's
+    total is not known."""
+    if streamed:
+        return f"{count} of the first {measured} measured (the training data streams)"
     return f"{count} of the {measured}" if total in (None, measured) else \
         f"{count} of the first {measured} measured (of {total})"
 
@@ -74,15 +78,19 @@ def source_lines(report: dict) -> list[str]:
         stats, loss = entry["token_lengths"], entry["loss_tokens"]
         loss_part = f", loss tokens {loss['all']} of {loss['tokens']} ({loss['all'] / loss['tokens']:.1%})" \
             if loss and loss["tokens"] else ""
-        lines.append(f"  {name}: {entry['drawn']} examples from its {entry['rows']} rows; {entry['share']:.1%} of "
-                     f"examples, ~{entry['token_share']:.1%} of tokens; tokens per example median {stats['median']}, "
-                     f"max {stats['max']}; truncated {entry['truncated']} of {entry['measured_rows']}{loss_part}")
+        given = (f"{entry['drawn']} examples from its {entry['rows']} rows; {entry['share']:.1%} of examples, "
+                 f"~{entry['token_share']:.1%} of tokens" if entry["drawn"] is not None else
+                 "streamed (what it gives is known once training reads it)")
+        lines.append(f"  {name}: {given}; tokens per example median {stats['median']}, max {stats['max']}; "
+                     f"truncated {entry['truncated']} of {entry['measured_rows']}{loss_part}")
     return lines
 
 
 def render(report: dict) -> str:
     stats = report["token_lengths"]
-    lines = [f"examples: {', '.join(f'{k} {v}' for k, v in report['examples'].items())}",
+    counts = ", ".join(f"{split} {count if count is not None else '(streamed)'}"
+                       for split, count in report["examples"].items())
+    lines = [f"examples: {counts}",
              f"training tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, "
              f"max {stats['max']} (max_length {report['max_length']})",
              *loss_line(report),

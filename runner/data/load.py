@@ -12,6 +12,7 @@ from runner.data import files as data_files
 from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
 from runner.data import sharegpt
+from runner.data import streaming
 from runner.data.mixture import concatenated, mixed
 from runner.data.rows import shown_rows
 from runner.recipe import templates
@@ -50,7 +51,7 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
     problems name rows of the files the user has.
     """
     spec, evaluation = plan["data"], plan["evaluation"]
-    sources = {part["name"]: load_part(part) for part in spec["train"]}
+    sources = {part["name"]: load_part(part, whole=False) for part in spec["train"]}
     train, drawn = mixed(sources, spec, plan["recipe"]["training"]["seed"])
     held_out, ranges = None, None
     if spec["eval"] is not None:
@@ -87,11 +88,15 @@ def split_off_eval(splits: Splits, fraction: float, seed: int) -> Splits:
 
 
 def load_source(source: dict, where: str, text_columns: tuple = ()):
-    """One source as a dataset; `text_columns` of a CSV/TSV file are read as strings (see load_file)."""
+    """One source as a dataset (a stream when it says `streaming`); `text_columns` of a CSV/TSV file are read as
+    strings (see load_file)."""
+    streamed = bool(source.get("streaming"))
     if "path" in source:
-        dataset = load_file(Path(source["path"]), source["split"], f"{where}/path", text_columns)
+        dataset = load_file(Path(source["path"]), source["split"], f"{where}/path", text_columns, streamed)
     else:
-        dataset = load_hub(source, where)
+        dataset = load_hub(source, where, streamed)
+    if streamed:
+        return dataset if source["limit"] is None else dataset.take(source["limit"])
     if source["limit"] is not None:
         dataset = dataset.select(range(min(source["limit"], len(dataset))))
     if len(dataset) == 0:
@@ -99,7 +104,7 @@ def load_source(source: dict, where: str, text_columns: tuple = ()):
     return dataset
 
 
-def load_file(path: Path, split: str, where: str, text_columns: tuple):
+def load_file(path: Path, split: str, where: str, text_columns: tuple, streaming: bool = False):
     """A local file; what is wrong with it named with its line and the fix (runner/data/files.py).
 
     A CSV/TSV column is typed from its cells, so a text column of digits only ("123") would arrive as integers
@@ -115,7 +120,10 @@ def load_file(path: Path, split: str, where: str, text_columns: tuple):
     if builder == "csv" and text_columns:
         options = {**options, "converters": dict.fromkeys(text_columns, str)}
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split=split, **options)
+        dataset = datasets.load_dataset(builder, data_files=str(path), split=split, streaming=streaming, **options)
+        if streaming:  # a stream parses as it is read: its first rows now, so a broken file is said here
+            next(iter(dataset.take(1)), None)
+            return dataset
     except Exception as exc:  # datasets raises many types for unreadable data
         found = data_files.diagnose(path, where, _cause(exc))
         raise RecipeError([found or Problem(where, f"cannot load {path}: {_cause(exc)}")]) from None
@@ -127,22 +135,28 @@ def load_file(path: Path, split: str, where: str, text_columns: tuple):
     return dataset
 
 
-def load_hub(source: dict, where: str):
+def load_hub(source: dict, where: str, streaming: bool = False):
     import datasets
 
     try:
         return datasets.load_dataset(source["hub"], source["subset"], split=source["split"],
-                                     revision=source["revision"])
+                                     revision=source["revision"], streaming=streaming)
     except Exception as exc:  # datasets raises many types for unreachable data
         raise RecipeError([Problem(f"{where}/hub", f"cannot load {source['hub']}: {_cause(exc)}")]) from None
 
 
-def load_part(part: dict):
-    """One source's rows, in its format's canonical columns (part: a source as the plan lists it)."""
+def load_part(part: dict, whole: bool = True):
+    """One source's rows, in its format's canonical columns (part: a source as the plan lists it). `whole`: read a
+    streamed source's rows (its limit's worth) once, as evaluation data is; else it stays a stream."""
     read = [name for template in (part.get("templates") or {}).values() for name in templates.fields(template)]
     # CSV/TSV cells a format or a template reads stay text ("007" is not 7)
     text_columns = tuple(col for field, col in part["columns"].items() if field != "label") + tuple(read)
-    return canonical(load_source(part["source"], part["where"], text_columns), part)
+    dataset = load_source(part["source"], part["where"], text_columns)
+    if not streaming.is_stream(dataset):
+        return canonical(dataset, part)
+    if whole:
+        return canonical(streaming.read_whole(dataset), part)
+    return streaming.canonical_stream(dataset, part, canonical, CONVERTERS, _name(part["source"]))
 
 
 def canonical(dataset, spec: dict):

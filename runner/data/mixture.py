@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 
+from runner.data.streaming import size
 from runner.errors import Problem, RecipeError
 
 SOURCE = "__mixture_source__"  # the index of a row's source, while the mixture is drawn
 
 
-def mixed(sources: dict, spec: dict, training_seed: int) -> tuple[object, dict[str, int]]:
-    """(the training rows, source name -> rows it gave); one source is its own mixture."""
+def mixed(sources: dict, spec: dict, training_seed: int) -> tuple[object, dict[str, int] | None]:
+    """(the training rows, source name -> rows it gave: None when streamed); one source is its own mixture."""
     if len(sources) == 1:
         (name, only), = sources.items()
-        return only, {name: len(only)}
+        return only, {name: size(only)} if size(only) is not None else None
     import datasets
 
+    if any(isinstance(part, datasets.IterableDataset) for part in sources.values()):
+        return streamed_mixture(sources, spec, training_seed), None
     tagged = [part.add_column(SOURCE, [index] * len(part))
               for index, part in enumerate(aligned(sources, spec["train"]))]
     mixture = spec["mixture"]
@@ -33,6 +36,22 @@ def mixed(sources: dict, spec: dict, training_seed: int) -> tuple[object, dict[s
                                                 seed=seed, stopping_strategy=mixture["stopping_strategy"])
     counts = Counter(combined[SOURCE])
     return combined.remove_columns(SOURCE), {name: counts.get(index, 0) for index, name in enumerate(sources)}
+
+
+def streamed_mixture(sources: dict, spec: dict, training_seed: int):
+    """A mixture with a streamed source streams as a whole (the others read as streams of their rows); what each
+    source gave is not known before training has read it."""
+    import datasets
+
+    streams = [part if isinstance(part, datasets.IterableDataset) else part.to_iterable_dataset()
+               for part in sources.values()]
+    mixture = spec["mixture"]
+    if mixture["strategy"] == "concatenate":
+        return datasets.concatenate_datasets(streams)
+    weights = [part["weight"] for part in spec["train"]]
+    seed = mixture["seed"] if mixture["seed"] is not None else training_seed
+    return datasets.interleave_datasets(streams, probabilities=[w / sum(weights) for w in weights], seed=seed,
+                                        stopping_strategy=mixture["stopping_strategy"])
 
 
 def concatenated(sources: dict, parts: list[dict]) -> tuple[object, dict[str, tuple[int, int]]]:

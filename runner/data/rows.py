@@ -65,29 +65,35 @@ ROW_CHECKS = {"sharegpt": sharegpt.system_problem, "sharegpt_preference": shareg
 
 def row_problems(dataset, columns: dict, optional: tuple, where: str, name: str, fmt: str = "") -> list[Problem]:
     """Problems with the rows of a canonical dataset; `columns` maps canonical field -> source column."""
-    checks = {**CHECKS, **FORMAT_CHECKS.get(fmt, {})}
     found: dict[tuple[str, str], list[int]] = {}
     row = 0
     for batch in dataset.iter(batch_size=1000):
         size = len(next(iter(batch.values())))
         for i in range(size):
             row += 1
-            for field, values in batch.items():
-                value = values[i]
-                if field in optional and field in OPTIONAL_WHEN_EMPTY and value in (None, ""):
-                    continue
-                reason = checks[field](value)
-                if reason:
-                    found.setdefault((field, reason), []).append(row)
-            whole = ROW_CHECKS.get(fmt)
-            reason = whole({field: values[i] for field, values in batch.items()}) if whole else None
-            if reason:
-                found.setdefault(("conversations", reason), []).append(row)
-    return [
-        Problem(where, f"{len(rows)} rows {reason}: rows {shown_rows(rows)} (column {columns.get(field, field)}) in {name}",
-                HINTS.get(reason))
-        for (field, reason), rows in found.items()
-    ]
+            for found_in in row_reasons({field: values[i] for field, values in batch.items()}, optional, fmt):
+                found.setdefault(found_in, []).append(row)
+    return [problem(where, reason, rows, columns.get(field, field), name) for (field, reason), rows in found.items()]
+
+
+def row_reasons(row: dict, optional: tuple, fmt: str) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each problem of one canonical row."""
+    checks = {**CHECKS, **FORMAT_CHECKS.get(fmt, {})}
+    found = []
+    for field, value in row.items():
+        if field in optional and field in OPTIONAL_WHEN_EMPTY and value in (None, ""):
+            continue
+        reason = checks[field](value)
+        if reason:
+            found.append((field, reason))
+    whole = ROW_CHECKS.get(fmt)
+    reason = whole(row) if whole else None
+    return found + ([("conversations", reason)] if reason else [])
+
+
+def problem(where: str, reason: str, rows: list[int], column: str, name: str) -> Problem:
+    return Problem(where, f"{len(rows)} rows {reason}: rows {shown_rows(rows)} (column {column}) in {name}",
+                   HINTS.get(reason))
 
 
 HINTS = {

@@ -36,6 +36,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     raw_config, config_source = read_model_config(doc["model"])
     model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
     problems = check_model(doc["model"], raw_config, task) + data_sources.check_data(doc["data"], task)
+    problems += data_sources.check_streaming(doc, task)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
     output_dir = resolve_output_dir(doc)

@@ -65,6 +65,31 @@ def check_data(data: dict, task: Task) -> list[Problem]:
     return list({(p.path, p.message): p for p in problems}.values())  # a shared setting's problem, said once
 
 
+def check_streaming(doc: dict, task: Task) -> list[Problem]:
+    """A streamed training source has no length (max_steps, no eval_fraction); evaluation data is read whole (a
+    limit); a task that reads its whole training data first cannot stream it."""
+    data, problems = doc["data"], []
+    streamed = [where for where, source in split_sources(data, "train") if source["streaming"]]
+    if streamed and doc["training"]["max_steps"] <= 0:
+        problems.append(Problem("/training/max_steps", f"{streamed[0]} is streamed: its length, and so an epoch's "
+                                "steps, is not known", "set training.max_steps (the optimizer steps to take)"))
+    if streamed and data["eval_fraction"] is not None:
+        problems.append(Problem("/data/eval_fraction", f"cannot split rows off {streamed[0]}, which is streamed",
+                                "name the evaluation data in data.eval"))
+    if streamed and doc["training"].get("precompute_ref_log_probs"):
+        problems.append(Problem("/training/precompute_ref_log_probs", f"reads the whole training data before "
+                                f"training; {streamed[0]} is streamed", "set it to false"))
+    if streamed and not task.streams:
+        problems.append(Problem(f"{streamed[0]}/streaming", f"task '{task.name}' reads its whole training data "
+                                "before training (the label set, class weights)", "load it whole: streaming false"))
+    held_out = split_sources(data, "eval") + [(f"/evaluation/{key}", doc["evaluation"][key])
+                                              for key in ("data", "retention") if doc["evaluation"][key]]
+    problems += [Problem(f"{where}/limit", "a streamed evaluation source is read whole, every evaluation: it needs "
+                         "a limit", "set limit to the number of rows to evaluate on (they are read once)")
+                 for where, source in held_out if source["streaming"] and source["limit"] is None]
+    return problems
+
+
 def check_part(part: dict, data: dict, task: Task) -> list[Problem]:
     fmt, at = part["format"], part["settings_at"]
     if fmt not in task.formats:

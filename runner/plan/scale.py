@@ -152,6 +152,8 @@ def train_rows(doc: dict) -> tuple[int | None, str | None]:
 
 def source_rows(source: dict) -> tuple[int | None, str | None]:
     """Rows one source gives (after its `limit`), when a local file tells cheaply; else None and why not."""
+    if source.get("streaming"):
+        return None, "streamed: its size is known only once it has been read"
     if "path" not in source:
         return None, "Hub dataset: its size is known once it loads"
     path = Path(source["path"])

@@ -51,6 +51,7 @@ class Task:
     # (chosen and rejected rows, a reference), "classification" (a classification head)
     memory_kind: str = "sft"
     uses_chat_template: bool = True  # chat formats render through the tokenizer's (or the recipe's) template
+    streams: bool = True  # its training data may stream (no step of it reads the whole data first)
 
 
 GENERATIVE = ("exact_match", "rouge", "bleu")
@@ -113,6 +114,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         fresh_head=True,
         predicts_labels=True,
         uses_chat_template=False,
+        streams=False,  # the label set and class weights are read from the whole training data
         memory_kind="classification",
     ),
 })

@@ -84,7 +84,8 @@ def _data_lines(manifest: dict, plan: dict) -> list[str]:
     lines = [f"- format: {data['format']}"]
     for split in ("train", "eval"):
         parts = data.get(split) or []
-        counted = f", {examples[split]:,} examples" if split in examples else ""
+        counted = (f", {examples[split]:,} examples" if examples.get(split) is not None else
+                   ", streamed" if split in examples else "")
         if len(parts) == 1:
             lines.append(f"- {split}: {_source(parts[0]['source'])}{counted}")
         elif parts:

@@ -12,6 +12,7 @@ import sys
 
 from runner.data import load as data
 from runner.data.check import check_chat_template
+from runner.data.streaming import first_row
 from runner.launch import decide, machine
 from runner.train.trainer import build_trainer
 
@@ -86,4 +87,4 @@ def data_shape(splits: data.Splits) -> dict:
     """Whether the trainer saw chat conversations: `predict` then prompts through the chat template too."""
     from trl.data_utils import is_conversational
 
-    return {"conversational": bool(is_conversational(splits.train[0]))}
+    return {"conversational": bool(is_conversational(first_row(splits.train)))}

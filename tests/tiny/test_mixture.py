@@ -190,3 +190,27 @@ def test_a_resumed_run_notices_a_changed_source_of_the_mixture(tmp_path):
     assert sorted(saved) == ["train/0", "train/1", "train/2"]
     write_jsonl(tmp_path / "sharegpt.jsonl", SHAREGPT[:-1])
     assert resume.changed_files(saved, doc) == [("train/1", str(tmp_path / "sharegpt.jsonl"))]
+
+
+def test_a_dpo_mixture_of_sharegpt_pairs_and_conversational_pairs_trains(tmp_path, shared_data):
+    """LLaMA-Factory's pref_dpo pairs as they are (sharegpt_preference) mixed with conversational `preference`
+    rows: both reach DPO as conversational prompt/chosen/rejected, and a run takes steps on the mixture."""
+    from runner.commands.run import run
+
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": [{"role": "user", "content": f"Reverse {w}"}],
+                                            "chosen": [{"role": "assistant", "content": w[::-1]}],
+                                            "rejected": [{"role": "assistant", "content": w}]}
+                                           for w in ("abc", "hello", "world", "token") * 4])
+    recipe = base_recipe(tmp_path, task="dpo", data={"train": [
+        {"path": str(shared_data / "pref_dpo" / "dpo_en_demo.json"), "format": "sharegpt_preference", "limit": 8,
+         "name": "pref_dpo"},
+        {"path": "pairs.jsonl", "format": "preference", "weight": 2}]},
+        training={"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "logging_steps": 1,
+                  "save_strategy": "no"})
+    plan = build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+    splits, _ = load_all(plan)
+    assert set(splits.train.column_names) == {"prompt", "chosen", "rejected"}
+    assert splits.drawn["pref_dpo"] == 8 or splits.drawn["pairs"] == 16  # first_exhausted: one ran out
+    manifest = run(plan, argv=["test"])
+    assert manifest["status"] == "finished" and manifest["examples"]["train_sources"] == splits.drawn
+    assert len([h for h in manifest["history"] if "loss" in h]) == 2

@@ -164,6 +164,9 @@ def encode(row: dict, tokenizer, config: dict, masks: chat_masks.ChatMasks | Non
     if "messages" in row:  # loss on every token
         ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
         return ids, [1] * len(ids)
+    if set(row) <= PROMPT_ONLY:  # online RL: the prompt is all there is to tokenize; completions are generated
+        ids = _prompt_ids(row["prompt"], tokenizer)
+        return ids, [0] * len(ids)
     if "completion" in row or "chosen" in row:
         answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
         ids, prompt_length = max((_with_prompt(row.get("prompt"), a, tokenizer) for a in answers),
@@ -183,7 +186,7 @@ def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
     rows = list(rows)
     first = rows[0] if rows else {}
     plain = all(isinstance(first.get(k), str) for k in first if k in ("prompt", "completion", "chosen", "rejected", "text"))
-    if not rows or "messages" in first or not plain or "text_pair" in first:
+    if not rows or "messages" in first or not plain or "text_pair" in first or set(first) <= PROMPT_ONLY:
         masks = chat_masks.ChatMasks(tokenizer)
         return [encode(row, tokenizer, config, masks)[1] for row in rows]
     if "text" in first:
@@ -199,6 +202,16 @@ def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
     only_answer = config.get("completion_only_loss", True) is not False
     return [[0] * (head if only_answer else 0) + [1] * (n - (head if only_answer else 0))
             for head, n in zip(heads, longest)]
+
+
+PROMPT_ONLY = {"prompt", "answer"}  # the fields of a prompt_only row
+
+
+def _prompt_ids(prompt, tokenizer) -> list[int]:
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
 
 
 def _with_eos(ids: list[int], tokenizer) -> int:

@@ -48,9 +48,9 @@ def _label(value) -> str | None:
 CHECKS = {
     "text": _text, "prompt": _text_or_turns, "completion": _text_or_turns, "messages": _conversation,
     "instruction": _text, "output": _text, "chosen": _text_or_turns, "rejected": _text_or_turns,
-    "label": _label, "text_pair": _text, "input": _text,
+    "label": _label, "text_pair": _text, "input": _text, "answer": _text,
 }
-OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system")  # optional fields may be missing or empty
+OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system", "answer")  # optional fields may be missing or empty
 # A format whose fields hold other shapes than the same-named fields of other formats: its own checks.
 FORMAT_CHECKS = {
     "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text},

@@ -55,8 +55,17 @@ def preference(row: dict, tokenizer):
     return prompt_completion({"prompt": row["prompt"], "completion": row["chosen"]}, tokenizer)
 
 
+def prompt_only(row: dict, tokenizer):
+    """The prompt, and the reference answer where the row has one (rows without are skipped)."""
+    if row.get("answer") is None:
+        return None
+    return prompt_completion({"prompt": row["prompt"], "completion": row["answer"] if not isinstance(row["prompt"], list)
+                              else [{"role": "assistant", "content": row["answer"]}]}, tokenizer)
+
+
 # Trained format -> (prompt token ids, reference answer) of a row: every generative format has one.
-PROMPT_AND_ANSWER = {"prompt_completion": prompt_completion, "messages": messages, "preference": preference}
+PROMPT_AND_ANSWER = {"prompt_completion": prompt_completion, "messages": messages, "preference": preference,
+                     "prompt_only": prompt_only}
 
 
 def stop_tokens(model, tokenizer) -> list[int]:

@@ -80,8 +80,10 @@ def loss_metrics(evaluated: dict, wanted: list[str], prefix: str = "eval") -> di
         out["loss"] = evaluated[f"{prefix}_loss"]
     if "perplexity" in wanted:
         out["perplexity"] = m.perplexity(evaluated[f"{prefix}_loss"])
-    if "rewards" in wanted:  # TRL's DPO adds eval_rewards/chosen, /rejected, /accuracies, /margins (whatever the prefix)
-        out.update({k.removeprefix("eval_"): v for k, v in evaluated.items() if k.startswith("eval_rewards/")})
+    if "rewards" in wanted:  # TRL's DPO adds eval_rewards/chosen, /rejected, /accuracies, /margins (whatever the
+        # prefix); GRPO and RLOO eval_reward (the weighted sum) and eval_rewards/<name>/mean and /std
+        out.update({k.removeprefix("eval_"): v for k, v in evaluated.items()
+                    if k.startswith("eval_rewards/") or k in ("eval_reward", "eval_reward_std")})
     return out
 
 

@@ -16,6 +16,7 @@ from runner.plan import decisions
 from runner.plan import gguf_file
 from runner.plan import data_sources
 from runner.plan import memory_fit
+from runner.plan import rewards
 from runner.plan import scale
 from runner.plan import cache_location
 from runner.errors import Problem, RecipeError, did_you_mean, pointer
@@ -39,6 +40,9 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     problems += data_sources.check_streaming(doc, task)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
+    problems += rewards.check_rewards(doc, task, fmt)
+    if task.rewarded:
+        problems += rewards.check_generation(doc, topology.world_size) + rewards.check_reference(doc)
     output_dir = resolve_output_dir(doc)
     problems += check_methods(doc, model_config, task) + cache_location.check_location(doc, output_dir)
     problems += scale.check_topology(doc, topology)
@@ -58,8 +62,9 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
             "reference_model": reference_model(doc, task),
         },
         "evaluation": evaluation_spec(doc, task, fmt),
+        "rewards": rewards.rewards_spec(doc),
         "topology": topology.to_dict(),
-        "batch": scale.batch_arithmetic(doc, topology, decisions.packing_may_be_decided(doc, task.name, model_config)),
+        "batch": batch_section(doc, task, topology, model_config),
         "parameters": parameter_counts(model_config, config_source, doc["peft"], task),
         "memory": memory_fit.memory_section(doc, model_config, task.memory_kind, reference_model(doc, task),
                                             topology, config_source),
@@ -194,6 +199,13 @@ def check_training(doc: dict, task: Task, fmt: str) -> list[Problem]:
     return problems
 
 
+def batch_section(doc: dict, task: Task, topology: Topology, model_config: dict | None) -> dict:
+    batch = scale.batch_arithmetic(doc, topology, decisions.packing_may_be_decided(doc, task.name, model_config))
+    if task.rewarded:  # online RL: prompts x completions per generation (TRL's arithmetic)
+        batch["generation"] = rewards.generation_batch(doc, topology.world_size)
+    return batch
+
+
 def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
     """Keyword arguments of the trainer's config class: the recipe's section plus output_dir.
 
@@ -205,6 +217,8 @@ def trainer_config(doc: dict, task: Task, fmt: str, output_dir: str) -> dict:
               if k not in task.runner_keys and (k != "bf16" or v is not None)}
     # transformers would average a NaN away in the logged loss; the runner must see it to stop the run
     config["logging_nan_inf_filter"] = False
+    if doc.get("rewards"):  # TRL sums the rewards with these weights, in the order the trainer gets them
+        config["reward_weights"] = [float(reward["weight"]) for reward in doc["rewards"]]
     return {"output_dir": output_dir, **config}
 
 

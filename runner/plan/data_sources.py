@@ -79,9 +79,9 @@ def check_streaming(doc: dict, task: Task) -> list[Problem]:
     if streamed and doc["training"].get("precompute_ref_log_probs"):
         problems.append(Problem("/training/precompute_ref_log_probs", f"reads the whole training data before "
                                 f"training; {streamed[0]} is streamed", "set it to false"))
-    if streamed and not task.streams:
-        problems.append(Problem(f"{streamed[0]}/streaming", f"task '{task.name}' reads its whole training data "
-                                "before training (the label set, class weights)", "load it whole: streaming false"))
+    if streamed and task.cannot_stream:
+        problems.append(Problem(f"{streamed[0]}/streaming", f"task '{task.name}' cannot stream its training data: "
+                                f"{task.cannot_stream}", "load it whole: streaming false"))
     held_out = split_sources(data, "eval") + [(f"/evaluation/{key}", doc["evaluation"][key])
                                               for key in ("data", "retention") if doc["evaluation"][key]]
     problems += [Problem(f"{where}/limit", "a streamed evaluation source is read whole, every evaluation: it needs "

@@ -51,7 +51,10 @@ class Task:
     # (chosen and rejected rows, a reference), "classification" (a classification head)
     memory_kind: str = "sft"
     uses_chat_template: bool = True  # chat formats render through the tokenizer's (or the recipe's) template
-    streams: bool = True  # its training data may stream (no step of it reads the whole data first)
+    # why its training data cannot stream (None: it can): a step that needs the whole data, or indices into it
+    cannot_stream: str | None = None
+    # trained online from generated completions, scored by the recipe's `rewards` (required, and refused elsewhere)
+    rewarded: bool = False
 
 
 GENERATIVE = ("exact_match", "rouge", "bleu")
@@ -114,10 +117,28 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         fresh_head=True,
         predicts_labels=True,
         uses_chat_template=False,
-        streams=False,  # the label set and class weights are read from the whole training data
+        cannot_stream="it reads the label set and class weights from the whole training data first",
         memory_kind="classification",
     ),
 })
+
+
+_ONLINE_RL = Task(
+    name="grpo",
+    peft_task_type="CAUSAL_LM",
+    # prompts, and a reference answer the rewards may compare completions with (TRL's prompt-only datasets)
+    formats=MappingProxyType({"prompt_only": Format(("prompt",), optional=("answer",), generative=True)}),
+    default_metrics=("rewards",),
+    metrics=("rewards",) + GENERATIVE,  # the mean reward of generated completions, per reward, before and after
+    causal_lm=False,  # the policy loss is not a token loss over the data: no perplexity, no retention set
+    cannot_stream="TRL's sampler repeats each prompt num_generations times by its index",
+    rewarded=True,
+)
+TASKS = MappingProxyType({**TASKS,
+                          # online RL: completions generated, scored by the rewards, the policy pushed towards the
+                          # better ones within each prompt's group (GRPO) or against the others' mean (RLOO)
+                          "grpo": _ONLINE_RL,
+                          "rloo": replace(_ONLINE_RL, name="rloo")})
 
 
 def trained_format(task: Task, fmt: str) -> str:

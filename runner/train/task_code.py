@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from runner.train import classification
-from runner.train.trainer_kwargs import lm_trainer_kwargs
+from runner.train.trainer_kwargs import lm_trainer_kwargs, rl_trainer_kwargs
 
 
 def _sft_trainer():
@@ -31,6 +31,30 @@ def _dpo_config():
     from trl import DPOConfig
 
     return DPOConfig
+
+
+def _grpo_trainer():
+    from trl import GRPOTrainer
+
+    return GRPOTrainer
+
+
+def _grpo_config():
+    from trl import GRPOConfig
+
+    return GRPOConfig
+
+
+def _rloo_trainer():
+    from trl import RLOOTrainer
+
+    return RLOOTrainer
+
+
+def _rloo_config():
+    from trl import RLOOConfig
+
+    return RLOOConfig
 
 
 def _trainer():
@@ -71,6 +95,8 @@ TASK_CODE = {
     "sft": _SFT,
     "pretrain": _SFT,
     "dpo": TaskCode(_dpo_trainer, _dpo_config, _causal_lm, lm_trainer_kwargs),
+    "grpo": TaskCode(_grpo_trainer, _grpo_config, _causal_lm, rl_trainer_kwargs),
+    "rloo": TaskCode(_rloo_trainer, _rloo_config, _causal_lm, rl_trainer_kwargs),
     "classification": TaskCode(_trainer, _training_arguments, _sequence_classification,
                                classification.classification_trainer_kwargs),
 }

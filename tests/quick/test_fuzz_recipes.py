@@ -586,7 +586,7 @@ def _typed_values(sub: dict, kind: str):
 
 
 def training_fields(task: str) -> dict:
-    kind = {"sft": "sft", "pretrain": "sft", "dpo": "dpo", "classification": "classification"}[task]
+    kind = {"sft": "sft", "pretrain": "sft"}.get(task, task)
     return {**DEFS["training_common"]["properties"], **DEFS[f"training_{kind}"]["properties"]}
 
 
@@ -611,7 +611,9 @@ def valid_recipes(draw, data_dir: Path):
     if fmt == "labelled":
         data["labels"] = draw(st.one_of(st.none(), st.just(["neg", "pos"])))
     fix_cross_field_rules(training, task, fmt, has_eval=eval_source != "none")
+    rewards = {"rewards": [{"type": "exact_match"}]} if TASKS[task].rewarded else {}
     return {
+        **rewards,
         "name": draw(st.from_regex(NAME_PATTERN, fullmatch=True)),
         "task": task,
         "model": {"name_or_path": str(TINY_MODEL), "init": "random",
@@ -638,6 +640,11 @@ def fix_cross_field_rules(training: dict, task: str, fmt: str, has_eval: bool) -
             training[key] = None
     if not has_eval:
         training.update(eval_strategy="no", eval_on_start=False)
+    if TASKS[task].rewarded:  # the generation batch in whole groups, evaluated in whole groups (TRL's rules)
+        training.update(generation_batch_size=None, steps_per_generation=None, num_generations_eval=None, beta=0.0)
+        training["num_generations"] = 2
+        training["per_device_train_batch_size"] = 2 * training.get("per_device_train_batch_size", 4)
+        training["per_device_eval_batch_size"] = 2 * training.get("per_device_eval_batch_size", 8)
 
 
 def fix_method_rules(peft: dict, training: dict) -> dict:

@@ -80,6 +80,8 @@ def test_path_fields_are_found():
         "data.eval.path": "local",
         "data.train.*.path": "local",  # each source of a mixture
         "data.eval.*.path": "local",
+        "rewards.*.path": "local-or-hub",  # a reward run or model
+        "rewards.*.file": "local",  # a code reward
         "evaluation.data.path": "local",
         "evaluation.retention.path": "local",
     }

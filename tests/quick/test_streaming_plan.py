@@ -40,8 +40,8 @@ def test_streamed_evaluation_data_needs_a_limit(tmp_path):
 def test_a_task_that_reads_its_whole_training_data_first_cannot_stream(tmp_path):
     write_jsonl(tmp_path / "labelled.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
     found = problems_of(tmp_path, task="classification", data={"train": {"path": "labelled.jsonl", "streaming": True}})
-    assert found == [("/data/train/streaming", "task 'classification' reads its whole training data before training "
-                                               "(the label set, class weights)")]
+    assert found == [("/data/train/streaming", "task 'classification' cannot stream its training data: it reads the "
+                                               "label set and class weights from the whole training data first")]
 
 
 def test_precomputed_reference_log_probs_cannot_stream(tmp_path):

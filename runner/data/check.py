@@ -11,6 +11,7 @@ import json
 import statistics
 
 from runner.data import chat_masks
+from runner.data import tool_calls
 from runner.errors import Problem, RecipeError
 from runner.data.check_report import render, warnings  # noqa: F401  (render: `check-data` prints it)
 from runner.data.rows import shown_rows
@@ -28,10 +29,18 @@ def check_chat_template(plan: dict, splits, tokenizer) -> None:
     if tokenizer.chat_template is None and is_conversational(row):
         raise RecipeError([Problem("/model/chat_template", "the data are conversations but the tokenizer has no "
                                    "chat template", "name a Jinja template file in model.chat_template")])
-    if chat_masks.masked_by_runner(row, chat_masks.loss_options(plan)):
-        problems = chat_masks.template_problems(tokenizer)
-        if problems:
-            raise RecipeError(problems)
+    masked = chat_masks.masked_by_runner(row, chat_masks.loss_options(plan))
+    problems = chat_masks.template_problems(tokenizer) if masked else []
+    if splits.tool_rows and not problems:
+        problems = chat_masks.tool_problems(tokenizer, tool_rows_named(splits.tool_rows), masked)
+    if problems:
+        raise RecipeError(problems)
+
+
+def tool_rows_named(found: dict) -> str:
+    """'/data/train: rows 2, 5 of data/train.jsonl' for Splits.tool_rows, each source where tool calls are."""
+    return "; ".join(f"{where}: {'row' if info['count'] == 1 else 'rows'} {shown_rows(info['rows'], info['count'])} "
+                     f"of {info['source']}" for where, info in found.items())
 
 
 def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
@@ -141,7 +150,8 @@ def encode(row: dict, tokenizer, config: dict, masks: chat_masks.ChatMasks | Non
         out = chat_masks.row_tokens(masks or chat_masks.ChatMasks(tokenizer), row, config)
         return out["input_ids"], out["assistant_masks"]
     if "messages" in row:  # loss on every token
-        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(tool_calls.for_template(row["messages"]), tokenize=True, return_dict=True,
+                                            tools=tool_calls.tools_for_template(row.get("tools")))["input_ids"]
         return ids, [1] * len(ids)
     if "completion" in row or "chosen" in row:
         answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]

@@ -5,13 +5,14 @@ naming the recipe path of the source, before any model is loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.data import files as data_files
 from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
 from runner.data import sharegpt
+from runner.data import tool_calls
 from runner.data.rows import shown_rows
 from runner.recipe import templates
 from runner.data.labels import encode_labels
@@ -35,6 +36,9 @@ class Splits:
     retention: object | None  # general text measured before and after training
     # each evaluation row's reference answers (evaluation.references), in the rows' order; None: the format's own
     references: list[list[str]] | None = None
+    # the sources whose conversations call tools, by recipe path: {"source", "count", "rows"} (the file's row
+    # numbers), read before eval_fraction reorders rows, so a template without tool support is named with them
+    tool_rows: dict = field(default_factory=dict)
 
 
 def load_all(plan: dict) -> tuple[Splits, dict]:
@@ -56,6 +60,7 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
                      "column_hint": "retention data needs a 'text' column of plain text"}
         retention = load_canonical(evaluation["retention"], text_spec, "/evaluation/retention")
     splits, derived = Splits(train, held_out, chosen, retention, references), {"config": {}, "settings": {}}
+    splits.tool_rows = tool_rows({"/data/train": (spec["train"], train), "/data/eval": (spec["eval"], held_out)})
     prepare = PREPARE.get(plan["task"])
     if prepare is not None:
         splits, derived = prepare(plan, splits)
@@ -67,6 +72,16 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
         raise RuntimeError(f"{len(splits.references)} reference lists for {len(splits.evaluation)} evaluation rows: "
                            "a data step changed the rows evaluation.references was read for")
     return splits, derived
+
+
+def tool_rows(sources: dict) -> dict:
+    """{recipe path: {"source", "count", "rows"}} for the sources whose conversations call tools."""
+    found = {}
+    for where, (source, dataset) in sources.items():
+        count, rows = tool_calls.rows_with_calls(dataset) if dataset is not None else (0, [])
+        if count:
+            found[where] = {"source": _name(source), "count": count, "rows": rows}
+    return found
 
 
 def split_off_eval(splits: Splits, fraction: float, seed: int) -> Splits:
@@ -219,7 +234,7 @@ def _cause(exc: BaseException) -> str:
 
 
 # Data format -> the function turning one canonical row into what the trainer reads (the format's `becomes`).
-CONVERTERS = {"alpaca": alpaca_to_messages, "sharegpt": sharegpt.to_messages,
+CONVERTERS = {"messages": tool_calls.to_messages_row, "alpaca": alpaca_to_messages, "sharegpt": sharegpt.to_messages,
               "sharegpt_preference": sharegpt.to_preference}
 # Task -> its data step: function(plan, splits) -> (splits, {"config": model config updates, "settings": ...}),
 # run on whole files before eval_fraction is split off. Tasks without one are absent.

@@ -6,6 +6,7 @@ first few) and how many there are.
 from __future__ import annotations
 
 from runner.data import sharegpt
+from runner.data import tool_calls
 from runner.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -22,11 +23,19 @@ def _turns(value) -> str | None:
     if not isinstance(value, list) or not value:
         return "have no turns"
     for turn in value:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str) or "role" not in turn:
+        if not isinstance(turn, dict) or "role" not in turn or not _has_content(turn):
             return "have a turn that is not {\"role\", \"content\"}"
         if turn["role"] not in ROLES:
             return f"have a turn with a role outside {list(ROLES)}"
-    return None
+        problem = tool_calls.turn_problem(turn)
+        if problem:
+            return problem
+    return tool_calls.order_problem(value)
+
+
+def _has_content(turn: dict) -> bool:
+    """Text content; an assistant turn that calls tools may have none (OpenAI writes null)."""
+    return isinstance(turn.get("content"), str) or turn.get("content") is None and turn.get("tool_calls") is not None
 
 
 def _conversation(value) -> str | None:
@@ -48,12 +57,12 @@ def _label(value) -> str | None:
 CHECKS = {
     "text": _text, "prompt": _text_or_turns, "completion": _text_or_turns, "messages": _conversation,
     "instruction": _text, "output": _text, "chosen": _text_or_turns, "rejected": _text_or_turns,
-    "label": _label, "text_pair": _text, "input": _text,
+    "label": _label, "text_pair": _text, "input": _text, "tools": tool_calls.tools_problem,
 }
-OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system")  # optional fields may be missing or empty
+OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system", "tools")  # optional fields may be missing or empty
 # A format whose fields hold other shapes than the same-named fields of other formats: its own checks.
 FORMAT_CHECKS = {
-    "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text},
+    "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text, "tools": tool_calls.tools_problem},
     "sharegpt_preference": {"conversations": sharegpt.request_problem, "chosen": sharegpt.answer_problem,
                             "rejected": sharegpt.answer_problem, "system": _text},
 }

@@ -26,9 +26,10 @@ ADD = {"type": "function", "function": {
                    "required": ["a", "b"]}}}
 
 
-def tool_rows(count: int) -> list[dict]:
+def tool_rows(count: int, tools: bool = True) -> list[dict]:
     """The user asks for a sum, the assistant calls `add` (arguments as an object in even rows, as a JSON string in
-    odd ones, as OpenAI's API returns them), the tool answers, the assistant states the result."""
+    odd ones, as OpenAI's API returns them), the tool answers, the assistant states the result; `tools`: with the
+    schema of `add` (Qwen2.5's template then writes it into a long system turn)."""
     rows = []
     for n in range(count):
         a, b = 3 + 7 * n % 50, 11 + 5 * n % 40
@@ -38,7 +39,7 @@ def tool_rows(count: int) -> list[dict]:
             {"role": "assistant", "content": None if n % 2 else "", "tool_calls": [{"type": "function", "function": {
                 "name": "add", "arguments": json.dumps(arguments) if n % 2 else arguments}}]},
             {"role": "tool", "content": str(a + b), "tool_call_id": f"call_{n}"},
-            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}], "tools": [ADD]})
+            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]} | ({"tools": [ADD]} if tools else {}))
     return rows
 
 
@@ -99,6 +100,11 @@ def test_the_trainer_learns_the_calls_and_answers_never_the_tool_results(tmp_pat
     assert prepared == trained_texts(rows)
     text = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
     assert '"name": "add"' in text and "<tool_response>\n14\n</tool_response>" in text  # tools and result rendered
+    # with the loss on every token TRL renders the rows itself: the same tokens (arguments as objects, tools parsed)
+    recipe["training"]["assistant_only_loss"] = False
+    recipe["output"] = {"dir": str(tmp_path / "every-token")}
+    every = prepare(build_plan(load_recipe(recipe_file(recipe, "every-token.json")))).trainer.train_dataset
+    assert every["input_ids"] == trainer.train_dataset["input_ids"]
 
 
 def test_a_few_steps_on_tool_calls_lower_the_loss_and_change_the_weights(tmp_path, recipe_file, chatml_model):
@@ -107,14 +113,15 @@ def test_a_few_steps_on_tool_calls_lower_the_loss_and_change_the_weights(tmp_pat
 
     from runner.train import models
 
-    write_jsonl(tmp_path / "train.jsonl", tool_rows(32))
+    write_jsonl(tmp_path / "train.jsonl", tool_rows(16, tools=False))
     recipe = qwen_recipe(tmp_path, chatml_model, data={"format": "messages", "eval": {"path": "train.jsonl"}},
-                         training={"max_steps": 10, "learning_rate": 5e-3, "per_device_train_batch_size": 16,
-                                   "max_length": 1024, "eval_strategy": "no", "eval_on_start": True,
-                                   "per_device_eval_batch_size": 32})
+                         training={"max_steps": 10, "learning_rate": 5e-3, "per_device_train_batch_size": 4,
+                                   "max_length": 320, "eval_strategy": "no", "eval_on_start": True,
+                                   "per_device_eval_batch_size": 16})
     plan = build_plan(load_recipe(recipe_file(recipe)))
     manifest = run(plan, argv=["test"])
     first, *_, last = [h["eval_loss"] for h in manifest["history"] if "eval_loss" in h]
+    print(f"tool calls, tiny model: loss on the calls and answers {first:.3f} -> {last:.3f}")
     assert last < 0.7 * first, (first, last)
     before = models.load_model(plan["model"], plan["recipe"]["training"]["seed"]).state_dict()
     saved = load_file(tmp_path / "run" / "model.safetensors")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from runner.data import tool_calls
 from runner.errors import Problem
+from runner.plan import chat_tools
 
 SENTINEL = "\ue000\ue001"  # private-use characters: never in real text, never merged with a neighbour
 FOLLOWING = {"role": "user", "content": "Thanks."}  # a turn after an assistant's, to see how the template closes it
@@ -56,9 +57,7 @@ TOOL_PROBE = (
     {"role": "tool", "name": "get_weather", "content": "Sleet, 2 degrees"},
     {"role": "assistant", "content": "Cold and wet."},
 )
-TOOL_FIX = ("name a Jinja template file with tool support in model.chat_template: one that renders assistant "
-            "tool_calls and tool turns (Qwen2.5's, Qwen3's or Llama 3.1's, e.g. the files in trl/chat_templates/), "
-            "or remove the tool calls and tool turns from the data")
+TOOL_FIX = chat_tools.TOOL_FIX  # the same fix `validate` names when it can see the template cannot write calls
 
 FIX = ("name a Jinja template file in model.chat_template that renders every assistant turn and ends it with an "
        "end-of-turn token, or set training.assistant_only_loss to false (completion_only_loss for prompt/completion "

@@ -14,6 +14,7 @@ from pathlib import Path
 from runner import __version__
 from runner.plan import decisions
 from runner.plan import gguf_file
+from runner.plan.chat_tools import check_tool_template
 from runner.plan.data_templates import check_templates
 from runner.plan import memory_fit
 from runner.plan import scale
@@ -37,7 +38,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
     problems = check_model(doc["model"], raw_config, task) + check_data(doc["data"], task, fmt)
     if fmt in task.formats:  # the remaining checks read the format's fields
-        problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
+        problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt) + check_tool_template(doc, fmt)
     output_dir = resolve_output_dir(doc)
     problems += check_methods(doc, model_config, task) + cache_location.check_location(doc, output_dir)
     problems += scale.check_topology(doc, topology)

@@ -84,3 +84,32 @@ def test_a_messages_row_is_stored_with_argument_objects_and_tools_as_a_json_stri
     assert tool_calls.to_messages_row(plain) == plain  # rows without tools are kept as they are
     assert tool_calls.to_messages_row({**plain, "tools": None}) == {**plain, "tools": None}
     assert tool_calls.tools_for_template(None) is None and tool_calls.tools_for_template("[]") is None
+
+
+def test_validate_refuses_a_template_file_that_never_reads_tool_calls_when_the_first_row_calls_tools(tmp_path):
+    """Seen without loading anything: the recipe's template file, the first row of a local JSONL file."""
+    from commandline import cli
+
+    rows = [{"messages": [USER, calling({"a": 2, "b": 3}), RESULT, ANSWER]}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    (tmp_path / "plain.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    (tmp_path / "tools.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+                                          "{{ m.tool_calls | tojson if m.tool_calls }}\n{% endfor %}")
+    from conftest import TINY_MODEL
+
+    recipe = {"name": "t", "model": {"name_or_path": str(TINY_MODEL), "chat_template": "plain.jinja"},
+              "data": {"format": "messages", "train": {"path": "train.jsonl"}}}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    result = cli("validate", str(tmp_path / "recipe.json"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (f"/model/chat_template: the data call tools (/data/train: the first row of {tmp_path / 'train.jsonl'}), "
+            f"but the chat template ({tmp_path / 'plain.jinja'}) never reads a turn's tool_calls: it cannot write the "
+            "calls (it has no tool support)") in result.stderr
+    assert "hint: name a Jinja template file with tool support in model.chat_template" in result.stderr
+    recipe["model"]["chat_template"] = "tools.jinja"
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    assert cli("validate", str(tmp_path / "recipe.json"), cwd=tmp_path).returncode == 0
+    del recipe["model"]["chat_template"]  # the tiny model's own chat_template.jinja writes only the content
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    own = cli("validate", str(tmp_path / "recipe.json"), cwd=tmp_path)
+    assert own.returncode == 2 and f"({TINY_MODEL / 'chat_template.jinja'}) never reads" in own.stderr, own.stderr

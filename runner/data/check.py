@@ -53,7 +53,7 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     token_loss = TASKS[plan["task"]].causal_lm
     max_length = config.get("max_length")
     rows = _first(splits.train, sample)
-    masks = token_masks(rows, tokenizer, config)
+    masks = token_masks(rows, tokenizer, config, "/data/train")
     lengths = [len(mask) for mask in masks]
     cut = max_length if max_length and truncates_each_example(config) else None
     loss = loss_tokens(masks, cut, drops_emptied_examples(config)) if token_loss else None
@@ -95,7 +95,8 @@ def eval_loss_tokens(held_out, sample: int | None, tokenizer, config: dict, cut:
     """loss_tokens of the evaluation examples: TRL truncates and drops them as it does training examples."""
     if held_out is None or cut is None:
         return None
-    return loss_tokens(token_masks(_first(held_out, sample), tokenizer, config), cut, drops_emptied_examples(config))
+    return loss_tokens(token_masks(_first(held_out, sample), tokenizer, config, "/data/eval"), cut,
+                       drops_emptied_examples(config))
 
 
 DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run
@@ -165,7 +166,7 @@ def encode(row: dict, tokenizer, config: dict, masks: chat_masks.ChatMasks | Non
     return ids, [1] * len(ids)
 
 
-def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
+def token_masks(rows, tokenizer, config: dict, where: str = "/data/train") -> list[list[int]]:
     """encode(row)[1] for every row (its length is the row's token count); rows of plain strings are tokenized as
     one batch (the fast tokenizer splits a batch across threads: ~10x faster for the 2,000 rows measured before
     every run)."""
@@ -174,7 +175,8 @@ def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
     plain = all(isinstance(first.get(k), str) for k in first if k in ("prompt", "completion", "chosen", "rejected", "text"))
     if not rows or "messages" in first or not plain or "text_pair" in first:
         masks = chat_masks.ChatMasks(tokenizer)
-        return [encode(row, tokenizer, config, masks)[1] for row in rows]
+        return [rendered(lambda: encode(row, tokenizer, config, masks)[1], number, where)
+                for number, row in enumerate(rows, start=1)]
     if "text" in first:
         texts, lm = [row["text"] for row in rows], "label" not in first
         return [[1] * (_with_eos(ids, tokenizer) if lm else len(ids)) for ids in tokenizer(texts)["input_ids"]]
@@ -188,6 +190,20 @@ def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
     only_answer = config.get("completion_only_loss", True) is not False
     return [[0] * (head if only_answer else 0) + [1] * (n - (head if only_answer else 0))
             for head, n in zip(heads, longest)]
+
+
+def rendered(encode_row, number: int, where: str):
+    """encode_row(); a chat template that refuses the row (jinja's raise_exception: "only supports single tool-calls",
+    roles that must alternate) is the user's to fix, named by the row (of the data as loaded) at `where`."""
+    try:
+        return encode_row()
+    except Exception as exc:  # noqa: BLE001 - jinja's TemplateError and whatever else a template raises
+        if type(exc).__module__.split(".")[0] != "jinja2":
+            raise
+        raise RecipeError([Problem("/model/chat_template", f"the chat template cannot render row {number} of "
+                                   f"{where}: {type(exc).__name__}: {str(exc).strip()[:300]}",
+                                   "fix or remove that row, or name a Jinja template file in model.chat_template "
+                                   "that renders it")]) from None
 
 
 def _with_eos(ids: list[int], tokenizer) -> int:

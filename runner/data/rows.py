@@ -19,7 +19,9 @@ def _text(value) -> str | None:
     return "are empty" if not value.strip() else None
 
 
-def _turns(value) -> str | None:
+def _turns(value, tools: bool = False) -> str | None:
+    """Chat turns; `tools`: they may call tools (format `messages`: runner/data/tool_calls.py). Elsewhere (prompt,
+    completion, preference conversations) the runner does not hand tool calls to the template in its shape: refused."""
     if not isinstance(value, list) or not value:
         return "have no turns"
     for turn in value:
@@ -27,6 +29,8 @@ def _turns(value) -> str | None:
             return "have a turn that is not {\"role\", \"content\"}"
         if turn["role"] not in ROLES:
             return f"have a turn with a role outside {list(ROLES)}"
+        if not tools and tool_calls.has_tool_calls([turn]):
+            return "have tool calls or tool turns, which only formats messages and sharegpt take"
         problem = tool_calls.turn_problem(turn)
         if problem:
             return problem
@@ -39,7 +43,7 @@ def _has_content(turn: dict) -> bool:
 
 
 def _conversation(value) -> str | None:
-    problem = _turns(value)
+    problem = _turns(value, tools=True)
     if problem is None and not any(turn["role"] == "assistant" for turn in value):
         return "have no assistant turn (nothing to learn)"
     return problem

@@ -135,9 +135,11 @@ def rows_with_calls(dataset, column: str = "messages", limit: int = 10) -> tuple
     """(how many rows of `dataset` have tool calls or tool turns, the first `limit` row numbers)."""
     if column not in getattr(dataset, "column_names", ()):
         return 0, []
-    count, first = 0, []
-    for number, turns in enumerate(dataset[column], start=1):
-        if has_tool_calls(turns):
-            count += 1
-            first += [number] if len(first) < limit else []
+    count, first, number = 0, [], 0
+    for batch in dataset.select_columns([column]).iter(batch_size=1000):  # not the whole column in memory at once
+        for turns in batch[column]:
+            number += 1
+            if has_tool_calls(turns):
+                count += 1
+                first += [number] if len(first) < limit else []
     return count, first

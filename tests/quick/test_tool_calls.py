@@ -113,3 +113,10 @@ def test_validate_refuses_a_template_file_that_never_reads_tool_calls_when_the_f
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     own = cli("validate", str(tmp_path / "recipe.json"), cwd=tmp_path)
     assert own.returncode == 2 and f"({TINY_MODEL / 'chat_template.jinja'}) never reads" in own.stderr, own.stderr
+
+
+def test_conversational_prompts_completions_and_preference_pairs_refuse_tool_calls():
+    refused = "have tool calls or tool turns, which only formats messages and sharegpt take"
+    assert rows.CHECKS["prompt"]([USER, calling({"a": 2}), RESULT]) == refused
+    assert rows.CHECKS["chosen"]([RESULT]) == refused
+    assert rows.CHECKS["completion"]([ANSWER]) is None

@@ -183,3 +183,17 @@ def test_bad_tool_rows_stop_check_data_with_their_row_numbers(tmp_path, chatml_m
         "/data/train: 1 rows have tools that are not a list of function schemas",
     ):
         assert line in result.stderr, result.stderr
+
+
+def test_a_row_the_template_refuses_is_named_before_any_model_loads(tmp_path):
+    """Llama 3.1's template takes one call per turn (jinja's raise_exception): a row with two is the user's to fix."""
+    rows = tool_rows(3, tools=False)
+    rows[1]["messages"][1]["tool_calls"] *= 2
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    llama = QWEN2_5.with_name("llama3_1.jinja")
+    write_json(tmp_path / "recipe.json", base_recipe(tmp_path, model={"chat_template": str(llama)},
+                                                     data={"format": "messages"}, training={"max_length": 512}))
+    result = cli("check-data", str(tmp_path / "recipe.json"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert ("/model/chat_template: the chat template cannot render row 2 of /data/train: TemplateError: This model "
+            "only supports single tool-calls at once!") in result.stderr

@@ -197,3 +197,22 @@ def test_a_row_the_template_refuses_is_named_before_any_model_loads(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert ("/model/chat_template: the chat template cannot render row 2 of /data/train: TemplateError: This model "
             "only supports single tool-calls at once!") in result.stderr
+
+
+def test_generation_prompts_hold_the_calls_and_results_and_a_call_at_the_end_has_no_reference(chatml_model):
+    """Generative metrics prompt with everything before the last answer, rendered as in training."""
+    from transformers import AutoTokenizer
+
+    from runner.evaluate.generation import messages
+
+    tokenizer = AutoTokenizer.from_pretrained(chatml_model)
+    tokenizer.chat_template = QWEN2_5.read_text()
+    row = tool_rows(2)[1]  # arguments as a JSON string
+    row = {**row, "tools": json.dumps(row["tools"])}
+    ids, reference = messages(row, tokenizer)
+    prompt = tokenizer.decode(ids)
+    assert reference == "10 plus 16 is 26."
+    assert prompt.endswith('<tool_call>\n{"name": "add", "arguments": {"a": 10, "b": 16}}\n</tool_call><|im_end|>\n'
+                           "<|im_start|>user\n<tool_response>\n26\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert '"name": "add", "description": "Add two integers."' in prompt  # the tools, in the system turn
+    assert messages({"messages": row["messages"][:2]}, tokenizer) is None

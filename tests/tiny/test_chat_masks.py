@@ -311,3 +311,17 @@ def test_a_tool_call_mask_is_exact_to_the_character_on_qwen2_5(base_dir):
     tokens = masks.tokenized(TOOL_CONVERSATION, tools=WEATHER)
     covered = "".join(found.text[s:e] for (s, e), m in zip(encoding["offset_mapping"], tokens["assistant_masks"]) if m)
     assert covered == "".join(trained)
+
+
+def test_parallel_calls_and_text_before_them_train_as_one_turn_on_qwen2_5(base_dir):
+    tokenizer = tokenizer_for("qwen2_5", base_dir)
+    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+             for city in ("Oslo", "Rome")]
+    conversation = [{"role": "user", "content": "Oslo and Rome?"},
+                    {"role": "assistant", "content": "Checking both.", "tool_calls": calls},
+                    {"role": "tool", "content": "Snow"}, {"role": "tool", "content": "Sun"},
+                    {"role": "assistant", "content": "Snow in Oslo, sun in Rome."}]
+    runs = chat_masks.decoded_runs(tokenizer, chat_masks.ChatMasks(tokenizer).tokenized(conversation, tools=WEATHER))
+    assert runs == ['Checking both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+                    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call><|im_end|>',
+                    "Snow in Oslo, sun in Rome.<|im_end|>"]

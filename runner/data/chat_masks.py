@@ -57,6 +57,9 @@ TOOL_PROBE = (
     {"role": "tool", "name": "get_weather", "content": "Sleet, 2 degrees"},
     {"role": "assistant", "content": "Cold and wet."},
 )
+# What of TOOL_PROBE a template with tool support writes: (named in a message, the text).
+TOOL_PIECES = (("the call's function name", "get_weather"), ("its arguments", "Reykjavik"),
+               ("the tool's result", "Sleet, 2 degrees"))
 TOOL_FIX = chat_tools.TOOL_FIX  # the same fix `validate` names when it can see the template cannot write calls
 
 FIX = ("name a Jinja template file in model.chat_template that renders every assistant turn and ends it with an "
@@ -224,11 +227,6 @@ def tool_problems(tokenizer, found_in: str, masked: bool, where: str = "/model/c
         return [Problem(where, f"{head}writes tool calls whose tokens merge with the text around them: the tokens "
                                f"trained on decode to {got!r} instead of {trained!r}", TOOL_FIX)]
     return []
-
-
-# What of TOOL_PROBE a template with tool support writes: (named in a message, the text).
-TOOL_PIECES = (("the call's function name", "get_weather"), ("its arguments", "Reykjavik"),
-               ("the tool's result", "Sleet, 2 degrees"))
 
 
 def decoded_runs(tokenizer, tokens: dict) -> list[str]:

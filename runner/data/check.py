@@ -12,6 +12,7 @@ import statistics
 
 from runner.data import chat_masks
 from runner.data.streaming import first_row, head, is_stream, size
+from runner.data import tool_calls
 from runner.errors import Problem, RecipeError
 from runner.data.check_report import render, warnings  # noqa: F401  (render: `check-data` prints it)
 from runner.data.rows import shown_rows
@@ -29,10 +30,18 @@ def check_chat_template(plan: dict, splits, tokenizer) -> None:
     if tokenizer.chat_template is None and is_conversational(row):
         raise RecipeError([Problem("/model/chat_template", "the data are conversations but the tokenizer has no "
                                    "chat template", "name a Jinja template file in model.chat_template")])
-    if chat_masks.masked_by_runner(row, chat_masks.loss_options(plan)):
-        problems = chat_masks.template_problems(tokenizer)
-        if problems:
-            raise RecipeError(problems)
+    masked = chat_masks.masked_by_runner(row, chat_masks.loss_options(plan))
+    problems = chat_masks.template_problems(tokenizer) if masked else []
+    if splits.tool_rows and not problems:
+        problems = chat_masks.tool_problems(tokenizer, tool_rows_named(splits.tool_rows), masked)
+    if problems:
+        raise RecipeError(problems)
+
+
+def tool_rows_named(found: dict) -> str:
+    """'/data/train: rows 2, 5 of data/train.jsonl' for Splits.tool_rows, each source where tool calls are."""
+    return "; ".join(f"{where}: {'row' if info['count'] == 1 else 'rows'} {shown_rows(info['rows'], info['count'])} "
+                     f"of {info['source']}" for where, info in found.items())
 
 
 def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
@@ -45,7 +54,7 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     token_loss = TASKS[plan["task"]].causal_lm
     max_length = config.get("max_length")
     rows = head(splits.train, sample)  # a stream's first rows (its first HEAD_ROWS when sample is None)
-    masks = token_masks(rows, tokenizer, config)
+    masks = token_masks(rows, tokenizer, config, "/data/train")
     lengths = [len(mask) for mask in masks]
     cut = max_length if max_length and truncates_each_example(config) else None
     loss = loss_tokens(masks, cut, drops_emptied_examples(config)) if token_loss else None
@@ -107,7 +116,8 @@ def eval_loss_tokens(held_out, sample: int | None, tokenizer, config: dict, cut:
     """loss_tokens of the evaluation examples: TRL truncates and drops them as it does training examples."""
     if held_out is None or cut is None:
         return None
-    return loss_tokens(token_masks(head(held_out, sample), tokenizer, config), cut, drops_emptied_examples(config))
+    return loss_tokens(token_masks(head(held_out, sample), tokenizer, config, "/data/eval"), cut,
+                       drops_emptied_examples(config))
 
 
 DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run
@@ -162,7 +172,8 @@ def encode(row: dict, tokenizer, config: dict, masks: chat_masks.ChatMasks | Non
         out = chat_masks.row_tokens(masks or chat_masks.ChatMasks(tokenizer), row, config)
         return out["input_ids"], out["assistant_masks"]
     if "messages" in row:  # loss on every token
-        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(tool_calls.for_template(row["messages"]), tokenize=True, return_dict=True,
+                                            tools=tool_calls.tools_for_template(row.get("tools")))["input_ids"]
         return ids, [1] * len(ids)
     if set(row) <= PROMPT_ONLY:  # online RL: the prompt is all there is to tokenize; completions are generated
         ids = _prompt_ids(row["prompt"], tokenizer)
@@ -179,7 +190,7 @@ def encode(row: dict, tokenizer, config: dict, masks: chat_masks.ChatMasks | Non
     return ids, [1] * len(ids)
 
 
-def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
+def token_masks(rows, tokenizer, config: dict, where: str = "/data/train") -> list[list[int]]:
     """encode(row)[1] for every row (its length is the row's token count); rows of plain strings are tokenized as
     one batch (the fast tokenizer splits a batch across threads: ~10x faster for the 2,000 rows measured before
     every run)."""
@@ -188,7 +199,8 @@ def token_masks(rows, tokenizer, config: dict) -> list[list[int]]:
     plain = all(isinstance(first.get(k), str) for k in first if k in ("prompt", "completion", "chosen", "rejected", "text"))
     if not rows or "messages" in first or not plain or "text_pair" in first or set(first) <= PROMPT_ONLY:
         masks = chat_masks.ChatMasks(tokenizer)
-        return [encode(row, tokenizer, config, masks)[1] for row in rows]
+        return [rendered(lambda: encode(row, tokenizer, config, masks)[1], number, where)
+                for number, row in enumerate(rows, start=1)]
     if "text" in first:
         texts, lm = [row["text"] for row in rows], "label" not in first
         return [[1] * (_with_eos(ids, tokenizer) if lm else len(ids)) for ids in tokenizer(texts)["input_ids"]]
@@ -212,6 +224,20 @@ def _prompt_ids(prompt, tokenizer) -> list[int]:
         return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
                                              return_dict=True)["input_ids"]
     return tokenizer(prompt)["input_ids"]
+
+
+def rendered(encode_row, number: int, where: str):
+    """encode_row(); a chat template that refuses the row (jinja's raise_exception: "only supports single tool-calls",
+    roles that must alternate) is the user's to fix, named by the row (of the data as loaded) at `where`."""
+    try:
+        return encode_row()
+    except Exception as exc:  # noqa: BLE001 - jinja's TemplateError and whatever else a template raises
+        if type(exc).__module__.split(".")[0] != "jinja2":
+            raise
+        raise RecipeError([Problem("/model/chat_template", f"the chat template cannot render row {number} of "
+                                   f"{where}: {type(exc).__name__}: {str(exc).strip()[:300]}",
+                                   "fix or remove that row, or name a Jinja template file in model.chat_template "
+                                   "that renders it")]) from None
 
 
 def _with_eos(ids: list[int], tokenizer) -> int:

@@ -5,7 +5,7 @@ naming the recipe path of the source, before any model is loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.data import files as data_files
@@ -14,6 +14,7 @@ from runner.data.rows import row_problems
 from runner.data import sharegpt
 from runner.data import streaming
 from runner.data.mixture import concatenated, mixed
+from runner.data import tool_calls
 from runner.data.rows import shown_rows
 from runner.recipe import templates
 from runner.data.labels import encode_labels
@@ -42,6 +43,9 @@ class Splits:
     drawn: dict[str, int] | None = None
     # a list of evaluation sources: each one's rows of `eval`, as (first, end) row ranges in order
     eval_ranges: dict[str, tuple[int, int]] | None = None
+    # the sources whose conversations call tools, by recipe path: {"source", "count", "rows"} (the file's row
+    # numbers), read before eval_fraction reorders rows, so a template without tool support is named with them
+    tool_rows: dict = field(default_factory=dict)
 
 
 def load_all(plan: dict) -> tuple[Splits, dict]:
@@ -53,9 +57,11 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
     spec, evaluation = plan["data"], plan["evaluation"]
     sources = {part["name"]: load_part(part, whole=False) for part in spec["train"]}
     train, drawn = mixed(sources, spec, plan["recipe"]["training"]["seed"])
-    held_out, ranges = None, None
+    held_out, ranges, eval_parts = None, None, []
     if spec["eval"] is not None:
-        held_out, ranges = concatenated({part["name"]: load_part(part) for part in spec["eval"]}, spec["eval"])
+        eval_parts = [load_part(part) for part in spec["eval"]]
+        held_out, ranges = concatenated({part["name"]: rows for part, rows in zip(spec["eval"], eval_parts)},
+                                        spec["eval"])
     chosen = load_part(spec["evaluation_data"]) if spec["evaluation_data"] is not None else None
     references = reference_answers(evaluation, spec)
     retention = None
@@ -67,6 +73,9 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
     splits = Splits(train, held_out, chosen, retention, references, sources if len(sources) > 1 else None,
                     drawn if len(sources) > 1 else None, ranges if ranges and len(ranges) > 1 else None)
     derived = {"config": {}, "settings": {}}
+    # each source's own rows, numbered as in its file (a stream's are found as it streams)
+    splits.tool_rows = tool_rows({part["where"]: (part["source"], dataset) for part, dataset in
+                                  zip(spec["train"] + (spec["eval"] or []), list(sources.values()) + eval_parts)})
     prepare = PREPARE.get(plan["task"])
     if prepare is not None:
         splits, derived = prepare(plan, splits)
@@ -78,6 +87,16 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
         raise RuntimeError(f"{len(splits.references)} reference lists for {len(splits.evaluation)} evaluation rows: "
                            "a data step changed the rows evaluation.references was read for")
     return splits, derived
+
+
+def tool_rows(sources: dict) -> dict:
+    """{recipe path: {"source", "count", "rows"}} for the sources whose conversations call tools."""
+    found = {}
+    for where, (source, dataset) in sources.items():
+        count, rows = tool_calls.rows_with_calls(dataset) if dataset is not None else (0, [])
+        if count:
+            found[where] = {"source": _name(source), "count": count, "rows": rows}
+    return found
 
 
 def split_off_eval(splits: Splits, fraction: float, seed: int) -> Splits:
@@ -246,7 +265,7 @@ def _cause(exc: BaseException) -> str:
 
 
 # Data format -> the function turning one canonical row into what the trainer reads (the format's `becomes`).
-CONVERTERS = {"alpaca": alpaca_to_messages, "sharegpt": sharegpt.to_messages,
+CONVERTERS = {"messages": tool_calls.to_messages_row, "alpaca": alpaca_to_messages, "sharegpt": sharegpt.to_messages,
               "sharegpt_preference": sharegpt.to_preference}
 # Task -> its data step: function(plan, splits) -> (splits, {"config": model config updates, "settings": ...}),
 # run on whole files before eval_fraction is split off. Tasks without one are absent.

@@ -6,6 +6,7 @@ first few) and how many there are.
 from __future__ import annotations
 
 from runner.data import sharegpt
+from runner.data import tool_calls
 from runner.errors import Problem
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -18,19 +19,31 @@ def _text(value) -> str | None:
     return "are empty" if not value.strip() else None
 
 
-def _turns(value) -> str | None:
+def _turns(value, tools: bool = False) -> str | None:
+    """Chat turns; `tools`: they may call tools (format `messages`: runner/data/tool_calls.py). Elsewhere (prompt,
+    completion, preference conversations) the runner does not hand tool calls to the template in its shape: refused."""
     if not isinstance(value, list) or not value:
         return "have no turns"
     for turn in value:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str) or "role" not in turn:
+        if not isinstance(turn, dict) or "role" not in turn or not _has_content(turn):
             return "have a turn that is not {\"role\", \"content\"}"
         if turn["role"] not in ROLES:
             return f"have a turn with a role outside {list(ROLES)}"
-    return None
+        if not tools and tool_calls.has_tool_calls([turn]):
+            return "have tool calls or tool turns, which only formats messages and sharegpt take"
+        problem = tool_calls.turn_problem(turn)
+        if problem:
+            return problem
+    return tool_calls.order_problem(value)
+
+
+def _has_content(turn: dict) -> bool:
+    """Text content; an assistant turn that calls tools may have none (OpenAI writes null)."""
+    return isinstance(turn.get("content"), str) or turn.get("content") is None and turn.get("tool_calls") is not None
 
 
 def _conversation(value) -> str | None:
-    problem = _turns(value)
+    problem = _turns(value, tools=True)
     if problem is None and not any(turn["role"] == "assistant" for turn in value):
         return "have no assistant turn (nothing to learn)"
     return problem
@@ -48,12 +61,12 @@ def _label(value) -> str | None:
 CHECKS = {
     "text": _text, "prompt": _text_or_turns, "completion": _text_or_turns, "messages": _conversation,
     "instruction": _text, "output": _text, "chosen": _text_or_turns, "rejected": _text_or_turns,
-    "label": _label, "text_pair": _text, "input": _text, "answer": _text,
+    "label": _label, "text_pair": _text, "input": _text, "answer": _text, "tools": tool_calls.tools_problem,
 }
-OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system", "answer")  # optional fields may be missing or empty
+OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system", "answer", "tools")  # optional: may be missing or empty
 # A format whose fields hold other shapes than the same-named fields of other formats: its own checks.
 FORMAT_CHECKS = {
-    "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text},
+    "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text, "tools": tool_calls.tools_problem},
     "sharegpt_preference": {"conversations": sharegpt.request_problem, "chosen": sharegpt.answer_problem,
                             "rejected": sharegpt.answer_problem, "system": _text},
 }

@@ -152,6 +152,7 @@ def key_inputs(plan: dict, splits, tokenizer, settings: dict) -> dict:
         "tokenizer": tokenizer_hash(tokenizer),
         # the runner renders and masks conversations itself: a change to that code must miss
         "chat_masks": file_hash(Path(__file__).with_name("chat_masks.py")),
+        "tool_calls": file_hash(Path(__file__).with_name("tool_calls.py")),  # how tool calls reach the template
         "chat_template": file_hash(Path(recipe["model"]["chat_template"])) if recipe["model"]["chat_template"] else None,
     }
 

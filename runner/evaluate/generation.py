@@ -2,6 +2,7 @@
 ranks so every rank generates its share."""
 from __future__ import annotations
 
+from runner.data import tool_calls
 
 
 def generate_across_ranks(model, tokenizer, prompts: list[list[int]], settings: dict) -> list[str]:
@@ -39,12 +40,14 @@ def prompt_completion(row: dict, tokenizer):
 
 
 def messages(row: dict, tokenizer):
-    """The conversation up to its last assistant turn is the prompt; that turn is the reference."""
+    """The conversation up to its last assistant turn is the prompt; that turn is the reference. A conversation that
+    ends with a tool call has no text reference: skipped."""
     turns = row["messages"]
-    if not turns or turns[-1]["role"] != "assistant":
+    if not turns or turns[-1]["role"] != "assistant" or turns[-1].get("tool_calls"):
         return None
-    ids = tokenizer.apply_chat_template(turns[:-1], tokenize=True, add_generation_prompt=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(tool_calls.for_template(turns[:-1]), tokenize=True, add_generation_prompt=True,
+                                        return_dict=True,
+                                        tools=tool_calls.tools_for_template(row.get("tools")))["input_ids"]
     return ids, turns[-1]["content"]
 
 

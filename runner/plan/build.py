@@ -15,6 +15,7 @@ from runner import __version__
 from runner.plan import decisions
 from runner.plan import gguf_file
 from runner.plan import data_sources
+from runner.plan.chat_tools import check_tool_template
 from runner.plan import memory_fit
 from runner.plan import rewards
 from runner.plan import scale
@@ -39,7 +40,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     problems = check_model(doc["model"], raw_config, task) + data_sources.check_data(doc["data"], task)
     problems += data_sources.check_streaming(doc, task)
     if fmt in task.formats:  # the remaining checks read the format's fields
-        problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt)
+        problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt) + check_tool_template(doc, fmt)
     problems += rewards.check_rewards(doc, task, fmt)
     if task.rewarded:
         problems += rewards.check_generation(doc, topology.world_size) + rewards.check_reference(doc)

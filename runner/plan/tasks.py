@@ -64,10 +64,13 @@ LABEL_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "con
 _CHAT = {
     "text": Format(("text",)),
     "prompt_completion": Format(("prompt", "completion"), generative=True),
-    "messages": Format(("messages",), generative=True),
+    # OpenAI's chat shape, tool calls and a per-row `tools` list included; converted to itself: the calls' arguments
+    # as objects, `tools` as a JSON string (runner/data/tool_calls.py)
+    "messages": Format(("messages",), optional=("tools",), becomes="messages", generative=True),
     "alpaca": Format(("instruction", "output"), optional=("input",), becomes="messages", generative=True),
-    # LLaMA-Factory's and axolotl's shape: conversations of {"from": human/gpt/system, "value"} (runner/data/sharegpt.py)
-    "sharegpt": Format(("conversations",), optional=("system",), becomes="messages", generative=True),
+    # LLaMA-Factory's and axolotl's shape: conversations of {"from": human/gpt/system/function_call/observation,
+    # "value"}, LLaMA-Factory's `tools` (runner/data/sharegpt.py)
+    "sharegpt": Format(("conversations",), optional=("system", "tools"), becomes="messages", generative=True),
 }
 
 _SFT = Task(

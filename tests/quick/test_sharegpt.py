@@ -9,6 +9,7 @@ from runner.data import sharegpt
 from real_models import SHARED_DATA
 
 H, G, S = "human", "gpt", "system"
+CALL = '{"name": "add", "arguments": {"a": 2, "b": 3}}'
 
 
 def turns(*pairs):
@@ -38,7 +39,6 @@ def test_a_preference_pair_becomes_trls_conversational_preference_row():
     (turns((H, "hi"), (G, "hello")), None),
     (turns((S, "sys"), (H, "hi"), (G, "hello")), None),
     ([], "have no turns"),
-    (turns((H, "hi")), "end without an answer (the last turn is not gpt)"),
     (turns((H, "hi"), (H, "again"), (G, "x")), "have turns that do not alternate human, gpt, human, ... (after an "
                                                "optional system turn)"),
     (turns((G, "first"), (H, "hi"), (G, "x")), "have turns that do not alternate human, gpt, human, ... (after an "
@@ -46,9 +46,19 @@ def test_a_preference_pair_becomes_trls_conversational_preference_row():
     (turns((H, "hi"), (S, "late system"), (G, "x")), "have turns that do not alternate human, gpt, human, ... "
                                                      "(after an optional system turn)"),
     ([{"role": "user", "content": "hi"}], "have a turn that is not {\"from\", \"value\"}"),
+    (turns((H, "hi"), ("function_call", CALL), ("observation", "5"), (G, "x")), None),
+    (turns((H, "hi"), ("function_call", CALL)), None),  # SFT may end with the call it teaches
     (turns((H, "hi"), ("function_call", "{}"), ("observation", "{}"), (G, "x")),
-     "have a tool turn (function_call / observation), which the runner does not convert yet"),
-    (turns((H, "hi"), ("bot", "x")), "have a turn whose `from` is 'bot', not one of ['human', 'gpt', 'system']"),
+     "have a function_call turn whose value is not a JSON {\"name\", \"arguments\"} (or a list of them)"),
+    (turns((H, "hi"), ("function_call", '{"name": "add", "arguments": 5}'), ("observation", "5"), (G, "x")),
+     "have tool call arguments that are neither a JSON object nor a string holding one"),
+    (turns((H, "hi"), (G, "x"), ("observation", "5"), (G, "y")),
+     "have an observation turn that does not follow a function_call turn"),
+    (turns((H, "hi"), ("observation", "5"), (G, "y")),
+     "have turns that do not alternate human, gpt, human, ... (after an optional system turn)"),
+    (turns((H, "hi")), "end without an answer (the last turn is not gpt or function_call)"),
+    (turns((H, "hi"), ("bot", "x")), "have a turn whose `from` is 'bot', not one of ['human', 'gpt', 'system', "
+                                    "'function_call', 'observation']"),
 ])
 def test_conversations_are_checked_turn_by_turn(conversation, problem):
     assert sharegpt.conversation_problem(conversation) == problem
@@ -81,3 +91,25 @@ def test_an_empty_answer_and_two_system_prompts_are_refused():
     both = {"system": "A", "conversations": turns((S, "B"), (H, "hi"), (G, "x"))}
     assert sharegpt.system_problem(both) == "have both a system column and an opening system turn (keep one)"
     assert sharegpt.system_problem({**both, "system": None}) is None
+
+
+def test_tool_turns_become_an_assistant_tool_call_and_a_tool_turn_with_the_tools_in_openais_shape():
+    """LLaMA-Factory's function_call / observation turns and its `tools` column (a JSON string of bare schemas)."""
+    schema = {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {}}}
+    row = {"conversations": turns((H, "2+3?"), ("function_call", CALL), ("observation", "5"), (G, "5.")),
+           "tools": json.dumps([schema])}
+    assert sharegpt.to_messages(row) == {"messages": [
+        {"role": "user", "content": "2+3?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
+        {"role": "tool", "content": "5"}, {"role": "assistant", "content": "5."}],
+        "tools": json.dumps([{"type": "function", "function": schema}])}
+    parallel = turns((H, "?"), ("function_call", json.dumps([{"name": "a", "arguments": "{}"},
+                                                              {"name": "b", "arguments": {"x": 1}}])))
+    calls = sharegpt.to_messages({"conversations": parallel})["messages"][1]["tool_calls"]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("a", {}), ("b", {"x": 1})]
+
+
+def test_preference_pairs_refuse_tool_turns():
+    assert sharegpt.request_problem(turns((H, "hi"), ("function_call", CALL), ("observation", "5"), (H, "x"))) == (
+        "have a tool turn (function_call / observation), which preference pairs do not take")

@@ -195,3 +195,133 @@ def test_the_headline_qlora_recipe_trains_llama_3_1_conversations_on_the_assista
     losses = [h["loss"] for h in manifest["history"] if "loss" in h]
     assert len(losses) == 3 and all(loss == loss for loss in losses)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+# --- tool calls -----------------------------------------------------------------------------------------------------
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+# A system turn, a call (its arguments a JSON string, as OpenAI's API returns them), the tool's result, the answer
+# built on it, and a plain second answer.
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "You are a weather assistant."},
+    {"role": "user", "content": "Is it raining in Bergen?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Bergen\"}"}}]},
+    {"role": "tool", "content": "Rain, 9 degrees", "name": "get_weather"},
+    {"role": "assistant", "content": "Yes: rain and 9 degrees."},
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You're welcome."},
+]
+
+# Templates that render tool calls and tool turns so the runner can mask them, and what the call turn trains on
+# (the first run of loss tokens); the others are refused, with these words in the message.
+TOOL_CALL_TEXT = {
+    "qwen2_5": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Bergen"}}\n</tool_call><|im_end|>',
+    "qwen3": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Bergen"}}\n</tool_call><|im_end|>',
+    "llama3_1": '{"name": "get_weather", "parameters": {"city": "Bergen"}}<|eot_id|>',
+    "llama3_2": '{"name": "get_weather", "parameters": {"city": "Bergen"}}<|eot_id|>',
+}
+NO_TOOLS = "drops the call's function name and its arguments"
+FAILS = "fails on a conversation with a tool call"
+TOOLS_REFUSED = {
+    # no tool support: the calls are not written
+    **dict.fromkeys(["smollm2", "llama3", "llama3_training", "lfm2", "lfm2_training", "qwen2_5_vl",
+                     "qwen2_5_vl_training", "deepseek_r1_distill", "deepseek_r1_distill_training"], NO_TOOLS),
+    **dict.fromkeys(["phi3", "phi3_training", "phi3_5", "phi3_5_training"], NO_TOOLS + " and the tool's result"),
+    # roles must alternate user/assistant (no tool role), or the template concatenates the arguments as text
+    **dict.fromkeys(["cohere", "cohere_training", "cohere2", "cohere2_training", "gemma", "gemma_training", "gemma3",
+                     "gemma3_training", "deepseekv3"], FAILS),
+    # vision-language templates: they fail on text content with or without tools
+    **dict.fromkeys(["idefics3", "idefics3_training", "smolvlm", "smolvlm_training", "llava_next",
+                     "llava_next_training"], FAILS),
+    # Gemma 4 (but its v2) writes the tool's result inside the model's turn, after the call: no end of turn
+    # closes the call; GLM-4 ends a turn only by starting the next one
+    **dict.fromkeys(["gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5", "glm4moe"], "writes no end-of-turn token after"),
+    # gpt-oss refuses the plain answer the runner renders in place of the call to find the call's text
+    **dict.fromkeys(["gptoss", "gptoss_training"],
+                    "fails when the turn that calls tools is rendered as a plain answer"),
+    # it writes the tool's result into the call's turn with no end of turn between: the result would carry loss
+    **dict.fromkeys(["diffusion_gemma", "diffusion_gemma_training"], "writes the call outside the assistant's turn"),
+}
+
+
+def tool_refusal(name: str) -> str | None:
+    return TOOLS_REFUSED.get(name)
+
+
+@pytest.mark.parametrize("name", all_templates())
+def test_a_template_is_refused_for_tool_calls_unless_it_renders_them_and_they_can_be_masked(name, base_dir):
+    tokenizer = tokenizer_for(name, base_dir)
+    problems = chat_masks.tool_problems(tokenizer, "/data/train: rows 1, 2 of train.jsonl", masked=True)
+    wanted = tool_refusal(name)
+    if wanted is None:
+        assert problems == [], problems
+        return
+    (problem,) = problems
+    assert problem.path == "/model/chat_template" and problem.hint == chat_masks.TOOL_FIX
+    assert problem.message.startswith("the data call tools (/data/train: rows 1, 2 of train.jsonl), but the chat "
+                                      "template "), problem.message
+    assert wanted in problem.message, problem.message
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in TEMPLATES.glob("*.jinja") if tool_refusal(path.stem)
+                                        is None))
+def test_tool_call_turns_train_on_the_call_and_its_end_never_on_the_tool_result(name, base_dir):
+    """Every template with tool support: the text trained on is exactly the template's render (the call's JSON-string
+    arguments given to it as an object), the call turn's loss covers the call's name and arguments, and no loss
+    token touches the system, user or tool turns."""
+    from runner.data import tool_calls
+
+    tokenizer = tokenizer_for(name, base_dir)
+    masks = chat_masks.ChatMasks(tokenizer)
+    tokens = masks.tokenized(TOOL_CONVERSATION, tools=WEATHER)
+    wanted_ids = tokenizer.apply_chat_template(tool_calls.for_template(TOOL_CONVERSATION), tools=WEATHER,
+                                               tokenize=True, return_dict=True)["input_ids"]
+    assert tokens["input_ids"] == wanted_ids
+    runs = chat_masks.decoded_runs(tokenizer, tokens)
+    assert len(runs) == 3, runs
+    call, answer, thanks = runs
+    assert "get_weather" in call and "Bergen" in call and "Rain" not in call
+    assert answer.startswith("Yes: rain and 9 degrees.") and thanks.startswith("You're welcome.")
+    added = set(tokenizer.get_added_vocab().values())
+    for run in runs:  # each ends with the template's end-of-turn token(s)
+        assert tokenizer(run, add_special_tokens=False)["input_ids"][-1] in added, run
+    found = masks.rendered(TOOL_CONVERSATION, tools=WEATHER)
+    untrained = "".join(found.text[a:b] for a, b in zip([0] + [e for _, e in found.spans],
+                                                         [s for s, _ in found.spans] + [len(found.text)]))
+    assert "Rain, 9 degrees" in untrained and "Is it raining in Bergen?" in untrained
+    if name in TOOL_CALL_TEXT:
+        assert call == TOOL_CALL_TEXT[name]
+
+
+def test_a_tool_call_mask_is_exact_to_the_character_on_qwen2_5(base_dir):
+    """The characters that carry loss are exactly the call (from `<tool_call>`, after the assistant header) with its
+    `<|im_end|>`, and the answers with theirs; the token mask covers exactly those characters."""
+    tokenizer = tokenizer_for("qwen2_5", base_dir)
+    masks = chat_masks.ChatMasks(tokenizer)
+    found = masks.rendered(TOOL_CONVERSATION, tools=WEATHER)
+    trained = [found.text[a:b] for a, b in found.spans]
+    assert trained == [TOOL_CALL_TEXT["qwen2_5"], "Yes: rain and 9 degrees.<|im_end|>", "You're welcome.<|im_end|>"]
+    call_start = found.spans[0][0]
+    assert found.text[:call_start].endswith("<|im_start|>assistant\n")
+    assert found.text[found.spans[0][1]:].startswith("\n<|im_start|>user\n<tool_response>\nRain, 9 degrees\n")
+    encoding = tokenizer(found.text, add_special_tokens=False, return_offsets_mapping=True)
+    tokens = masks.tokenized(TOOL_CONVERSATION, tools=WEATHER)
+    covered = "".join(found.text[s:e] for (s, e), m in zip(encoding["offset_mapping"], tokens["assistant_masks"]) if m)
+    assert covered == "".join(trained)
+
+
+def test_parallel_calls_and_text_before_them_train_as_one_turn_on_qwen2_5(base_dir):
+    tokenizer = tokenizer_for("qwen2_5", base_dir)
+    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+             for city in ("Oslo", "Rome")]
+    conversation = [{"role": "user", "content": "Oslo and Rome?"},
+                    {"role": "assistant", "content": "Checking both.", "tool_calls": calls},
+                    {"role": "tool", "content": "Snow"}, {"role": "tool", "content": "Sun"},
+                    {"role": "assistant", "content": "Snow in Oslo, sun in Rome."}]
+    runs = chat_masks.decoded_runs(tokenizer, chat_masks.ChatMasks(tokenizer).tokenized(conversation, tools=WEATHER))
+    assert runs == ['Checking both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+                    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call><|im_end|>',
+                    "Snow in Oslo, sun in Rome.<|im_end|>"]

@@ -67,8 +67,8 @@ def test_bad_sharegpt_rows_stop_check_data_with_their_row_numbers(tmp_path):
     write_json(tmp_path / "recipe.json", base_recipe(tmp_path, data={"format": "sharegpt"}))
     result = cli("check-data", str(tmp_path / "recipe.json"), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "/data/train: 1 rows end without an answer (the last turn is not gpt): rows 2 (column conversations)" \
-        in result.stderr
+    assert ("/data/train: 1 rows end without an answer (the last turn is not gpt or function_call): rows 2 (column "
+            "conversations)") in result.stderr
     assert ("/data/train: 1 rows have turns that do not alternate human, gpt, human, ... (after an optional system "
             "turn): rows 4 (column conversations)") in result.stderr
     assert json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0]) == rows[0]  # the data is untouched

@@ -56,6 +56,8 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
         "measured_rows": len(lengths),
         # examples cut to max_length that still train (those left without a loss token are counted in loss_tokens)
         "truncated": sum(n > cut for n in lengths) - (loss["emptied"] if loss else 0) if cut else 0,
+        # what the trainer does with an example longer than max_length: cuts it, or leaves it out (reward pairs)
+        "over_length": "dropped" if TASKS[plan["task"]].drops_long_examples else "truncated",
         "loss_tokens": loss,
         "eval_loss_tokens": eval_loss_tokens(splits.eval, sample, tokenizer, config, cut) if token_loss else None,
         "leakage": leakage(splits.train, splits.eval),

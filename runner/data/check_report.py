@@ -32,8 +32,9 @@ def truncation_warnings(report: dict) -> list[str]:
     total = report["examples"].get("train")
     if report["truncated"]:
         share = report["truncated"] / measured
+        fate = OVER_LENGTH[report.get("over_length", "truncated")]
         found.append(f"{_of(report['truncated'], measured, total)} training examples ({share:.1%}) are longer than "
-                     f"max_length {limit} and will be truncated to it (the start is kept and still carries loss)")
+                     f"max_length {limit} and will be {fate}")
     loss = report["loss_tokens"]
     if loss and loss["dropped"]:
         found.append(f"{_of(loss['dropped'], measured, total)} training examples will be dropped by the trainer: "
@@ -45,6 +46,12 @@ def truncation_warnings(report: dict) -> list[str]:
                      f"to truncation at max_length {limit}: packed, they stay in the data and train on nothing "
                      f"(rows {shown_rows(loss['emptied_rows'], loss['emptied'])})")
     return found
+
+
+# the trainer's way with an example longer than max_length (the report's `over_length`)
+OVER_LENGTH = {"truncated": "truncated to it (the start is kept and still carries loss)",
+               "dropped": "left out by the trainer (TRL's RewardTrainer drops a pair when either side is longer; "
+                          "evaluation pairs too)"}
 
 
 def _of(count: int, measured: int, total: int | None) -> str:

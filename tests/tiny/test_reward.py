@@ -96,3 +96,18 @@ def test_the_shipped_recipe_runs_cut_down(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pairwise_accuracy: " in result.stdout and "pairs: 200 -> 200" in result.stdout, result.stdout
     assert (tmp_path / "rw" / "adapter_model.safetensors").is_file()
+
+
+def test_the_data_check_says_over_long_pairs_are_left_out_not_truncated(tmp_path, recipe_file):
+    """TRL's RewardTrainer filters a pair when either side is longer than max_length; it never cuts one."""
+    from runner.commands.check_data import check_data
+
+    # one token per byte + the end token: "reverse ab =" 12 + " ba" 3 + 1 = 16; "reverse abcdef =" 16 + 7 + 1 = 24
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "reverse ab =", "chosen": " ba", "rejected": " BA"},
+                                           {"prompt": "reverse abcdef =", "chosen": " fedcba", "rejected": " FEDCBA"}])
+    report = check_data(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, task="reward",
+                                                                       training={"max_length": 20})))))
+    assert report["truncated"] == 1 and report["over_length"] == "dropped" and report["loss_tokens"] is None
+    assert report["warnings"] == ["1 of the 2 training examples (50.0%) are longer than max_length 20 and will be left "
+                                  "out by the trainer (TRL's RewardTrainer drops a pair when either side is longer; "
+                                  "evaluation pairs too)"]

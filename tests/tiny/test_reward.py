@@ -18,14 +18,16 @@ from runner.recipe.load import load_recipe
 from runner.train import models
 
 
-def reward_plan(tmp_path, recipe_file, **sections):
-    # the recipe's style preference (the answer as asked over the same answer in capitals): a few steps teach it
-    write_jsonl(tmp_path / "train.jsonl", reverse_preference_rows(256, seed=21))
-    write_jsonl(tmp_path / "eval.jsonl", reverse_preference_rows(64, seed=22))
+def reward_plan(tmp_path, recipe_file, shape=lambda rows: rows, fmt="preference", **sections):
+    """The recipe's style preference (the answer as asked over the same answer in capitals), which a few steps teach;
+    `shape` writes the rows in another format's shape."""
+    write_jsonl(tmp_path / "train.jsonl", shape(reverse_preference_rows(256, seed=21)))
+    write_jsonl(tmp_path / "eval.jsonl", shape(reverse_preference_rows(64, seed=22)))
     training = {"max_steps": 24, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
                 "per_device_eval_batch_size": 32, "max_length": 32, "logging_steps": 4, **sections.pop("training", {})}
-    recipe = base_recipe(tmp_path, task="reward", data={"train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"}},
-                         training=training, evaluation={"baseline": True}, **sections)
+    data = {"format": fmt, "train": {"path": "train.jsonl"}, "eval": {"path": "eval.jsonl"}}
+    recipe = base_recipe(tmp_path, task="reward", data=data, training=training, evaluation={"baseline": True},
+                         **sections)
     return build_plan(load_recipe(recipe_file(recipe)))
 
 
@@ -77,6 +79,22 @@ def test_lora_saves_the_head_and_predict_prints_the_scores_evaluation_computed(t
     again = evaluate_run(plan, tmp_path / "run")["after"]  # `eval` loads the adapter and head back
     assert again["pairwise_accuracy"] == after["pairwise_accuracy"]
     assert again["mean_margin"] == pytest.approx(after["mean_margin"], abs=1e-4)
+
+
+def test_sharegpt_pairs_train_as_conversations_through_the_chat_template(tmp_path, recipe_file):
+    """LLaMA-Factory's preference shape: TRL renders the request and each answer with the tokenizer's chat template."""
+    def sharegpt(rows):
+        return [{"conversations": [{"from": "human", "value": r["prompt"]}], "chosen": {"from": "gpt", "value": r["chosen"]},
+                 "rejected": {"from": "gpt", "value": r["rejected"]}} for r in rows]
+
+    plan = reward_plan(tmp_path, recipe_file, shape=sharegpt, fmt="sharegpt_preference", training={"max_steps": 16})
+    prepared = prepare(plan)
+    first = prepared.trainer.train_dataset[0]["chosen_ids"]
+    assert prepared.trainer.processing_class.decode(first).startswith("<|user|>reverse ")  # the chat template's
+    manifest = train(prepared.plan, prepared, ["test"])
+    before, after = manifest["metrics"]["before"], manifest["metrics"]["after"]
+    assert manifest["data_shape"] == {"conversational": True} and after["pairs"] == 64
+    assert after["pairwise_accuracy"] >= 0.9 and after["pairwise_accuracy"] > before["pairwise_accuracy"], (before, after)
 
 
 def test_a_pair_without_its_chosen_column_stops_before_the_model_loads(tmp_path, recipe_file):

@@ -47,6 +47,10 @@ def test_full_fine_tuning_ranks_held_out_pairs_and_changes_every_weight(tmp_path
     assert all(not torch.equal(value, start[name]) for name, value in saved.items())
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| pairwise_accuracy |" in report and "| mean_margin |" in report
+    from runner.commands.inference import predict
+
+    shown, shouted = predict(tmp_path / "run", ["reverse hello = olleh", "reverse hello = OLLEH"])
+    assert shown["score"] > shouted["score"] and set(shown) == {"input", "score"}  # the saved full model
 
 
 def test_lora_saves_the_head_and_predict_prints_the_scores_evaluation_computed(tmp_path, recipe_file):

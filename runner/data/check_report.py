@@ -18,6 +18,12 @@ def warnings(report: dict) -> list[str]:
                      f"the trainer: truncation at max_length {report['max_length']} cuts away every token that "
                      f"carries loss (rows {shown_rows(held_out['dropped_rows'], count)}); the evaluation loss is "
                      f"measured on the other {measured - count}")
+    left_out = report.get("eval_left_out")
+    if left_out and left_out["dropped"]:
+        count, measured = left_out["dropped"], left_out["examples"]
+        found.append(f"{_of(count, measured, report['examples'].get('evaluation'))} evaluation examples are longer than "
+                     f"max_length {report['max_length']} and will be left out: they are measured on the other "
+                     f"{measured - count}" + ("" if measured == report["examples"].get("evaluation") else " measured"))
     if report["leakage"] and report["leakage"]["count"]:
         leak = report["leakage"]
         found.append(f"{leak['count']} evaluation rows also appear in the training data (eval rows "

@@ -15,6 +15,7 @@ from conftest import ROOT, base_recipe, write_jsonl
 from runner.commands.check_data import check_data
 from runner.commands.inference import evaluate_run, predict
 from runner.commands.run import prepare, run, train
+from runner.errors import RecipeError
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
 from runner.train import models
@@ -122,13 +123,28 @@ def test_the_shipped_recipe_runs_cut_down(tmp_path):
 
 
 def test_the_data_check_says_over_long_pairs_are_left_out_not_truncated(tmp_path, recipe_file):
-    """TRL's RewardTrainer filters a pair when either side is longer than max_length; it never cuts one."""
+    """TRL's RewardTrainer filters a pair when either side is longer than max_length; it never cuts one. The check
+    counts them, and refuses a run that would have nothing left to evaluate on."""
     # one token per byte + the end token: "reverse ab =" 12 + " ba" 3 + 1 = 16; "reverse abcdef =" 16 + 7 + 1 = 24
-    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "reverse ab =", "chosen": " ba", "rejected": " BA"},
-                                           {"prompt": "reverse abcdef =", "chosen": " fedcba", "rejected": " FEDCBA"}])
-    report = check_data(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, task="reward",
-                                                                       training={"max_length": 20})))))
+    short = {"prompt": "reverse ab =", "chosen": " ba", "rejected": " BA"}
+    long = {"prompt": "reverse abcdef =", "chosen": " fedcba", "rejected": " FEDCBA"}
+    other = {"prompt": "reverse xyzuvw =", "chosen": " wvuzyx", "rejected": " WVUZYX"}  # held out: no leakage
+    write_jsonl(tmp_path / "train.jsonl", [short, long])
+    write_jsonl(tmp_path / "eval.jsonl", [other, {**short, "prompt": "reverse cd =", "chosen": " dc"}, other])
+    recipe = base_recipe(tmp_path, task="reward", data={"eval": {"path": "eval.jsonl"}}, training={"max_length": 20})
+    report = check_data(build_plan(load_recipe(recipe_file(recipe))))
     assert report["truncated"] == 1 and report["over_length"] == "dropped" and report["loss_tokens"] is None
-    assert report["warnings"] == ["1 of the 2 training examples (50.0%) are longer than max_length 20 and will be left "
-                                  "out by the trainer (TRL's RewardTrainer drops a pair when either side is longer; "
-                                  "evaluation pairs too)"]
+    assert report["eval_left_out"] == {"dropped": 2, "examples": 3}
+    assert report["warnings"] == [
+        "1 of the 2 training examples (50.0%) are longer than max_length 20 and will be left out by the trainer "
+        "(TRL's RewardTrainer drops a pair when either side is longer; evaluation pairs too)",
+        "2 of the 3 evaluation examples are longer than max_length 20 and will be left out: they are measured on "
+        "the other 1"]
+    assert report["preview"] == "reverse ab = ba<|end|>"  # every token is read: nothing shown as without loss
+    write_jsonl(tmp_path / "eval.jsonl", [other, other])
+    with pytest.raises(RecipeError) as info:
+        check_data(build_plan(load_recipe(recipe_file(recipe))))
+    (problem,) = info.value.problems
+    assert problem.path == "/training/max_length"
+    assert problem.message == ("all 2 evaluation examples measured are longer than max_length 20: the trainer would "
+                               "leave every one out and have nothing to evaluate on")

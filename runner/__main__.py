@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("recipe")
     evaluate.add_argument("--model", required=True, metavar="RUN_DIR", help="run directory of the trained model")
     _add_set(evaluate)
-    predict = sub.add_parser("predict", help="run a trained model on texts: generated answers or class labels")
+    predict = sub.add_parser("predict", help="run a trained model on texts: generated answers, class labels or reward scores")
     predict.add_argument("run_dir")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", action="append", help="an input text (repeatable)")
@@ -213,7 +213,7 @@ def cmd_predict(args) -> int:
         from runner.errors import Problem
 
         raise RecipeError([Problem("", "an input is empty (--text '', or an empty field in --input): there is "
-                                       "nothing to answer or classify",
+                                       "nothing to answer, classify or score",
                                    "give the text to run the model on, e.g. --text 'What is the capital of France?'")])
     for result in predict(Path(args.run_dir).absolute(), texts, args.max_new_tokens):
         print(json.dumps(result, ensure_ascii=False))

@@ -6,7 +6,8 @@ Everything here is built offline and deterministically; `python tests/assets.py`
 - tokenizer: byte-level (every byte one token, no merges) plus chat special tokens, with a
   chat template that marks assistant turns with {% generation %} for assistant-only loss;
 - model: a 3-layer Llama config small enough to train in seconds on a CPU;
-- data: reverse a short lowercase string, as prompt/completion pairs;
+- data: reverse a short lowercase string, as prompt/completion pairs, and as preference pairs (the answer as
+  asked chosen over the same answer in capitals) for the reward-model recipe (recipes/reward_lora.json);
 - data for the real-model quickstart (recipes/quickstart_chat.json): conversations asking for a person's
   name, age and city from a sentence, answered with one JSON object.
 """
@@ -82,6 +83,15 @@ def reverse_rows(count: int, seed: int, min_len: int = 3, max_len: int = 8) -> l
     return rows
 
 
+def reverse_preference_rows(count: int, seed: int) -> list[dict]:
+    """The reversal task as preference pairs for a reward model: a style preference a model built from scratch learns
+    in a few hundred steps on a CPU: the answer as asked (lowercase) is chosen over the same answer in capitals.
+    (Telling the right reversal from the word copied unreversed took a full fine-tuning of the tiny model ~150 steps
+    to start to learn, and LoRA on its random base had not started after 50: too slow for a CPU recipe.)"""
+    return [{"prompt": row["prompt"], "chosen": row["completion"], "rejected": row["completion"].upper()}
+            for row in reverse_rows(count, seed)]
+
+
 NAMES = ["Alice", "Bruno", "Chen", "Dalia", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Julia", "Kofi", "Lena",
          "Mateo", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Victor", "Wen", "Ximena",
          "Yusuf", "Zoe", "Amara", "Bjorn", "Carmen", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas"]
@@ -138,6 +148,11 @@ def write_all(root: Path = ASSETS) -> None:
     held_out = [row for row in record_rows(60, seed=4) if row["messages"][0]["content"] not in seen][:40]
     write_jsonl(root / "json_records" / "train.jsonl", records)
     write_jsonl(root / "json_records" / "eval.jsonl", held_out)
+    pairs = reverse_preference_rows(1200, seed=5)
+    seen = {row["prompt"] for row in pairs}
+    held_out = [row for row in reverse_preference_rows(240, seed=6) if row["prompt"] not in seen][:200]
+    write_jsonl(root / "reverse_preference" / "train.jsonl", pairs)
+    write_jsonl(root / "reverse_preference" / "eval.jsonl", held_out)
 
 
 if __name__ == "__main__":

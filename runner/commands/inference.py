@@ -16,6 +16,7 @@ from runner.evaluate.generation import generate
 from runner.records import outputs
 from runner.errors import Problem, RecipeError
 from runner.train import session
+from runner.train.reward import score_texts
 from runner.train.trainer import launch_config
 
 
@@ -46,7 +47,7 @@ def evaluate_run(plan: dict, run_dir: Path) -> dict:
 
 
 def predict(run_dir: Path, texts: list[str], max_new_tokens: int | None = None) -> list[dict]:
-    """What the run's model makes of each text: generated text, or a label with class probabilities.
+    """What the run's model makes of each text: generated text, a label with class probabilities, or a score.
 
     `run_dir`: a finished run's directory, or one whole checkpoint of a run (RUN_DIR/checkpoint-N)."""
     records = records_dir(run_dir)
@@ -96,7 +97,7 @@ def classify_texts(model, tokenizer, plan: dict, texts: list[str], settings: dic
 
 # Task -> function(model, tokenizer, plan, texts, generation settings) -> one result dict per text.
 PREDICT = {"sft": generate_texts, "pretrain": generate_texts, "dpo": generate_texts, "grpo": generate_texts,
-           "rloo": generate_texts, "classification": classify_texts}
+           "rloo": generate_texts, "classification": classify_texts, "reward": score_texts}
 
 
 def read_inputs(path: Path) -> list[str]:

@@ -51,7 +51,8 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
     whole answer out of more than DROPPED_SHARE of the examples (TRL drops such examples).
     """
     config = chat_masks.loss_options(plan)
-    token_loss = TASKS[plan["task"]].causal_lm
+    task = TASKS[plan["task"]]
+    token_loss = task.causal_lm
     max_length = config.get("max_length")
     rows = head(splits.train, sample)  # a stream's first rows (its first HEAD_ROWS when sample is None)
     masks = token_masks(rows, tokenizer, config, "/data/train")
@@ -67,14 +68,22 @@ def inspect(plan: dict, splits, tokenizer, sample: int | None = None) -> dict:
         "measured_rows": len(lengths),
         # examples cut to max_length that still train (those left without a loss token are counted in loss_tokens)
         "truncated": sum(n > cut for n in lengths) - (loss["emptied"] if loss else 0) if cut else 0,
+        # what the trainer does with an example longer than max_length: cuts it, or leaves it out (reward pairs)
+        "over_length": "dropped" if task.drops_long_examples else "truncated",
         "loss_tokens": loss,
         "eval_loss_tokens": eval_loss_tokens(splits.eval, sample, tokenizer, config, cut) if token_loss else None,
+        "eval_left_out": left_out(splits.evaluation, sample, tokenizer, config, cut) if task.drops_long_examples
+        else None,
         "leakage": leakage(splits.train if not is_stream(splits.train) else rows, splits.eval),
-        "preview": preview(rows[0], tokenizer, config),
+        # a model that scores whole sequences (a reward model) reads every token: nothing shown as without loss
+        "preview": preview(rows[0], tokenizer, {**config, "completion_only_loss": False}
+                           if task.scores_pairs else config),
         "sources": per_source(splits, sample, tokenizer, config, cut, token_loss),
     }
     if token_loss:
         refuse_training_on_nothing(report)
+    if task.drops_long_examples:
+        refuse_leaving_out_everything(report)
     report["warnings"] = warnings(report)
     return report
 
@@ -118,6 +127,28 @@ def eval_loss_tokens(held_out, sample: int | None, tokenizer, config: dict, cut:
         return None
     return loss_tokens(token_masks(head(held_out, sample), tokenizer, config, "/data/eval"), cut,
                        drops_emptied_examples(config))
+
+
+def left_out(held_out, sample: int | None, tokenizer, config: dict, cut: int | None) -> dict | None:
+    """Evaluation examples longer than max_length, for a trainer that leaves such examples out (reward pairs)."""
+    if held_out is None or cut is None:
+        return None
+    lengths = [len(mask) for mask in token_masks(_first(held_out, sample), tokenizer, config)]
+    return {"dropped": sum(n > cut for n in lengths), "examples": len(lengths)}
+
+
+def refuse_leaving_out_everything(report: dict) -> None:
+    """A trainer that leaves out over-long examples must keep some to train on and some to evaluate on."""
+    fix = "raise training.max_length, or shorten those examples (a pair is left out when either side is longer)"
+    limit, measured = report["max_length"], report["measured_rows"]
+    if report["truncated"] == measured:
+        raise RecipeError([Problem("/training/max_length", f"all {measured} training examples measured are longer "
+                                   f"than max_length {limit}: the trainer would leave every one out", fix)])
+    held_out = report["eval_left_out"]
+    if held_out and held_out["dropped"] == held_out["examples"]:
+        raise RecipeError([Problem("/training/max_length", f"all {held_out['examples']} evaluation examples measured "
+                                   f"are longer than max_length {limit}: the trainer would leave every one out and "
+                                   "have nothing to evaluate on", fix)])
 
 
 DROPPED_SHARE = 0.1  # more examples than this losing their whole answer to truncation stops the run

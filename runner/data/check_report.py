@@ -18,6 +18,12 @@ def warnings(report: dict) -> list[str]:
                      f"the trainer: truncation at max_length {report['max_length']} cuts away every token that "
                      f"carries loss (rows {shown_rows(held_out['dropped_rows'], count)}); the evaluation loss is "
                      f"measured on the other {measured - count}")
+    left_out = report.get("eval_left_out")
+    if left_out and left_out["dropped"]:
+        count, measured = left_out["dropped"], left_out["examples"]
+        found.append(f"{_of(count, measured, report['examples'].get('evaluation'))} evaluation examples are longer than "
+                     f"max_length {report['max_length']} and will be left out: they are measured on the other "
+                     f"{measured - count}" + ("" if measured == report["examples"].get("evaluation") else " measured"))
     if report["leakage"] and report["leakage"]["count"]:
         leak = report["leakage"]
         found.append(f"{leak['count']} evaluation rows also appear in the training data (eval rows "
@@ -33,8 +39,9 @@ def truncation_warnings(report: dict) -> list[str]:
     of = lambda count: _of(count, measured, total, streamed)  # noqa: E731
     if report["truncated"]:
         share = report["truncated"] / measured
+        fate = OVER_LENGTH[report.get("over_length", "truncated")]
         found.append(f"{of(report['truncated'])} training examples ({share:.1%}) are longer than "
-                     f"max_length {limit} and will be truncated to it (the start is kept and still carries loss)")
+                     f"max_length {limit} and will be {fate}")
     loss = report["loss_tokens"]
     if loss and loss["dropped"]:
         found.append(f"{of(loss['dropped'])} training examples will be dropped by the trainer: "
@@ -46,6 +53,12 @@ def truncation_warnings(report: dict) -> list[str]:
                      f"to truncation at max_length {limit}: packed, they stay in the data and train on nothing "
                      f"(rows {shown_rows(loss['emptied_rows'], loss['emptied'])})")
     return found
+
+
+# the trainer's way with an example longer than max_length (the report's `over_length`)
+OVER_LENGTH = {"truncated": "truncated to it (the start is kept and still carries loss)",
+               "dropped": "left out by the trainer (TRL's RewardTrainer drops a pair when either side is longer; "
+                          "evaluation pairs too)"}
 
 
 def _of(count: int, measured: int, total: int | None, streamed: bool = False) -> str:

@@ -46,6 +46,7 @@ NOT_DATA = frozenset({
     "eval_strategy", "eval_steps", "eval_on_start", "save_strategy", "save_steps", "save_total_limit",
     "dataloader_num_workers", "ddp_find_unused_parameters", "report_to", "torch_compile", "neftune_noise_alpha",
     "dataset_num_proc", "beta", "loss_type", "label_smoothing", "disable_dropout", "class_weights",
+    "center_rewards_coefficient",
     # collator and model settings (TRL 1.16 reads them after preparation): the launch-time fast defaults decide
     # them per machine, and a run on another GPU should still find the same prepared data
     "use_liger_kernel", "pad_to_multiple_of", "padding_free",

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from runner.evaluate import metrics as m
-from runner.plan.tasks import GENERATIVE, LABEL_METRICS, TASKS, trained_format
+from runner.plan.tasks import GENERATIVE, LABEL_METRICS, PAIR_METRICS, TASKS, trained_format
 from runner.evaluate.generation import PROMPT_AND_ANSWER, generate_across_ranks
 from runner.train import classification
+from runner.train import reward
 
 
 def measure(trainer, plan: dict, splits) -> dict:
@@ -40,6 +41,8 @@ def measure_rows(trainer, plan: dict, splits, prefix: str = "eval", generated: t
         results.update(loss_metrics(trainer.evaluate(eval_dataset=features, metric_key_prefix=prefix), wanted, prefix))
         if any(name in LABEL_METRICS for name in wanted):
             results.update(label_metrics(trainer, plan, splits.evaluation, wanted))
+        if any(name in PAIR_METRICS for name in wanted):
+            results.update(pair_metrics(trainer, plan, splits.evaluation, wanted))
         generative = [name for name in wanted if name in GENERATIVE]
         if generative:
             if generated is None:
@@ -98,6 +101,13 @@ def label_metrics(trainer, plan: dict, dataset, wanted: list[str]) -> dict:
     return out
 
 
+def pair_metrics(trainer, plan: dict, dataset, wanted: list[str]) -> dict:
+    """Pairwise accuracy and mean margin of the model's scores on the evaluation pairs, and how many were scored."""
+    chosen, rejected = PAIR_SCORES[plan["task"]](trainer, dataset, plan)
+    found = m.pairwise_metrics(chosen, rejected)
+    return {**{name: found[name] for name in wanted if name in PAIR_METRICS}, "pairs": found["pairs"]}
+
+
 def generated_answers(trainer, plan: dict, dataset, references: list | None = None) -> tuple[list[str], list]:
     """Greedy (or configured) answers to the first `max_examples` prompts, and their references: the format's one
     answer per row, or every answer `references` holds for it (evaluation.references, in the rows' order)."""
@@ -116,5 +126,7 @@ def generated_answers(trainer, plan: dict, dataset, references: list | None = No
 EVAL_FEATURES = {"classification": classification.eval_features}
 # Task -> function(trainer, dataset, plan) -> (predicted label ids, reference ids): every task that predicts labels.
 LABEL_PREDICTIONS = {"classification": classification.predicted_ids}
+# Task -> function(trainer, dataset, plan) -> (chosen scores, rejected scores): every task that scores pairs.
+PAIR_SCORES = {"reward": reward.pair_scores}
 
 

@@ -1,6 +1,7 @@
 """Evaluation metrics, offline and pure.
 
     classification_metrics([0, 2, 1], [0, 1, 1], ["neg", "neu", "pos"])
+    pairwise_metrics(chosen_scores, rejected_scores)
     generation_metrics(["rouge", "bleu"], predictions, references)
 
 We do not use `evaluate.load(...)`: it fetches metric scripts from the Hub. ROUGE and BLEU call
@@ -74,6 +75,16 @@ def classification_metrics(predictions: list[int], references: list[int], labels
         "per_class": dict(zip(labels, scores)),
         "confusion_matrix": {"labels": list(labels), "matrix": matrix},
     }
+
+
+def pairwise_metrics(chosen: list[float], rejected: list[float]) -> dict:
+    """For a reward model's scores of held-out pairs: the share where chosen scores strictly higher (a tie counts
+    as wrong, so an untrained constant scorer gets 0, not 1), the mean of score(chosen) - score(rejected), and the
+    number of pairs scored."""
+    _check_pairs(chosen, rejected)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"pairwise_accuracy": sum(d > 0 for d in margins) / len(margins),
+            "mean_margin": sum(margins) / len(margins), "pairs": len(margins)}
 
 
 def _normalise(text: str) -> str:

@@ -35,6 +35,8 @@ LAYER_BACKWARD and head_workspace.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from runner.plan.methods import method_of
 
 # TRL 1.16's ChunkedLogProbFunction tiles: TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocab entries.
@@ -60,9 +62,31 @@ def mlp_bytes(s) -> int:
     return residual_bytes(s) if s.quantization.get("method", "none") != "none" else compute_bytes(s)
 
 
+@dataclass(frozen=True)
+class Kind:
+    """How a task's batches and head count (a task row's memory_kind names one)."""
+
+    rows: int  # sequences per example in a micro-batch: chosen and rejected are stacked for preference losses
+    lm_head: bool  # a vocabulary-wide language-model head (TRL's fused head); else a small score head, counted as none
+    liger: bool = False  # Liger's fused kernels apply to its loss (suggested when they alone would make it fit)
+
+
+KINDS = {
+    "sft": Kind(rows=1, lm_head=True, liger=True),
+    "dpo": Kind(rows=2, lm_head=True),  # the reference model is Settings.reference
+    "classification": Kind(rows=1, lm_head=False),
+    "reward": Kind(rows=2, lm_head=False),  # chosen and rejected through a one-output score head, no reference
+}
+
+
 def rows(s) -> int:
-    """Sequences in a micro-batch: DPO stacks each pair's chosen and rejected rows."""
-    return s.batch * (2 if s.kind == "dpo" else 1)
+    """Sequences in a micro-batch: DPO and reward models stack each pair's chosen and rejected rows."""
+    return s.batch * KINDS[s.kind].rows
+
+
+def lm_head(s) -> bool:
+    """A vocabulary-wide LM head follows the layers (else a score head, too small to count)."""
+    return KINDS[s.kind].lm_head
 
 
 def row_length(s) -> int:
@@ -131,7 +155,7 @@ def head_bytes(config: dict, s, full: bool) -> int:
     """The final norm and what the LM head keeps, per token (a classification head: the final norm only)."""
     h, r = config["hidden_size"], residual_bytes(s)
     final_norm = norm_bytes(h, r, full, s.liger)
-    if s.kind == "classification":
+    if not lm_head(s):
         return final_norm
     return final_norm + r * h + 8 + 4 + 4  # TRL's fused head: hidden[mask], targets, log_z, entropy
 
@@ -139,7 +163,7 @@ def head_bytes(config: dict, s, full: bool) -> int:
 def head_workspace(config: dict, s, tokens: int, head_trains: bool, w_bytes: int) -> tuple[int, int]:
     """(forward, backward) transient bytes of TRL's fused LM head: the logits tile; in backward also the fp32
     gradient accumulators for the hidden states and (when the head trains) the weight, and their casts back."""
-    if s.kind == "classification":
+    if not lm_head(s):
         return 0, 0
     h, vocab, c, r = config["hidden_size"], config["vocab_size"], compute_bytes(s), residual_bytes(s)
     tile = min(tokens, HEAD_TOKEN_TILE) * HEAD_VOCAB_TILE * c  # allocated at the full tile width, whatever the vocab

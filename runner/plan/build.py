@@ -151,6 +151,7 @@ def model_spec(model: dict, task: Task) -> dict:
         "revision": model["revision"],
         "init": model["init"],
         "config_overrides": model["config_overrides"],
+        "task_config": dict(task.model_config),  # what the task fixes in the config (a reward model's one output)
         "dtype": model["dtype"],
         "attn_implementation": model["attn_implementation"],
         "quantization": quantization_spec(model["quantization"]),

@@ -41,6 +41,9 @@ OPTIMIZERS = {
 }
 
 
+KINDS = act.KINDS  # a task's memory_kind -> how its batches and head count (runner/plan/activations.py)
+
+
 @dataclass(frozen=True)
 class Settings:
     weights_dtype: str = "bfloat16"       # the dtype weights are loaded in (non-quantized parts, with bnb)
@@ -51,7 +54,7 @@ class Settings:
     batch: int = 1                        # sequences per micro-batch per device
     length: int = 1024                    # tokens in the longest sequence
     activation_checkpointing: bool = False
-    kind: str = "sft"                     # "sft" | "dpo" (chosen + rejected rows) | "classification"
+    kind: str = "sft"                     # a key of KINDS
     reference: str | None = None          # dpo: "copy" keeps a second set of weights
     attention: str = "sdpa"               # "eager" materialises the attention scores; runner_varlen / flash: no mask
     liger: bool = False                   # Liger's RMSNorm, SwiGLU and RoPE kernels (use_liger_kernel)
@@ -68,7 +71,7 @@ def peak(config: dict, s: Settings) -> dict | None:
     layers, h, vocab = config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]
     linear = layers * sum(i * o for i, o, _ in shapes.values())
     head = 0 if config.get("tie_word_embeddings", False) else vocab * h
-    if s.kind == "classification":  # a tiny score head instead of the LM head
+    if not KINDS[s.kind].lm_head:  # a tiny score head instead of the LM head
         total -= head
         head = 0
     w_bytes = DTYPE_BYTES[s.weights_dtype]
@@ -86,7 +89,7 @@ def peak(config: dict, s: Settings) -> dict | None:
         "weights": weights, "gradients": trainable * t_bytes, "optimizer_states": trainable * state_bytes,
         "optimizer_step_temporary": trainable * t_bytes if temp_too else 0,
         "autocast_weight_copies": 2 * linear if casts and (full or not ckpt) else 0,
-        "reference_model": weights if s.kind == "dpo" and s.reference == "copy" else 0,
+        "reference_model": weights if s.reference == "copy" else 0,  # only a task with a reference has one
         "ddp_gradient_buckets": 0,
     }
     if s.topology.engine != "single":
@@ -95,7 +98,7 @@ def peak(config: dict, s: Settings) -> dict | None:
     parts.update(activation_parts(config, s, shapes))
     tokens = parts.pop("tokens")
     parts.pop("saved_per_layer")
-    head_trains = full and s.kind != "classification"
+    head_trains = full and KINDS[s.kind].lm_head
     ws_forward, ws_backward = act.head_workspace(config, s, tokens, head_trains, w_bytes)
     parts.update(lm_head_workspace_forward=ws_forward, lm_head_workspace_backward=ws_backward)
     copies_backward = 0 if ckpt else parts["autocast_weight_copies"]
@@ -125,7 +128,7 @@ def sharded_bf16(t: Topology) -> bool:
 def activation_parts(config: dict, s: Settings, shapes: dict | None = None) -> dict:
     """Saved-for-backward bytes of one micro-batch: all layers, one layer, the LM head; and the layer workspace."""
     shapes = shapes or counts.linear_shapes(config)
-    tokens = s.batch * s.length * (2 if s.kind == "dpo" else 1)  # padding-free: batch x length real tokens
+    tokens = s.batch * s.length * KINDS[s.kind].rows  # padding-free: batch x length real tokens
     full = method_of(s.peft).trains_base
     layer = act.layer_bytes(config, shapes, s, lora_targets(shapes, s.peft))
     kept = act.checkpointed_layer_bytes(config, s) if s.activation_checkpointing else layer

@@ -121,7 +121,7 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
         if not isinstance(length, int):
             return None, ["max_length is null and the config has no max_position_embeddings"]
         assumptions.append(f"max_length null: examples assumed as long as the model allows ({length} tokens)")
-    rows = "chosen + rejected rows of " if kind == "dpo" else "rows of "
+    rows = "chosen + rejected rows of " if memory.KINDS[kind].rows == 2 else "rows of "
     assumptions.append(f"the longest micro-batch: {training['per_device_train_batch_size']} {rows}{length} tokens "
                        f"({'packing fills every row' if training.get('packing') else 'padding reaches this on the longest batch'})")
     if doc["peft"]["method"] == "partial":
@@ -186,13 +186,14 @@ def changes(s: Settings) -> list[tuple[str, Settings]]:
         found.append((f"per_device_train_batch_size: {batch} with gradient_accumulation_steps x{s.batch // batch} "
                       "(same global batch)", replace(s, batch=batch)))
         batch //= 2
-    if not s.liger and s.kind == "sft":  # the memory kind of the tasks whose loss Liger fuses (sft, pretrain)
+    if not s.liger and memory.KINDS[s.kind].liger:  # the tasks whose loss Liger fuses (sft, pretrain)
         found.append(("training.use_liger_kernel: true (liger-kernel installed, a GPU)", replace(s, liger=True)))
     if method_of(s.peft).trains_base and s.optim in ("adamw_torch", "adamw_torch_fused"):
         found.append(("training.optim: adamw_bnb_8bit", replace(s, optim="adamw_bnb_8bit")))
     if method_of(s.peft).trains_base:
         found.append((f"peft.method: lora (r {LORA['r']}, {LORA['target_modules']})", replace(s, peft=LORA)))
-    if s.quantization.get("method", "none") == "none" and s.kind != "classification":
+    # not suggested for a score head (classification, reward), as the estimate has done since it began
+    if s.quantization.get("method", "none") == "none" and memory.KINDS[s.kind].lm_head:
         peft = s.peft if s.peft.get("method") == "lora" else LORA
         found.append(("QLoRA: model.quantization.method: bnb_4bit with peft.method: lora",
                       replace(s, quantization=QLORA, peft=peft)))

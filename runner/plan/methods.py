@@ -194,8 +194,8 @@ def quantization_spec(quant: dict) -> dict | None:
 
 def parameter_counts(config: dict | None, source: str, peft: dict, task: Task) -> dict:
     if task.head_module != "lm_head":  # the estimator counts language-model heads only
-        return {"known": False, "why": f"the {task.name} head's size depends on the data; "
-                                       "run.json records the counts after loading"}
+        return {"known": False, "why": f"the estimator counts language-model heads only, not the {task.name} "
+                                       f"task's {task.head_module} head; run.json records the counts after loading"}
     total = estimate.total_parameters(config) if config else None
     if total is None:
         why = source if config is None else f"architecture '{config.get('model_type')}' is not in the estimator"

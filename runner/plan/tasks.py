@@ -47,8 +47,16 @@ class Task:
     adapter_on_head_trains: bool = True
     predicts_labels: bool = False  # the model outputs a class per text (label metrics), not text
     liger_kernel: bool = False  # Liger's fused kernels apply to its loss (TRL's SFTTrainer): a launch decision
-    # how the memory estimate counts rows and heads: "sft" (one row per example, a language-model head), "dpo"
-    # (chosen and rejected rows, a reference), "classification" (a classification head)
+    # the model scores each text with one number and is measured on held-out pairs (pairwise accuracy, margin)
+    scores_pairs: bool = False
+    # model config values the task fixes whatever the checkpoint says (a reward model's single output)
+    model_config: Mapping[str, object] = field(default_factory=dict)
+    # examples longer than max_length are left out by the trainer instead of cut (TRL's RewardTrainer filters
+    # pairs where either side is too long): the data check says "dropped", not "truncated"
+    drops_long_examples: bool = False
+    # how the memory estimate counts rows and heads (KINDS in runner/plan/activations.py): "sft" (one row per example, a
+    # language-model head), "dpo" (chosen and rejected rows, a reference), "classification" (a classification head),
+    # "reward" (chosen and rejected rows, a one-output head)
     memory_kind: str = "sft"
     uses_chat_template: bool = True  # chat formats render through the tokenizer's (or the recipe's) template
     # why its training data cannot stream (None: it can): a step that needs the whole data, or indices into it
@@ -60,6 +68,8 @@ class Task:
 GENERATIVE = ("exact_match", "rouge", "bleu")
 LM_METRICS = ("loss", "perplexity")
 LABEL_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix")
+# share of held-out pairs whose chosen side scores higher than the rejected one; mean score(chosen) - score(rejected)
+PAIR_METRICS = ("pairwise_accuracy", "mean_margin")
 
 _CHAT = {
     "text": Format(("text",)),
@@ -71,6 +81,13 @@ _CHAT = {
     # LLaMA-Factory's and axolotl's shape: conversations of {"from": human/gpt/system/function_call/observation,
     # "value"}, LLaMA-Factory's `tools` (runner/data/sharegpt.py)
     "sharegpt": Format(("conversations",), optional=("system", "tools"), becomes="messages", generative=True),
+}
+
+_PREFERENCE = {
+    "preference": Format(("chosen", "rejected"), optional=("prompt",), generative=True),
+    # conversations ending with the request, chosen and rejected as gpt turns (LLaMA-Factory's dpo_en_demo)
+    "sharegpt_preference": Format(("conversations", "chosen", "rejected"), optional=("system",),
+                                  becomes="preference", generative=True),
 }
 
 _SFT = Task(
@@ -96,12 +113,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
     "dpo": Task(
         name="dpo",
         peft_task_type="CAUSAL_LM",
-        formats=MappingProxyType({
-            "preference": Format(("chosen", "rejected"), optional=("prompt",), generative=True),
-            # conversations ending with the request, chosen and rejected as gpt turns (LLaMA-Factory's dpo_en_demo)
-            "sharegpt_preference": Format(("conversations", "chosen", "rejected"), optional=("system",),
-                                          becomes="preference", generative=True),
-        }),
+        formats=MappingProxyType(_PREFERENCE),
         default_metrics=("loss", "rewards"),
         metrics=("loss", "rewards") + GENERATIVE,  # generated answers compared with the chosen responses
         causal_lm=False,  # the DPO loss is not a token loss: no perplexity, no retention set
@@ -122,6 +134,22 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         uses_chat_template=False,
         cannot_stream="it reads the label set and class weights from the whole training data first",
         memory_kind="classification",
+    ),
+    # A reward model: the Bradley-Terry loss -log sigmoid(score(chosen) - score(rejected)) on the DPO data formats,
+    # TRL's RewardTrainer over a sequence-classification model with one output (the score at the last real token).
+    "reward": Task(
+        name="reward",
+        peft_task_type="SEQ_CLS",  # peft then trains and saves the score head beside the adapter (modules_to_save)
+        formats=MappingProxyType(_PREFERENCE),
+        default_metrics=("loss",) + PAIR_METRICS,
+        metrics=("loss",) + PAIR_METRICS,  # a score, not text: nothing generated to compare
+        causal_lm=False,
+        head_module="score",
+        fresh_head=True,  # a checkpoint's head of another shape (an LM head, two labels) is replaced
+        scores_pairs=True,
+        model_config=MappingProxyType({"num_labels": 1}),
+        drops_long_examples=True,
+        memory_kind="reward",
     ),
 })
 

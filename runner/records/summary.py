@@ -24,14 +24,19 @@ def metric_lines(results: dict) -> list[str]:
     before, lines = results.get("before") or {}, []
     for name, value in (results.get("after") or {}).items():
         if isinstance(value, (int, float)):
-            start = f"{before[name]:.4f} -> " if name in before else ""
-            lines.append(f"  {name}: {start}{value:.4f}")
+            start = f"{_shown(before[name])} -> " if name in before else ""
+            lines.append(f"  {name}: {start}{_shown(value)}")
     sources = (results.get("after") or {}).get("sources") or {}
     for source, values in sources.items():
         earlier = ((results.get("before") or {}).get("sources") or {}).get(source) or {}
-        lines += [f"  {source} {name}: " + (f"{earlier[name]:.4f} -> " if name in earlier else "") + f"{value:.4f}"
-                  for name, value in values.items() if isinstance(value, (int, float))]
+        lines += [f"  {source} {name}: " + (f"{_shown(earlier[name])} -> " if name in earlier else "")
+                  + _shown(value) for name, value in values.items() if isinstance(value, (int, float))]
     for when in ("before", "after"):
         if results.get("retention"):
             lines.append(f"  retention loss ({when}): {results['retention'][when]['loss']:.4f}")
     return lines
+
+
+def _shown(value) -> str:
+    """A count as a count (pairs: 200), a measurement to four places."""
+    return str(value) if isinstance(value, int) else f"{value:.4f}"

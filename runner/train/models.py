@@ -38,7 +38,9 @@ def load_config(spec: dict, updates: dict | None = None):
     if unknown:
         raise RecipeError([Problem(f"/model/config_overrides/{key}", f"not an attribute of {type(config).__name__}")
                            for key in unknown])
-    for key, value in {**spec["config_overrides"], **(updates or {})}.items():
+    # the task's own values (num_labels 1 for a reward model) win over the recipe's; the data's (a label map) over both
+    fixed = {**spec["config_overrides"], **spec.get("task_config", {}), **(updates or {})}  # older plans: none
+    for key, value in fixed.items():
         setattr(config, key, value)
     return config
 

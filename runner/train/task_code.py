@@ -57,6 +57,18 @@ def _rloo_config():
     return RLOOConfig
 
 
+def _reward_trainer():
+    from trl import RewardTrainer
+
+    return RewardTrainer
+
+
+def _reward_config():
+    from trl import RewardConfig
+
+    return RewardConfig
+
+
 def _trainer():
     from transformers import Trainer
 
@@ -99,4 +111,6 @@ TASK_CODE = {
     "rloo": TaskCode(_rloo_trainer, _rloo_config, _causal_lm, rl_trainer_kwargs),
     "classification": TaskCode(_trainer, _training_arguments, _sequence_classification,
                                classification.classification_trainer_kwargs),
+    # TRL tokenizes the pairs and wraps the adapter itself, as for DPO (no reference: the plan says none)
+    "reward": TaskCode(_reward_trainer, _reward_config, _sequence_classification, lm_trainer_kwargs),
 }

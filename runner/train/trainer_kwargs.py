@@ -1,11 +1,11 @@
-"""The keyword arguments TRL's language-model trainers (SFT, DPO) take beside `args`."""
+"""The keyword arguments TRL's trainers that tokenize their own data (SFT, DPO, reward) take beside `args`."""
 from __future__ import annotations
 
 from runner.train import adapters
 
 
 def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
-    """TRL's trainers (SFT, DPO) tokenize the data themselves and wrap the model with peft_config.
+    """TRL's trainers (SFT, DPO, reward) tokenize the data themselves and wrap the model with peft_config.
 
     For DPO with an adapter, TRL uses the base with the adapter disabled as the reference model
     (no second copy); with full fine-tuning it copies the model, or precomputes the reference

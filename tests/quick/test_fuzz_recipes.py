@@ -586,8 +586,10 @@ def _typed_values(sub: dict, kind: str):
 
 
 def training_fields(task: str) -> dict:
-    kind = {"sft": "sft", "pretrain": "sft"}.get(task, task)
-    return {**DEFS["training_common"]["properties"], **DEFS[f"training_{kind}"]["properties"]}
+    """The training keys of `task`: the shared ones and its own section, as the schema's task branch names it."""
+    (ref,) = [part["then"]["properties"]["training"]["$ref"] for part in schema.load_schema()["allOf"]
+              if part["if"]["properties"]["task"]["const"] == task]
+    return {**DEFS["training_common"]["properties"], **DEFS[ref.split("/")[-1]]["properties"]}
 
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

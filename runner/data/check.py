@@ -133,7 +133,7 @@ def left_out(held_out, sample: int | None, tokenizer, config: dict, cut: int | N
     """Evaluation examples longer than max_length, for a trainer that leaves such examples out (reward pairs)."""
     if held_out is None or cut is None:
         return None
-    lengths = [len(mask) for mask in token_masks(_first(held_out, sample), tokenizer, config)]
+    lengths = [len(mask) for mask in token_masks(head(held_out, sample), tokenizer, config, "/data/eval")]
     return {"dropped": sum(n > cut for n in lengths), "examples": len(lengths)}
 
 

@@ -37,7 +37,7 @@ RUN_ENTRIES = re.compile("|".join((
     r"config\.json|generation_config\.json|adapter_config\.json|chat_template\.(jinja|json)",
     r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)",
     r"merges\.txt|spiece\.model|sentencepiece\.bpe\.model|preprocessor_config\.json",
-    r"(damaged-)?checkpoint-\d+(\.\d+)?|runs|base_model|\.replaced-\d+|\..+\.tmp|\.runner-claim.*",
+    r"(damaged-)?checkpoint-\d+(\.\d+)?|runs|completions|base_model|\.replaced-\d+|\..+\.tmp|\.runner-claim.*",
 )))
 
 
@@ -115,6 +115,8 @@ def _foreign_inside(folder: Path) -> list[str]:
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
     if folder.name == "runs":  # TensorBoard's event files, in one folder per run
         return [f for f in files if not Path(f).name.startswith("events.out.tfevents.")]
+    if folder.name == "completions":  # TRL's log_completions (GRPO, RLOO): a table per logging step
+        return [f for f in files if not re.fullmatch(r"completions_\d+\.parquet", f)]
     if folder.name.startswith(REPLACED):  # an earlier run being replaced: judged as a run directory
         return [] if read_manifest(folder) is None else foreign_entries(folder)
     if folder.name == "base_model":

@@ -1,6 +1,6 @@
 """The recipe's rewards as TRL's reward functions: `f(prompts, completions, **columns) -> list[float | None]`, one
-score per completion, named as the logs show them (`rewards/<name>/mean`). A reward model is handed to TRL as a
-model (a reward run's LoRA adapter merged onto its base first); a code reward is imported from its file only here,
+score per completion, named as the logs show them (`rewards/<name>/mean`). A reward model is loaded here and handed
+to TRL with its tokenizer (a reward run's LoRA adapter merged onto its base first); a code reward is imported from its file only here,
 at train time, after the recipe opted in (`allow_code`) and the plan recorded the file's sha256."""
 from __future__ import annotations
 
@@ -107,16 +107,21 @@ def python_function(reward: dict):
 
 
 def reward_model(reward: dict):
-    """(the model or its path, its tokenizer or None): a reward run saved as a LoRA adapter is merged onto its base;
-    a full model directory or Hub id TRL loads itself (num_labels=1)."""
-    path = Path(reward["path"])
-    if not (path / "adapter_config.json").is_file():
-        return reward["path"], None
-    from peft import AutoPeftModelForSequenceClassification
-    from transformers import AutoTokenizer
+    """(the reward model, its tokenizer): a reward run's LoRA adapter merged onto its base, else a full model
+    directory or Hub id with one output. TRL names a model reward by its config's `_name_or_path` (the logs'
+    rewards/<name>/mean): set to the reward's name, as a function reward is named by its __name__."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoPeftModelForSequenceClassification.from_pretrained(str(path), num_labels=1).merge_and_unload()
-    return model.eval(), AutoTokenizer.from_pretrained(str(path))
+    path = Path(reward["path"])
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(str(path), num_labels=1).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(reward["path"], num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(reward["path"])
+    model.config._name_or_path = reward["name"]
+    return model.eval(), tokenizer
 
 
 BUILT_IN = {"exact_match": exact_match, "contains": contains, "numeric": numeric, "regex": regex,

@@ -1,0 +1,75 @@
+"""Online RL on the tiny model, real TRL trainer steps: GRPO and RLOO raise the mean of a declared reward, a code
+reward runs only as opted into and is recorded by hash, and a reward run's model scores the policy (the chain's
+last link)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import ROOT, TINY_MODEL, base_recipe, write_json
+from runner.commands.run import run
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+
+PROMPTS = str(ROOT / "recipes" / "assets" / "reverse" / "train.jsonl")
+
+
+def rl_plan(tmp_path, rewards: list, task: str = "grpo", steps: int = 24, **training):
+    recipe = base_recipe(tmp_path, task=task, data={"train": {"path": PROMPTS, "limit": 64},
+                                                     "columns": {"answer": "completion"}})
+    recipe["rewards"] = rewards
+    recipe["training"] = {"max_steps": steps, "per_device_train_batch_size": 16, "num_generations": 4,
+                          "max_completion_length": 8, "learning_rate": 5e-3, "logging_steps": 4, "save_strategy": "no",
+                          "seed": 0, "beta": 0.0, **training}
+    return build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+
+
+def logged(manifest: dict, key: str) -> list[float]:
+    return [entry[key] for entry in manifest["history"] if key in entry]
+
+
+@pytest.mark.parametrize("task", ["grpo", "rloo"])
+def test_online_rl_raises_the_mean_reward(tmp_path, task):
+    """A length penalty (-(characters beyond 2) / 2): the random policy writes ~8 tokens (reward about -2.5); the
+    trainer teaches it to stop early. Measured: GRPO -2.6 -> -0.07 in 24 steps of 16 completions."""
+    manifest = run(rl_plan(tmp_path, [{"type": "length", "max_chars": 2}], task=task), argv=["test"])
+    rewards = logged(manifest, "rewards/length/mean")
+    assert len(rewards) == 6 and rewards[-1] > rewards[0] + 1.0, rewards
+    lengths = logged(manifest, "completions/mean_length")
+    assert lengths[-1] < lengths[0]
+
+
+def test_a_code_reward_runs_as_opted_into_and_its_file_is_recorded(tmp_path):
+    code = tmp_path / "rewards_code.py"
+    code.write_text("def starts_with_space(prompts, completions, answer, **kwargs):\n"
+                    "    assert len(answer) == len(completions)  # the row's columns arrive by name\n"
+                    "    return [float(c.startswith(' ')) for c in completions]\n")
+    manifest = run(rl_plan(tmp_path, [{"type": "python", "file": str(code), "function": "starts_with_space",
+                                       "allow_code": True, "name": "space"}], steps=4),
+                   argv=["test"])
+    assert len(logged(manifest, "rewards/space/mean")) == 1
+    saved = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert saved["rewards"][0]["sha256"] == hashlib.sha256(code.read_bytes()).hexdigest()
+
+
+def test_a_reward_runs_model_scores_the_policy(tmp_path):
+    """The chain's last link: a reward run (full fine-tuning, a few steps on the capitals-vs-lowercase pairs) names
+    its run directory as a GRPO reward; its score is logged per step."""
+    reward_run = tmp_path / "reward"
+    reward = base_recipe(tmp_path, task="reward", data={
+        "format": "preference", "train": {"path": str(ROOT / "recipes" / "assets" / "reverse_preference" /
+                                                  "train.jsonl"), "limit": 64}},
+        output={"dir": str(reward_run)})
+    reward["training"] = {"max_steps": 4, "per_device_train_batch_size": 16, "max_length": 32, "save_strategy": "no",
+                          "learning_rate": 1e-3}
+    run(build_plan(load_recipe(write_json(tmp_path / "reward.json", reward))), argv=["test"])
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    manifest = run(rl_plan(policy, [{"type": "model", "path": str(reward_run), "name": "preference"},
+                                    {"type": "exact_match", "weight": 2.0}], steps=2, logging_steps=1),
+                   argv=["test"])
+    assert len(logged(manifest, "rewards/preference/mean")) == 2
+    assert manifest["trainer_config"]["reward_weights"] == [1.0, 2.0]
+    assert str(TINY_MODEL) in json.loads((policy / "run" / "plan.json").read_text())["model"]["name_or_path"]

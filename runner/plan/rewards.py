@@ -121,8 +121,8 @@ def rewards_spec(doc: dict) -> list[dict] | None:
     if not rewards:
         return None
     listed = []
-    for name, reward in zip(reward_names(rewards), rewards):
-        entry = {**reward, "name": name}
+    for index, (name, reward) in enumerate(zip(reward_names(rewards), rewards)):
+        entry = {**reward, "name": name, "where": f"/rewards/{index}"}  # where a problem loading it is said
         if reward["type"] == "python":
             entry["sha256"] = hashlib.sha256(Path(reward["file"]).read_bytes()).hexdigest()
         listed.append(entry)

@@ -13,7 +13,7 @@ def load_tokenizer(spec: dict):
 
     # a GGUF file carries its tokenizer (vocabulary, merges, chat template) in its metadata
     gguf = {"gguf_file": spec["tokenizer_gguf_file"]} if spec.get("tokenizer_gguf_file") else {}
-    tokenizer = _hub_call(spec["tokenizer_key"], spec["tokenizer"], AutoTokenizer.from_pretrained, spec["tokenizer"],
+    tokenizer = hub_call(spec["tokenizer_key"], spec["tokenizer"], AutoTokenizer.from_pretrained, spec["tokenizer"],
                           revision=spec["tokenizer_revision"], trust_remote_code=spec["trust_remote_code"], **gguf)
     if tokenizer.pad_token is None:
         # Batches need a pad token; padded positions are masked out of the loss, so reusing EOS is safe.
@@ -31,7 +31,7 @@ def load_config(spec: dict, updates: dict | None = None):
         print(f"warning: trust_remote_code is on: Python code from {spec['name_or_path']} will run in this process",
               file=sys.stderr)
     gguf = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}  # the config is the file's metadata
-    config = _hub_call("/model/gguf_file" if gguf else "/model/name_or_path", spec["name_or_path"],
+    config = hub_call("/model/gguf_file" if gguf else "/model/name_or_path", spec["name_or_path"],
                        AutoConfig.from_pretrained, spec["name_or_path"], revision=spec["revision"],
                        trust_remote_code=spec["trust_remote_code"], **gguf)
     unknown = [key for key in spec["config_overrides"] if not hasattr(config, key)]
@@ -72,7 +72,7 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
         # A base to be quantized is built where bitsandbytes will put it: initialising 8B weights on a GPU
         # takes seconds, on a CPU minutes. (The same seed gives other numbers on another device.)
         with torch.device(_quantization_device() if quantization else "cpu"):
-            model = _hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
+            model = hub_call(where, spec["name_or_path"], model_class.from_config, config, dtype=dtype, **kwargs)
         return quantize_random(model, spec) if quantization and quantize else model
     if quantization:
         kwargs["quantization_config"] = bnb_config(quantization)
@@ -83,7 +83,7 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
     if spec.get("gguf_file"):
         kwargs.update(compat.gguf_load_kwargs(spec["gguf_file"]))
         where = "/model/gguf_file" if where == "/model/name_or_path" else where
-    model = _hub_call(where, spec["name_or_path"], model_class.from_pretrained,
+    model = hub_call(where, spec["name_or_path"], model_class.from_pretrained,
                       spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"] or "auto",
                       **kwargs)
     return compat.plain_gguf_model(model) if spec.get("gguf_file") else model
@@ -134,7 +134,7 @@ def count_parameters(model) -> dict:
     return {"total": total, "trainable": trainable, "trainable_share": round(trainable / total, 6) if total else 0.0}
 
 
-def _hub_call(where: str, name: str, fn, *args, **kwargs):
+def hub_call(where: str, name: str, fn, *args, **kwargs):
     """Call a from_pretrained-like function; a missing or unreachable model is the user's to fix."""
     try:
         return fn(*args, **kwargs)

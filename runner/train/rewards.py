@@ -112,14 +112,18 @@ def reward_model(reward: dict):
     rewards/<name>/mean): set to the reward's name, as a function reward is named by its __name__."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = Path(reward["path"])
+    from runner.train.models import hub_call
+
+    path, where = Path(reward["path"]), f"{reward['where']}/path"
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(str(path), num_labels=1).merge_and_unload()
+        model = hub_call(where, reward["path"], AutoPeftModelForSequenceClassification.from_pretrained, str(path),
+                         num_labels=1).merge_and_unload()
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(reward["path"], num_labels=1)
-    tokenizer = AutoTokenizer.from_pretrained(reward["path"])
+        model = hub_call(where, reward["path"], AutoModelForSequenceClassification.from_pretrained, reward["path"],
+                         num_labels=1)
+    tokenizer = hub_call(where, reward["path"], AutoTokenizer.from_pretrained, reward["path"])
     model.config._name_or_path = reward["name"]
     return model.eval(), tokenizer
 

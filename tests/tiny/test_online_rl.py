@@ -73,3 +73,15 @@ def test_a_reward_runs_model_scores_the_policy(tmp_path):
     assert len(logged(manifest, "rewards/preference/mean")) == 2
     assert manifest["trainer_config"]["reward_weights"] == [1.0, 2.0]
     assert str(TINY_MODEL) in json.loads((policy / "run" / "plan.json").read_text())["model"]["name_or_path"]
+
+
+def test_a_reward_model_that_cannot_load_is_named_at_its_path(tmp_path):
+    from runner.errors import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        run(rl_plan(tmp_path, [{"type": "model", "path": "no-such-org/no-such-reward-model"}], steps=1),
+            argv=["test"])
+    (problem,) = info.value.problems
+    assert problem.path == "/rewards/0/path"
+    assert problem.message.startswith("cannot load 'no-such-org/no-such-reward-model'")
+    assert not (tmp_path / "run").exists()  # nothing written before the model and rewards loaded

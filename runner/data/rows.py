@@ -58,6 +58,10 @@ def _label(value) -> str | None:
     return None if ok else "have no label (empty, or neither a name nor an integer)"
 
 
+def _desirable(value) -> str | None:
+    return None if isinstance(value, bool) else "have a label that is not true or false (desirable or not)"
+
+
 CHECKS = {
     "text": _text, "prompt": _text_or_turns, "completion": _text_or_turns, "messages": _conversation,
     "instruction": _text, "output": _text, "chosen": _text_or_turns, "rejected": _text_or_turns,
@@ -67,6 +71,7 @@ OPTIONAL_WHEN_EMPTY = ("text_pair", "input", "prompt", "system", "answer", "tool
 # A format whose fields hold other shapes than the same-named fields of other formats: its own checks.
 FORMAT_CHECKS = {
     "sharegpt": {"conversations": sharegpt.conversation_problem, "system": _text, "tools": tool_calls.tools_problem},
+    "unpaired_preference": {"label": _desirable},
     "sharegpt_preference": {"conversations": sharegpt.request_problem, "chosen": sharegpt.answer_problem,
                             "rejected": sharegpt.answer_problem, "system": _text},
 }

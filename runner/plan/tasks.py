@@ -120,6 +120,17 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         needs_reference=True,
         memory_kind="dpo",
     ),
+    # KTO: each example one completion marked desirable or not (no pairs); a frozen reference, as for DPO
+    "kto": Task(
+        name="kto",
+        peft_task_type="CAUSAL_LM",
+        formats=MappingProxyType({"unpaired_preference": Format(("prompt", "completion", "label"))}),
+        default_metrics=("loss", "rewards"),
+        metrics=("loss", "rewards"),  # TRL's eval rewards/chosen and rewards/rejected (desirable, undesirable)
+        causal_lm=False,
+        needs_reference=True,
+        memory_kind="dpo",  # a completion and the KL completion per example, and a reference
+    ),
     "classification": Task(
         name="classification",
         peft_task_type="SEQ_CLS",

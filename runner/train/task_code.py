@@ -69,6 +69,18 @@ def _reward_config():
     return RewardConfig
 
 
+def _kto_trainer():
+    from trl import KTOTrainer
+
+    return KTOTrainer
+
+
+def _kto_config():
+    from trl import KTOConfig
+
+    return KTOConfig
+
+
 def _trainer():
     from transformers import Trainer
 
@@ -107,6 +119,7 @@ TASK_CODE = {
     "sft": _SFT,
     "pretrain": _SFT,
     "dpo": TaskCode(_dpo_trainer, _dpo_config, _causal_lm, lm_trainer_kwargs),
+    "kto": TaskCode(_kto_trainer, _kto_config, _causal_lm, lm_trainer_kwargs),
     "grpo": TaskCode(_grpo_trainer, _grpo_config, _causal_lm, rl_trainer_kwargs),
     "rloo": TaskCode(_rloo_trainer, _rloo_config, _causal_lm, rl_trainer_kwargs),
     "classification": TaskCode(_trainer, _training_arguments, _sequence_classification,

@@ -54,7 +54,7 @@ def test_all_problems_are_reported_at_once(recipe_file, tmp_path):
         ("/training/learning_rate", "'abc' is not a number", None),
         ("/training/max_steps", "0: must be -1 (train for num_train_epochs) or a positive number of steps", None),
         ("/data/format", "'prompt-completion' is not one of [null, 'text', 'prompt_completion', 'messages', "
-                         "'alpaca', 'sharegpt', 'preference', 'sharegpt_preference', 'prompt_only', 'labelled']",
+                         "'alpaca', 'sharegpt', 'preference', 'sharegpt_preference', 'unpaired_preference', 'prompt_only', 'labelled']",
          "did you mean 'prompt_completion'?"),
         ("/modle", "unknown key", "did you mean 'model'?"),
         ("/model", "missing (required)", None),

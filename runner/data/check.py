@@ -104,7 +104,8 @@ def per_source(splits, sample: int | None, tokenizer, config: dict, cut: int | N
                        "mean_tokens": statistics.fmean(lengths), "token_lengths": length_stats(lengths),
                        "measured_rows": len(lengths), "truncated": sum(n > cut for n in lengths) if cut else 0,
                        "loss_tokens": loss}
-    tokens = {name: entry["drawn"] * entry["mean_tokens"] for name, entry in found.items() if entry["drawn"]}
+    tokens = {name: entry["drawn"] * entry["mean_tokens"] for name, entry in found.items()
+              if entry["drawn"] is not None}
     for name, entry in found.items():  # the mean of its measured rows stands for the rows it gave
         entry["token_share"] = tokens[name] / sum(tokens.values()) if name in tokens else None
     return found

@@ -24,6 +24,10 @@ def warnings(report: dict) -> list[str]:
         found.append(f"{_of(count, measured, report['examples'].get('evaluation'))} evaluation examples are longer than "
                      f"max_length {report['max_length']} and will be left out: they are measured on the other "
                      f"{measured - count}" + ("" if measured == report["examples"].get("evaluation") else " measured"))
+    unused = [name for name, entry in (report.get("sources") or {}).items() if entry["drawn"] == 0]
+    if unused:
+        found.append(f"source(s) {', '.join(unused)} gave no training examples: the draw ended before reaching them "
+                     "(raise their weight, or use stopping_strategy all_exhausted)")
     if report["leakage"] and report["leakage"]["count"]:
         leak = report["leakage"]
         found.append(f"{leak['count']} evaluation rows also appear in the training data (eval rows "

@@ -68,7 +68,7 @@ def concatenated(sources: dict, parts: list[dict]) -> tuple[object, dict[str, tu
 
 def aligned(sources: dict, parts: list[dict]) -> list:
     """The sources cast to one set of Arrow types (the union of theirs)."""
-    datasets_ = list(sources.values())
+    datasets_ = with_missing_fields(list(sources.values()))
     first, wanted = parts[0], set(datasets_[0].column_names)
     for part, rows in zip(parts[1:], datasets_[1:]):
         if set(rows.column_names) != wanted:
@@ -86,6 +86,22 @@ def aligned(sources: dict, parts: list[dict]) -> list:
                                        "source")])
         union = merged
     return [rows if rows.features == union else rows.cast(union) for rows in datasets_]
+
+
+# Optional fields the trainer reads as absent when null: a source without them gets them as null columns, so it mixes
+# with one that has them (not `prompt`: DPO tells an explicit prompt from an implicit one by its presence).
+NULLABLE = ("tools", "answer")
+
+
+def with_missing_fields(datasets_: list) -> list:
+    present = {column for rows in datasets_ for column in rows.column_names if column in NULLABLE}
+    return [_with_nulls(rows, present) for rows in datasets_]
+
+
+def _with_nulls(rows, columns: set):
+    for column in sorted(columns - set(rows.column_names)):
+        rows = rows.add_column(column, [None] * len(rows))
+    return rows
 
 
 def union_of(one, other):

@@ -29,8 +29,11 @@ def head(dataset, rows: int | None):
     return datasets.Dataset.from_list(list(dataset.take(HEAD_ROWS if rows is None else rows)))
 
 
-def first_row(dataset) -> dict:
-    return next(iter(dataset)) if is_stream(dataset) else dataset[0]
+def first_row(dataset) -> dict | None:
+    """The first row (None: no rows); a stream's is read from its start."""
+    if is_stream(dataset):
+        return next(iter(dataset.take(1)), None)
+    return dataset[0] if len(dataset) else None
 
 
 def size(dataset) -> int | None:

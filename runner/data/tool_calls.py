@@ -132,11 +132,13 @@ def to_messages_row(row: dict) -> dict:
 
 
 def rows_with_calls(dataset, column: str = "messages", limit: int = 10) -> tuple[int, list[int]]:
-    """(how many rows of `dataset` have tool calls or tool turns, the first `limit` row numbers); none counted for a
-    stream (its rows are rendered, and a template's refusal named, as they stream)."""
-    from runner.data.streaming import is_stream  # streaming checks rows with runner/data/rows.py, which imports this
+    """(how many rows of `dataset` have tool calls or tool turns, the first `limit` row numbers); of a stream, among
+    its first rows (runner/data/streaming.py HEAD_ROWS), which the template is checked against before training."""
+    from runner.data.streaming import head, is_stream  # streaming checks rows with rows.py, which imports this
 
-    if column not in (getattr(dataset, "column_names", None) or ()) or is_stream(dataset):
+    if is_stream(dataset):
+        dataset = head(dataset, None)
+    if column not in (getattr(dataset, "column_names", None) or ()):
         return 0, []
     count, first, number = 0, [], 0
     for batch in dataset.select_columns([column]).iter(batch_size=1000):  # not the whole column in memory at once

@@ -166,9 +166,13 @@ def _same_shape_hint(task: Task, shape: str) -> str:
 
 
 def data_spec(data: dict, task: Task, evaluation_data: dict | None) -> dict:
-    """`evaluation_data`: evaluation.data, read with the data section's own settings."""
+    """`evaluation_data`: evaluation.data, read with the data section's own settings; beside a mixture, with its
+    first training source's (format, columns, templates), the shape the trainer's rows have."""
     found = parts(data, task)
     chosen = _part(data, "/evaluation/data", evaluation_data, task, False) if evaluation_data else None
+    if chosen and isinstance(data["train"], list):
+        first = found["train"][0]
+        chosen.update({key: first[key] for key in ("format", "columns", "templates", "settings_at", "format_at")})
     return {
         "format": found["train"][0]["format"],
         "train": [part_spec(part, task) for part in found["train"]],

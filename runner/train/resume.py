@@ -115,7 +115,8 @@ def changed_world_size(checkpoint: Path, saved: int, now: int) -> list[Problem]:
 
 
 def data_files(recipe: dict) -> dict:
-    """Size and modification time of the local training files, to notice them changing under a run."""
+    """Size and modification time of the local training files (and code rewards), to notice them changing under a
+    run."""
     found = {}
     for split in SPLITS:
         for where, source in split_sources(recipe["data"], split):
@@ -124,6 +125,10 @@ def data_files(recipe: dict) -> dict:
                 # "train", "eval", or "train/0" for a mixture's first source
                 found[where.removeprefix("/data/")] = {"path": source["path"], "size": stat.st_size,
                                                        "mtime_ns": stat.st_mtime_ns}
+    for index, reward in enumerate(recipe.get("rewards") or []):  # code that scores the completions (grpo, rloo)
+        if reward["type"] == "python" and Path(reward["file"]).is_file():
+            stat = Path(reward["file"]).stat()
+            found[f"rewards/{index}"] = {"path": reward["file"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return found
 
 

@@ -4,9 +4,12 @@ to TRL with its tokenizer (a reward run's LoRA adapter merged onto its base firs
 at train time, after the recipe opted in (`allow_code`) and the plan recorded the file's sha256."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 from pathlib import Path
+
+from runner.errors import Problem, RecipeError
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -96,6 +99,10 @@ def length(reward: dict):
 def python_function(reward: dict):
     """The recipe's function from its file (the recipe opted in with allow_code: true)."""
     path = Path(reward["file"])
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != reward["sha256"]:  # the code that runs is the code the plan recorded
+        raise RecipeError([Problem(f"{reward['where']}/file", f"{path} changed after the plan recorded it (sha256 "
+                                   f"{reward['sha256'][:12]}..., now {found[:12]}...)", "run the recipe again")])
     spec = importlib.util.spec_from_file_location(f"recipe_reward_{reward['name']}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

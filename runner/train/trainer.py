@@ -8,6 +8,7 @@ from pathlib import Path
 from runner import compat
 from runner.data import chat_masks
 from runner.data import tokencache
+from runner.data.streaming import first_row
 from runner.errors import Problem, RecipeError
 from runner.plan.tasks import TASKS
 from runner.records import checkpoints
@@ -78,7 +79,12 @@ def masked_conversations(dataset, tokenizer, loss: dict, num_proc: int | None, n
     """Conversational rows as {"input_ids", "assistant_masks"}; other datasets (and prepared ones) unchanged."""
     import datasets
 
-    if (not isinstance(dataset, datasets.Dataset) or len(dataset) == 0 or "input_ids" in dataset.column_names
+    if isinstance(dataset, datasets.IterableDataset):  # a stream: rendered and masked as it is read
+        first = first_row(dataset)
+        if first is None or "input_ids" in first or not chat_masks.masked_by_runner(first, loss):
+            return dataset
+        num_proc = None  # an IterableDataset maps lazily, in the dataloader
+    elif (not isinstance(dataset, datasets.Dataset) or len(dataset) == 0 or "input_ids" in dataset.column_names
             or not chat_masks.masked_by_runner(dataset[0], loss)):
         return dataset
     masks = chat_masks.ChatMasks(tokenizer)
@@ -90,6 +96,8 @@ def masked_conversations(dataset, tokenizer, loss: dict, num_proc: int | None, n
             raise RecipeError([Problem("/model/chat_template", f"the chat template cannot render example {index + 1} "
                                        f"of the {name} data: {type(exc).__name__}: {exc}", chat_masks.FIX)]) from None
 
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(tokenize, with_indices=True, remove_columns=list(first_row(dataset)))
     return dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
                        desc=f"Rendering {name} conversations, masking assistant turns")
 

@@ -163,3 +163,12 @@ def test_set_reaches_a_source_of_the_list_by_position(tmp_path, monkeypatch):
         load_recipe(path, ["data.train.2.limit=5"])
     assert [(p.path, p.message) for p in info.value.problems] == [
         ("/data/train/2", "--set 'data.train.2.limit=5': no source 2 here")]
+
+
+def test_evaluation_data_beside_a_mixture_is_read_as_its_first_source(tmp_path):
+    recipe = mixture_recipe(tmp_path, [{"path": "scitldr.jsonl", "templates": SUMMARY_TEMPLATES},
+                                       {"path": "alpaca.json"}], format=None)
+    recipe["data"]["train"][0]["format"] = recipe["data"]["train"][1]["format"] = "alpaca"
+    recipe["evaluation"] = {"data": {"path": "scitldr.jsonl", "limit": 4}}
+    chosen = plan_of(tmp_path, recipe)["data"]["evaluation_data"]
+    assert (chosen["format"], chosen["templates"]) == ("alpaca", SUMMARY_TEMPLATES)

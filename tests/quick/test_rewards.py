@@ -150,3 +150,16 @@ def test_rloo_takes_its_own_defaults(tmp_path):
     config = plan["trainer"]["config"]
     assert config["num_generations"] == 2 and config["beta"] == 0.05 and "scale_rewards" not in config
     assert str(TINY_MODEL) == plan["model"]["name_or_path"]
+
+
+def test_a_code_reward_changed_after_planning_does_not_run(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    recipe = rl_recipe(tmp_path, [{"type": "python", "file": "code.py", "function": "score", "allow_code": True}])
+    (reward,) = build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))["rewards"]
+    assert built_in.python_function(reward)(prompts=["p"], completions=["c"]) == [1.0]
+    code.write_text("def score(prompts, completions, **kw):\n    raise SystemExit('never run')\n")
+    with pytest.raises(RecipeError) as info:
+        built_in.python_function(reward)
+    (problem,) = info.value.problems
+    assert problem.path == "/rewards/0/file" and "changed after the plan recorded it" in problem.message

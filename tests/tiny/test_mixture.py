@@ -214,3 +214,31 @@ def test_a_dpo_mixture_of_sharegpt_pairs_and_conversational_pairs_trains(tmp_pat
     manifest = run(plan, argv=["test"])
     assert manifest["status"] == "finished" and manifest["examples"]["train_sources"] == splits.drawn
     assert len([h for h in manifest["history"] if "loss" in h]) == 2
+
+
+def test_sources_with_and_without_an_optional_field_mix(tmp_path):
+    """GRPO prompts with a reference answer and prompts without (the rewards that compare skip those): the missing
+    field is null, as in one file whose rows differ."""
+    write_jsonl(tmp_path / "with.jsonl", [{"prompt": "reverse ab =", "answer": " ba"}] * 4)
+    write_jsonl(tmp_path / "without.jsonl", [{"prompt": "say hi"}] * 4)
+    recipe = base_recipe(tmp_path, task="grpo", data={"train": [{"path": "with.jsonl"}, {"path": "without.jsonl"}],
+                                                      "mixture": {"strategy": "concatenate"}})
+    recipe["rewards"] = [{"type": "exact_match"}]
+    recipe["training"] = {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 2,
+                          "save_strategy": "no"}
+    splits, _ = load_all(build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe))))
+    assert [row["answer"] for row in splits.train] == [" ba"] * 4 + [None] * 4
+
+
+def test_a_source_the_draw_never_reached_is_said_not_a_crash(tmp_path):
+    from runner.commands.check_data import check_data
+    from runner.data.check import render
+
+    write_jsonl(tmp_path / "few.jsonl", [{"text": "a b"}] * 2)
+    write_jsonl(tmp_path / "many.jsonl", [{"text": "c d"}] * 50)
+    recipe = base_recipe(tmp_path, data={"train": [{"path": "few.jsonl", "weight": 10},
+                                                   {"path": "many.jsonl", "weight": 0.01}]})
+    report = check_data(build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe))))
+    assert report["sources"]["many"]["drawn"] == 0 and report["sources"]["many"]["token_share"] == 0.0
+    assert any("many gave no training examples" in warning for warning in report["warnings"])
+    assert "  many: 0 examples from its 50 rows; 0.0% of examples" in render(report)

@@ -83,3 +83,22 @@ def test_a_stream_mixes_with_a_loaded_source_and_check_data_measures_its_first_r
     assert report["sources"]["train"]["rows"] is None and report["sources"]["chat"]["rows"] == 20
     text = render(report)
     assert "examples: train (streamed)" in text and "  train: streamed (what it gives is known" in text
+
+
+def test_a_streamed_conversation_is_masked_as_a_loaded_one(tmp_path):
+    """The runner masks assistant turns itself (any chat template): a streamed source gets the same token ids and
+    loss mask, row by row as it streams, as the same file loaded whole."""
+    from runner.commands.run import prepare
+
+    def first_example(streamed: bool, where):
+        where.mkdir()
+        plan = plan_for(where, {"path": "train.jsonl", "streaming": streamed},
+                        training={"max_steps": 2, "per_device_train_batch_size": 4, "save_strategy": "no"})
+        prepared = prepare(plan)
+        return next(iter(prepared.trainer.train_dataset))
+
+    loaded, streamed = first_example(False, tmp_path / "loaded"), first_example(True, tmp_path / "streamed")
+    assert streamed["input_ids"] == loaded["input_ids"]
+    assert streamed["labels"] == loaded["labels"]  # TRL's labels from the runner's assistant mask
+    trained = [label for label in loaded["labels"] if label != -100]
+    assert 0 < len(trained) < len(loaded["labels"])  # the answer only

@@ -13,7 +13,8 @@ from runner.errors import Problem, RecipeError, did_you_mean
 from runner.data.rows import row_problems
 from runner.data import sharegpt
 from runner.data import streaming
-from runner.data.mixture import concatenated, mixed
+from runner.data.mixture import concatenated, mixed, untagged
+from runner.data.mixture import drawn as count_drawn
 from runner.data import tool_calls
 from runner.data.rows import shown_rows
 from runner.recipe import templates
@@ -81,6 +82,9 @@ def load_all(plan: dict) -> tuple[Splits, dict]:
         splits, derived = prepare(plan, splits)
     if spec["eval_fraction"] is not None:
         splits = split_off_eval(splits, spec["eval_fraction"], plan["recipe"]["training"]["seed"])
+        if splits.drawn is not None:  # what each source gave the rows that train, not the ones split off
+            splits = replace(splits, drawn=count_drawn(splits.train, list(splits.drawn)))
+    splits = replace(splits, train=untagged(splits.train), eval=untagged(splits.eval))
     if splits.evaluation is None:
         splits = replace(splits, evaluation=splits.eval)
     if splits.references is not None and len(splits.references) != len(splits.evaluation):

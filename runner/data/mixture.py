@@ -12,11 +12,12 @@ from collections import Counter
 from runner.data.streaming import size
 from runner.errors import Problem, RecipeError
 
-SOURCE = "__mixture_source__"  # the index of a row's source, while the mixture is drawn
+SOURCE = "__mixture_source__"  # the index of a row's source, until eval_fraction has split the rows
 
 
 def mixed(sources: dict, spec: dict, training_seed: int) -> tuple[object, dict[str, int] | None]:
-    """(the training rows, source name -> rows it gave: None when streamed); one source is its own mixture."""
+    """(the training rows, tagged with their source (untagged() drops it), source name -> rows it gave: None when
+    streamed); one source is its own mixture."""
     if len(sources) == 1:
         (name, only), = sources.items()
         return only, {name: size(only)} if size(only) is not None else None
@@ -34,8 +35,18 @@ def mixed(sources: dict, spec: dict, training_seed: int) -> tuple[object, dict[s
         seed = mixture["seed"] if mixture["seed"] is not None else training_seed
         combined = datasets.interleave_datasets(tagged, probabilities=[w / sum(weights) for w in weights],
                                                 seed=seed, stopping_strategy=mixture["stopping_strategy"])
-    counts = Counter(combined[SOURCE])
-    return combined.remove_columns(SOURCE), {name: counts.get(index, 0) for index, name in enumerate(sources)}
+    return combined, drawn(combined, list(sources))
+
+
+def drawn(rows, names: list[str]) -> dict[str, int]:
+    """Source name -> how many of `rows` it gave (rows still tagged with their source)."""
+    counts = Counter(rows[SOURCE])
+    return {name: counts.get(index, 0) for index, name in enumerate(names)}
+
+
+def untagged(rows):
+    """The rows without their source's tag (the trainer reads only the format's fields)."""
+    return rows.remove_columns(SOURCE) if rows is not None and SOURCE in (rows.column_names or ()) else rows
 
 
 def streamed_mixture(sources: dict, spec: dict, training_seed: int):

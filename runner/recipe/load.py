@@ -217,10 +217,16 @@ def apply_overrides(doc: dict, overrides) -> list[Problem]:
             continue
         value = _typed(raw, subs)
         if changes_kind(target, {parts[-1]: value}):
+            kept = {key: target[key] for key in MIXTURE_KEYS if key in target and parts[-1] in ("path", "hub")}
             target.clear()  # e.g. peft.method=none on a LoRA recipe: LoRA's fields go with it
+            target.update(kept)  # a mixture's source keeps its place in the mixture when its file becomes a Hub id
         target[parts[-1]] = value
         resolve_paths(doc, base=Path.cwd(), only=tuple(parts))
     return problems
+
+
+# What a source of a mixture is besides where its rows come from
+MIXTURE_KEYS = ("name", "weight", "format", "columns", "templates")
 
 
 def _step_into(target, part: str):

@@ -172,3 +172,11 @@ def test_evaluation_data_beside_a_mixture_is_read_as_its_first_source(tmp_path):
     recipe["evaluation"] = {"data": {"path": "scitldr.jsonl", "limit": 4}}
     chosen = plan_of(tmp_path, recipe)["data"]["evaluation_data"]
     assert (chosen["format"], chosen["templates"]) == ("alpaca", SUMMARY_TEMPLATES)
+
+
+def test_set_switching_a_sources_file_to_a_hub_id_keeps_its_place_in_the_mixture(tmp_path):
+    path = write_json(tmp_path / "recipe.json", mixture_recipe(tmp_path, [
+        {"path": "alpaca.json"}, {"path": "scitldr.jsonl", "weight": 3, "limit": 5, "templates": SUMMARY_TEMPLATES}]))
+    source = load_recipe(path, ["data.train.1.hub=allenai/scitldr"])["data"]["train"][1]
+    assert source["hub"] == "allenai/scitldr" and "path" not in source and source["limit"] is None
+    assert (source["weight"], source["templates"], source["name"]) == (3, SUMMARY_TEMPLATES, None)

@@ -242,3 +242,17 @@ def test_a_source_the_draw_never_reached_is_said_not_a_crash(tmp_path):
     assert report["sources"]["many"]["drawn"] == 0 and report["sources"]["many"]["token_share"] == 0.0
     assert any("many gave no training examples" in warning for warning in report["warnings"])
     assert "  many: 0 examples from its 50 rows; 0.0% of examples" in render(report)
+
+
+def test_eval_fraction_splits_the_mixture_and_the_counts_are_of_the_rows_that_train(tmp_path):
+    splits, _ = load_all(_with_fraction(tmp_path))
+    assert sum(splits.drawn.values()) == len(splits.train) and len(splits.eval) == 45  # 10% of 450 rows
+    assert "__mixture_source__" not in splits.train.column_names + splits.eval.column_names
+
+
+def _with_fraction(tmp_path):
+    write_sources(tmp_path)
+    train = [{**source, "weight": 1} for source in THREE]
+    recipe = base_recipe(tmp_path, data={"format": "alpaca", "train": train, "eval_fraction": 0.1,
+                                         "mixture": {"strategy": "concatenate"}})
+    return build_plan(load_recipe(write_json(tmp_path / "fraction.json", recipe)))

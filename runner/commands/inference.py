@@ -97,7 +97,8 @@ def classify_texts(model, tokenizer, plan: dict, texts: list[str], settings: dic
 
 # Task -> function(model, tokenizer, plan, texts, generation settings) -> one result dict per text.
 PREDICT = {"sft": generate_texts, "pretrain": generate_texts, "dpo": generate_texts, "kto": generate_texts,
-           "grpo": generate_texts, "rloo": generate_texts, "classification": classify_texts, "reward": score_texts}
+           "grpo": generate_texts, "rloo": generate_texts, "distill": generate_texts,
+           "classification": classify_texts, "reward": score_texts}
 
 
 def read_inputs(path: Path) -> list[str]:

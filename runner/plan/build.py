@@ -194,6 +194,10 @@ def check_training(doc: dict, task: Task, fmt: str) -> list[Problem]:
         if training.get(key) and trained_format(task, fmt) != only:
             problems.append(Problem(f"/training/{key}", f"only applies to data.format '{only}'",
                                     f"data.format is '{fmt}'; remove {key} or change the format"))
+    teacher = training.get("teacher_model_name_or_path")
+    if teacher and Path(teacher).is_absolute() and not (Path(teacher) / "config.json").is_file():  # a local teacher
+        problems.append(Problem("/training/teacher_model_name_or_path", f"{teacher} holds no model (no config.json)",
+                                "name a model directory (a finished run's output directory is one) or a Hub id"))
     if training["bf16"] and training["fp16"]:
         problems.append(Problem("/training/fp16", "bf16 and fp16 cannot both be on", "keep one of them"))
     if training.get("packing") and training["max_length"] is None:

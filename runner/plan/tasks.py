@@ -176,7 +176,18 @@ _ONLINE_RL = Task(
     cannot_stream="TRL's sampler repeats each prompt num_generations times by its index",
     rewarded=True,
 )
+_DISTILL = Task(
+    name="distill",
+    peft_task_type="CAUSAL_LM",
+    formats=_ONLINE_RL.formats,  # prompts the student completes; the teacher scores every token of them
+    default_metrics=("loss",),
+    metrics=("loss",),  # the divergence between student and teacher on held-out prompts
+    causal_lm=False,
+    cannot_stream=_ONLINE_RL.cannot_stream,
+    memory_kind="dpo",  # the student's rows and a second (teacher) model
+)
 TASKS = MappingProxyType({**TASKS,
+                          "distill": _DISTILL,
                           # online RL: completions generated, scored by the rewards, the policy pushed towards the
                           # better ones within each prompt's group (GRPO) or against the others' mean (RLOO)
                           "grpo": _ONLINE_RL,

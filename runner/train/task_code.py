@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from runner.train import classification
-from runner.train.trainer_kwargs import lm_trainer_kwargs, rl_trainer_kwargs
+from runner.train.trainer_kwargs import distill_trainer_kwargs, lm_trainer_kwargs, rl_trainer_kwargs
 
 
 def _sft_trainer():
@@ -81,6 +81,18 @@ def _kto_config():
     return KTOConfig
 
 
+def _distillation_trainer():
+    from trl import DistillationTrainer
+
+    return DistillationTrainer
+
+
+def _distillation_config():
+    from trl import DistillationConfig
+
+    return DistillationConfig
+
+
 def _trainer():
     from transformers import Trainer
 
@@ -120,6 +132,7 @@ TASK_CODE = {
     "pretrain": _SFT,
     "dpo": TaskCode(_dpo_trainer, _dpo_config, _causal_lm, lm_trainer_kwargs),
     "kto": TaskCode(_kto_trainer, _kto_config, _causal_lm, lm_trainer_kwargs),
+    "distill": TaskCode(_distillation_trainer, _distillation_config, _causal_lm, distill_trainer_kwargs),
     "grpo": TaskCode(_grpo_trainer, _grpo_config, _causal_lm, rl_trainer_kwargs),
     "rloo": TaskCode(_rloo_trainer, _rloo_config, _causal_lm, rl_trainer_kwargs),
     "classification": TaskCode(_trainer, _training_arguments, _sequence_classification,

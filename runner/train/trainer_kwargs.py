@@ -51,3 +51,17 @@ def rl_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
     if any(t is not None for t in tokenizers):
         kwargs["reward_processing_classes"] = tokenizers
     return kwargs
+
+
+def distill_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
+    """TRL's DistillationTrainer: the student as for SFT, and the teacher it learns from, loaded here (a model that
+    cannot load is the recipe's to fix, at its key)."""
+    from transformers import AutoModelForCausalLM
+
+    from runner.train.models import hub_call
+
+    config = plan["trainer"]["config"]
+    teacher = hub_call("/training/teacher_model_name_or_path", config["teacher_model_name_or_path"],
+                       AutoModelForCausalLM.from_pretrained, config["teacher_model_name_or_path"],
+                       revision=config["teacher_model_revision"])
+    return {**lm_trainer_kwargs(plan, model, tokenizer, splits), "teacher_model": teacher.eval()}

@@ -642,6 +642,8 @@ def fix_cross_field_rules(training: dict, task: str, fmt: str, has_eval: bool) -
             training[key] = None
     if not has_eval:
         training.update(eval_strategy="no", eval_on_start=False)
+    if task == "distill":  # the teacher is required: the tiny model's own directory (checked, never loaded here)
+        training["teacher_model_name_or_path"] = str(TINY_MODEL)
     if TASKS[task].rewarded:  # the generation batch in whole groups, evaluated in whole groups (TRL's rules)
         training.update(generation_batch_size=None, steps_per_generation=None, num_generations_eval=None, beta=0.0)
         training["num_generations"] = 2

@@ -76,7 +76,7 @@ def test_dpo_keys_are_refused_under_reward_with_the_task_that_has_them(tmp_path,
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe_file(recipe))
     (problem,) = info.value.problems
-    assert problem.path == "/training/beta" and "belongs to task ['dpo', 'grpo', 'rloo', 'kto']" in problem.hint
+    assert problem.path == "/training/beta" and "belongs to task ['dpo', 'grpo', 'rloo', 'kto', 'distill']" in problem.hint
 
 
 def test_a_labelled_reward_recipe_exits_2_naming_the_format(tmp_path, recipe_file):

@@ -82,6 +82,7 @@ def test_path_fields_are_found():
         "data.eval.*.path": "local",
         "rewards.*.path": "local-or-hub",  # a reward run or model
         "rewards.*.file": "local",  # a code reward
+        "training.teacher_model_name_or_path": "local-or-hub",  # task distill
         "evaluation.data.path": "local",
         "evaluation.retention.path": "local",
     }

@@ -123,7 +123,7 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
         if found:
             return found
     elif location.is_absolute() and config is None:
-        return [Problem("/model/name_or_path", f"{location} has no readable config.json")]
+        return run_dir_problem(location) or [Problem("/model/name_or_path", f"{location} has no readable config.json")]
     tokenizer = Path(model["tokenizer"] or "")
     if tokenizer.is_absolute() and not tokenizer.is_dir():
         return [Problem("/model/tokenizer", f"no such directory: {tokenizer}",
@@ -140,6 +140,18 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
                 did_you_mean(key, config))
         for key in model["config_overrides"] if key not in config
     ]
+
+
+def run_dir_problem(location: Path) -> list[Problem]:
+    """A run directory named as the start model that holds no full model: an adapter (to merge first) or nothing
+    (the run did not finish). A full fine-tuning run's directory is a model directory and loads as one."""
+    if not (location / "plan.json").is_file():
+        return []
+    if (location / "adapter_config.json").is_file():
+        return [Problem("/model/name_or_path", f"{location} is a run that saved an adapter, not a whole model",
+                        f"merge it onto its base first (python -m runner merge {location} --out DIR) and name DIR")]
+    return [Problem("/model/name_or_path", f"the run in {location} saved no model (it did not finish)",
+                    "run it to the end, or name one of its checkpoints")]
 
 
 def model_spec(model: dict, task: Task) -> dict:

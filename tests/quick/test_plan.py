@@ -222,3 +222,25 @@ def _leaves(value):
     if isinstance(value, list):
         return [leaf for item in value for leaf in _leaves(item)]
     return [value]
+
+
+def test_a_run_directory_as_the_start_model_must_hold_a_whole_model(tmp_path, recipe_file):
+    """Chaining runs: a full fine-tuning run's directory is a model directory; an adapter run is merged first."""
+    from conftest import write_jsonl
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "a"}])
+    adapter_run, unfinished = tmp_path / "lora-run", tmp_path / "stopped-run"
+    for run in (adapter_run, unfinished):
+        run.mkdir()
+        (run / "plan.json").write_text("{}")
+    (adapter_run / "adapter_config.json").write_text("{}")
+    for run, message, hint in (
+        (adapter_run, f"{adapter_run} is a run that saved an adapter, not a whole model",
+         f"merge it onto its base first (python -m runner merge {adapter_run} --out DIR) and name DIR"),
+        (unfinished, f"the run in {unfinished} saved no model (it did not finish)",
+         "run it to the end, or name one of its checkpoints"),
+    ):
+        recipe = base_recipe(tmp_path, model={"name_or_path": str(run)})
+        with pytest.raises(RecipeError) as info:
+            build_plan(load_recipe(recipe_file(recipe)))
+        assert [(p.path, p.message, p.hint) for p in info.value.problems] == [("/model/name_or_path", message, hint)]

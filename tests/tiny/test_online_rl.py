@@ -85,3 +85,21 @@ def test_a_reward_model_that_cannot_load_is_named_at_its_path(tmp_path):
     assert problem.path == "/rewards/0/path"
     assert problem.message.startswith("cannot load 'no-such-org/no-such-reward-model'")
     assert not (tmp_path / "run").exists()  # nothing written before the model and rewards loaded
+
+
+def test_a_finished_sft_runs_directory_is_the_policy_a_grpo_recipe_names(tmp_path):
+    """Chaining runs: a full fine-tuning run's output directory is a model directory (config, weights, tokenizer
+    and its chat template), so a GRPO recipe names it as model.name_or_path."""
+    sft = base_recipe(tmp_path, data={"format": "prompt_completion", "train": {"path": PROMPTS, "limit": 32}},
+                      output={"dir": str(tmp_path / "sft")})
+    run(build_plan(load_recipe(write_json(tmp_path / "sft.json", sft))), argv=["test"])
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    recipe = base_recipe(policy, task="grpo", model={"name_or_path": str(tmp_path / "sft")},
+                         data={"train": {"path": PROMPTS, "limit": 16}, "columns": {"answer": "completion"}})
+    recipe["model"].pop("init")
+    recipe["rewards"] = [{"type": "exact_match"}]
+    recipe["training"] = {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4,
+                          "max_completion_length": 8, "save_strategy": "no", "logging_steps": 1}
+    manifest = run(build_plan(load_recipe(write_json(policy / "grpo.json", recipe))), argv=["test"])
+    assert manifest["status"] == "finished" and [h for h in manifest["history"] if "rewards/exact_match/mean" in h]

@@ -278,14 +278,11 @@ def _with_eos(ids: list[int], tokenizer) -> int:
 
 def _with_prompt(prompt, answer, tokenizer) -> tuple[list[int], int]:
     """(prompt + answer ids, prompt length): the whole tokenized at once, as TRL does, then split."""
+    head = _prompt_ids(prompt, tokenizer) if prompt else []
     if isinstance(answer, list):  # conversational
-        turns = prompt or []
-        head = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"] if turns else []
-        full = tokenizer.apply_chat_template(turns + answer, tokenize=True, return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template((prompt or []) + answer, tokenize=True, return_dict=True)["input_ids"]
         return full, len(head)
     prompt = prompt or ""
-    head = tokenizer(prompt)["input_ids"] if prompt else []
     full = tokenizer(prompt + answer)["input_ids"]
     if not full or full[-1] != tokenizer.eos_token_id:
         full = full + [tokenizer.eos_token_id]

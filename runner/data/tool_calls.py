@@ -18,14 +18,19 @@ TOOL_ROLE = "tool"
 NOT_CALLS = "have tool_calls that are not a list of {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}"
 
 
-def parsed_arguments(value) -> dict | None:
-    """A call's arguments as an object (a JSON string is parsed); None when they are neither."""
+def _parsed(value, kind: type):
+    """`value`, or the JSON a string holds, when it is a `kind`; else None."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
             return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, kind) else None
+
+
+def parsed_arguments(value) -> dict | None:
+    """A call's arguments as an object (a JSON string is parsed); None when they are neither."""
+    return _parsed(value, dict)
 
 
 def call_problem(call) -> str | None:
@@ -77,12 +82,7 @@ def parsed_tools(value) -> list | None:
     """`tools` as a list ([] for null or empty); None when it is neither a list nor a JSON string holding one."""
     if value is None or value == "":
         return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    return value if isinstance(value, list) else None
+    return _parsed(value, list)
 
 
 def has_tool_calls(turns) -> bool:

@@ -2,6 +2,8 @@
 (read from the first row of a local JSON/JSONL file, so nothing is read in full)."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -62,16 +64,28 @@ def unknown_fields(parts: list, row: dict, where: str, path: str) -> list[Proble
 
 def first_row(source: dict | None) -> dict | None:
     """The first row of a local .jsonl or .json file (None: a Hub dataset, another kind of file, or unreadable:
-    the data step checks every row when it loads them)."""
+    the data step checks every row when it loads them). Read once per file version: the template, tool-call and
+    references checks all look at it."""
     if not source or "path" not in source:
         return None
     path = Path(source["path"])
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    row = _first_row(str(path), stat.st_mtime_ns, stat.st_size)
+    return copy.deepcopy(row)
+
+
+@functools.lru_cache(maxsize=32)
+def _first_row(path_text: str, mtime_ns: int, size: int) -> dict | None:
+    path = Path(path_text)
     try:
         if path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as handle:
                 line = next((line for line in handle if line.strip()), None)
             row = json.loads(line) if line else None
-        elif path.suffix == ".json" and path.stat().st_size <= FIRST_ROW_MAX_BYTES:
+        elif path.suffix == ".json" and size <= FIRST_ROW_MAX_BYTES:
             rows = json.loads(path.read_text(encoding="utf-8"))
             row = rows[0] if isinstance(rows, list) and rows else None
         else:

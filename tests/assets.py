@@ -6,8 +6,9 @@ Everything here is built offline and deterministically; `python tests/assets.py`
 - tokenizer: byte-level (every byte one token, no merges) plus chat special tokens, with a
   chat template that marks assistant turns with {% generation %} for assistant-only loss;
 - model: a 3-layer Llama config small enough to train in seconds on a CPU;
-- data: reverse a short lowercase string, as prompt/completion pairs, and as preference pairs (the answer as
-  asked chosen over the same answer in capitals) for the reward-model recipe (recipes/reward_lora.json);
+- data: reverse a short lowercase string, as prompt/completion pairs, and as preference pairs: the answer as
+  asked chosen over the same answer in capitals (recipes/reward_lora.json), and the right reversal chosen over a
+  near miss (the RLHF chain's reward model, recipes/rlhf/);
 - data for the real-model quickstart (recipes/quickstart_chat.json): conversations asking for a person's
   name, age and city from a sentence, answered with one JSON object.
 """
@@ -92,6 +93,32 @@ def reverse_preference_rows(count: int, seed: int) -> list[dict]:
             for row in reverse_rows(count, seed)]
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def near_miss(answer: str, rng: random.Random) -> str:
+    """A wrong answer of the kind a half-trained reverser writes: the word copied unreversed, or the reversal with
+    one letter replaced, dropped or doubled, or two neighbours swapped."""
+    word = answer.strip()
+    while True:
+        kind, at = rng.choice(["unreversed", "replace", "swap", "drop", "double"]), rng.randrange(len(word))
+        wrong = {"unreversed": word[::-1],
+                 "replace": word[:at] + rng.choice(LETTERS) + word[at + 1:],
+                 "swap": word[:at] + word[at + 1:at + 2] + word[at:at + 1] + word[at + 2:],
+                 "drop": word[:at] + word[at + 1:],
+                 "double": word[:at] + word[at] + word[at:]}[kind]
+        if wrong != word:
+            return " " + wrong
+
+
+def reverse_near_miss_rows(count: int, seed: int) -> list[dict]:
+    """The reversal task as preference pairs for the RLHF chain's reward model: the right reversal chosen over a near
+    miss, so the reward scores what the policy gets wrong."""
+    rng = random.Random(seed + 100)
+    return [{"prompt": row["prompt"], "chosen": row["completion"], "rejected": near_miss(row["completion"], rng)}
+            for row in reverse_rows(count, seed)]
+
+
 NAMES = ["Alice", "Bruno", "Chen", "Dalia", "Emeka", "Fatima", "Goran", "Hana", "Ivan", "Julia", "Kofi", "Lena",
          "Mateo", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Victor", "Wen", "Ximena",
          "Yusuf", "Zoe", "Amara", "Bjorn", "Carmen", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas"]
@@ -153,6 +180,11 @@ def write_all(root: Path = ASSETS) -> None:
     held_out = [row for row in reverse_preference_rows(240, seed=6) if row["prompt"] not in seen][:200]
     write_jsonl(root / "reverse_preference" / "train.jsonl", pairs)
     write_jsonl(root / "reverse_preference" / "eval.jsonl", held_out)
+    pairs = reverse_near_miss_rows(2000, seed=7)
+    seen = {row["prompt"] for row in pairs}
+    held_out = [row for row in reverse_near_miss_rows(240, seed=8) if row["prompt"] not in seen][:200]
+    write_jsonl(root / "reverse_near_miss" / "train.jsonl", pairs)
+    write_jsonl(root / "reverse_near_miss" / "eval.jsonl", held_out)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ KINDS = {
     "dpo": Kind(rows=2, lm_head=True),  # the reference model is Settings.reference
     "classification": Kind(rows=1, lm_head=False),
     "reward": Kind(rows=2, lm_head=False),  # chosen and rejected through a one-output score head, no reference
+    # GRPO / RLOO: prompt + completion rows through the LM head; the generation batch's KV cache and the reward
+    # models are counted by runner.plan.memory (Settings.generation_rows, Settings.reward_model_bytes)
+    "online_rl": Kind(rows=1, lm_head=True),
 }
 
 

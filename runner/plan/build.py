@@ -253,7 +253,12 @@ def format_only_settings(doc: dict, task: Task, fmt: str) -> dict:
 
 
 def reference_model(doc: dict, task: Task) -> str | None:
-    """Where a preference loss gets its reference: `copy` is a frozen copy the runner makes of the start model."""
+    """Where a preference loss or the RL KL term gets its reference: `copy` is a frozen copy the runner makes of the
+    start model; `reloaded`, TRL's own second load of model.name_or_path (GRPO, RLOO)."""
+    if task.rewarded:  # GRPO / RLOO keep a reference only for the KL term (beta > 0)
+        if doc["training"]["beta"] == 0:
+            return None
+        return "adapter-disabled" if METHODS[doc["peft"]["method"]].adapter else "reloaded"
     if not task.needs_reference:
         return None
     if METHODS[doc["peft"]["method"]].adapter:

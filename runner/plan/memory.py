@@ -55,7 +55,9 @@ class Settings:
     length: int = 1024                    # tokens in the longest sequence
     activation_checkpointing: bool = False
     kind: str = "sft"                     # a key of KINDS
-    reference: str | None = None          # dpo: "copy" keeps a second set of weights
+    reference: str | None = None          # "copy" (dpo) or "reloaded" (grpo/rloo, beta > 0): a second set of weights
+    generation_rows: int = 0              # grpo/rloo: sequences generated at once per device (their KV cache)
+    reward_model_bytes: int = 0           # grpo/rloo: the reward models' weights, resident beside the policy
     attention: str = "sdpa"               # "eager" materialises the attention scores; runner_varlen / flash: no mask
     liger: bool = False                   # Liger's RMSNorm, SwiGLU and RoPE kernels (use_liger_kernel)
     padding_free: bool = False            # packed rows without padding: one row of batch x length tokens
@@ -89,7 +91,8 @@ def peak(config: dict, s: Settings) -> dict | None:
         "weights": weights, "gradients": trainable * t_bytes, "optimizer_states": trainable * state_bytes,
         "optimizer_step_temporary": trainable * t_bytes if temp_too else 0,
         "autocast_weight_copies": 2 * linear if casts and (full or not ckpt) else 0,
-        "reference_model": weights if s.reference == "copy" else 0,  # only a task with a reference has one
+        "reference_model": weights if s.reference in ("copy", "reloaded") else 0,  # a task with a reference
+        "reward_models": s.reward_model_bytes,
         "ddp_gradient_buckets": 0,
     }
     if s.topology.engine != "single":
@@ -103,7 +106,7 @@ def peak(config: dict, s: Settings) -> dict | None:
     parts.update(lm_head_workspace_forward=ws_forward, lm_head_workspace_backward=ws_backward)
     copies_backward = 0 if ckpt else parts["autocast_weight_copies"]
     one_layer = parts["activations_one_layer"] + (2 * linear // layers if casts else 0)
-    fixed = parts["weights"] + parts["reference_model"] + parts["optimizer_states"]
+    fixed = parts["weights"] + parts["reference_model"] + parts["reward_models"] + parts["optimizer_states"]
     grads = parts["gradients"] + parts["ddp_gradient_buckets"]
     saved = parts["activations_saved"] + parts["lm_head_saved"]
     moments = {
@@ -115,9 +118,23 @@ def peak(config: dict, s: Settings) -> dict | None:
         "backward_end": fixed + grads + one_layer + parts["layer_backward_workspace"],
         "optimizer_step": fixed + grads + parts["optimizer_step_temporary"],
     }
+    if s.generation_rows:  # grpo/rloo: generating between optimizer steps (gradients already freed)
+        parts.update(generation_parts(config, s, total))
+        moments["generation"] = fixed + parts["generation_kv_cache"] + parts["generation_workspace"]
     when = max(moments, key=moments.get)
     return {"peak_bytes": moments[when], "peak_at": when, "moments": moments, "parts": parts, "trainable": trainable,
             "tokens_per_micro_batch": tokens}
+
+
+def generation_parts(config: dict, s: Settings, total: int) -> dict:
+    """The generation batch's KV cache (every layer's keys and values for each sequence's prompt + completion, in the
+    compute dtype) and the sampling step's fp32 logits and probabilities for the last position of each sequence;
+    under ZeRO-3 the whole model is gathered to generate (TRL's ds3_gather_for_generation), in bf16."""
+    kv_width = counts.linear_shapes(config)["k_proj"][1]
+    cache = s.generation_rows * s.length * config["num_hidden_layers"] * 2 * kv_width * act.compute_bytes(s)
+    gathered = total * 2 if s.topology.engine == "deepspeed" and (s.topology.zero_stage or 0) >= 3 else 0
+    return {"generation_kv_cache": cache,
+            "generation_workspace": s.generation_rows * config["vocab_size"] * 4 * 2 + gathered}
 
 
 def sharded_bf16(t: Topology) -> bool:

@@ -115,7 +115,10 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
     optim = assumed["optim"]
     if "optim" in assumed["reasons"]:
         assumptions.append(f"training.optim null: {optim} (the launch-time fast default on a GPU)")
-    length = training.get("max_length")
+    length, online = training.get("max_length"), {}
+    if kind == "online_rl":
+        online = online_rl_inputs(doc, topology, assumptions)
+        length = online.pop("length")
     if length is None:
         length = config.get("max_position_embeddings")
         if not isinstance(length, int):
@@ -131,8 +134,52 @@ def settings_from_recipe(doc: dict, config: dict, kind: str, reference: str | No
         weights_dtype=dtype, quantization=model["quantization"], peft=doc["peft"],
         optim=optim, mixed_precision=precision, batch=training["per_device_train_batch_size"],
         length=length, activation_checkpointing=bool(training.get("activation_checkpointing")), kind=kind,
-        reference=reference, attention=attention, liger=liger, padding_free=padding_free, topology=topology)
+        reference=reference, attention=attention, liger=liger, padding_free=padding_free, topology=topology, **online)
     return settings, assumptions
+
+
+PROMPT_TOKENS = 512  # GRPO/RLOO prompts are not cut (TRL 1.16 has no max_prompt_length): the length assumed for them
+
+
+def online_rl_inputs(doc: dict, topology: Topology, assumptions: list[str]) -> dict:
+    """GRPO / RLOO: rows of prompt + completion, the generation batch per device, the reward models' weights."""
+    from runner.plan.rewards import generation_batch
+
+    training = doc["training"]
+    batch = generation_batch(doc, topology.world_size)
+    rows = batch["completions_per_generation"] // topology.world_size
+    assumptions.append(f"prompts assumed up to {PROMPT_TOKENS} tokens (TRL does not cut them; `check-data` measures "
+                       f"them) + max_completion_length {training['max_completion_length']}; {rows} sequences "
+                       "generated at once per device (the generation batch), their KV cache counted")
+    reward_bytes = 0
+    for reward in doc.get("rewards") or []:
+        if reward["type"] != "model":
+            continue
+        weights = model_bytes(reward["path"])
+        if weights is None:
+            assumptions.append(f"reward model {reward['path']}: its size is unknown here (no readable config.json "
+                               "of a known architecture), not counted")
+        reward_bytes += weights or 0
+    return {"length": PROMPT_TOKENS + training["max_completion_length"], "generation_rows": rows,
+            "reward_model_bytes": reward_bytes}
+
+
+def model_bytes(location: str) -> int | None:
+    """A local model directory's weights as they load (its config's dtype, else fp32), from its config.json."""
+    import json
+    from pathlib import Path
+
+    from runner.plan import estimate
+
+    path = Path(location) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    total = estimate.total_parameters(config) if isinstance(config, dict) else None
+    if total is None:
+        return None
+    return total * memory.DTYPE_BYTES.get(config.get("dtype") or config.get("torch_dtype"), 4)
 
 
 def auto_dtype(model: dict, config: dict) -> str:

@@ -175,6 +175,7 @@ _ONLINE_RL = Task(
     causal_lm=False,  # the policy loss is not a token loss over the data: no perplexity, no retention set
     cannot_stream="TRL's sampler repeats each prompt num_generations times by its index",
     rewarded=True,
+    memory_kind="online_rl",
 )
 _DISTILL = Task(
     name="distill",

@@ -359,3 +359,37 @@ def test_the_plan_estimates_a_4bit_base_in_the_dtype_the_launch_decides():
     decided = decisions.decide(plan, {"gpus": 1, "gpu_memory_gib": 79.2, "bf16": True, "cpus": 16, "varlen": True,
                                  "liger": False})["/model/dtype"]["value"]
     assert decided == "float32" == plan["memory"]["estimate_inputs"]["settings"]["weights_dtype"]
+
+
+def test_online_rl_counts_the_generation_batchs_kv_cache_its_reference_and_reward_models():
+    """GRPO / RLOO generate between optimizer steps: the generation batch's keys and values for every layer (2 layers x
+    k and v x 64 wide x 2 bytes per token under bf16) and the sampling step's fp32 logits and probabilities; a KL
+    reference TRL reloads is a second set of weights; reward models stay resident beside the policy."""
+    s = Settings(weights_dtype="bfloat16", kind="online_rl", batch=2, length=100, generation_rows=16)
+    result = memory.peak(SMALL, s)
+    assert result["parts"]["generation_kv_cache"] == 16 * 100 * 2 * 2 * 64 * 2
+    assert result["parts"]["generation_workspace"] == 16 * 100 * 4 * 2
+    weights = TOTAL * 2
+    assert result["moments"]["generation"] == (weights + result["parts"]["optimizer_states"]
+                                               + 16 * 100 * 2 * 2 * 64 * 2 + 16 * 100 * 4 * 2)
+    assert "generation" not in memory.peak(SMALL, replace(s, generation_rows=0))["moments"]
+    with_models = memory.peak(SMALL, replace(s, reference="reloaded", reward_model_bytes=1_000_000))
+    for moment, value in result["moments"].items():
+        assert with_models["moments"][moment] == value + weights + 1_000_000, moment
+
+
+def test_a_grpo_plans_estimate_takes_its_generation_batch_and_reward_model_from_the_recipe(tmp_path):
+    reward_dir = tmp_path / "reward-model"
+    reward_dir.mkdir()
+    write_json(reward_dir / "config.json", {**SMALL, "dtype": "bfloat16"})
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"reverse ab{i} =", "answer": f" {i}ba"} for i in range(8)])
+    recipe = base_recipe(tmp_path, task="grpo", data={"train": {"path": "prompts.jsonl"}})
+    recipe["rewards"] = [{"type": "model", "path": str(reward_dir)}, {"type": "exact_match"}]
+    recipe["training"] = {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4,
+                          "gradient_accumulation_steps": 2, "max_completion_length": 24, "save_strategy": "no"}
+    plan = build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe)))
+    settings = plan["memory"]["estimate_inputs"]["settings"]
+    assert (settings["kind"], settings["generation_rows"], settings["length"], settings["reward_model_bytes"]) == \
+        ("online_rl", 8, 512 + 24, TOTAL * 2)  # 2 micro-steps of 4 generated at once; the reward model in bf16
+    assert settings["reference"] is None  # beta 0: no KL reference
+    assert any("prompts assumed up to 512 tokens" in line for line in plan["memory"]["assumptions"])

@@ -138,7 +138,7 @@ def start_run_dir(output_dir: str) -> Path | None:
     only once this run succeeds; nothing is written outside the run directory."""
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    foreign = foreign_entries(path)
+    foreign = [name for name in foreign_entries(path) if not _made_by_the_trainer(path / name)]
     if foreign:  # a file put there since check_run_dir looked, while the model loaded
         raise RecipeError([Problem("/output/dir", f"{path} now holds {', '.join(foreign[:5])}, which the runner "
                                                   "did not write; nothing was moved or replaced",
@@ -151,6 +151,12 @@ def start_run_dir(output_dir: str) -> Path | None:
     for entry in earlier:
         entry.rename(moved / entry.name)
     return moved
+
+
+def _made_by_the_trainer(entry: Path) -> bool:
+    """TRL's log_completions makes an empty completions/ folder when the trainer is built, before the run directory
+    is started (runner/train/callbacks.py CompletionsFolder makes it again in the run's own directory)."""
+    return entry.name == "completions" and entry.is_dir() and not any(entry.iterdir())
 
 
 def finish_replacing(run_dir: Path) -> None:

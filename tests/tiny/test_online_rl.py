@@ -103,3 +103,13 @@ def test_a_finished_sft_runs_directory_is_the_policy_a_grpo_recipe_names(tmp_pat
                           "max_completion_length": 8, "save_strategy": "no", "logging_steps": 1}
     manifest = run(build_plan(load_recipe(write_json(policy / "grpo.json", recipe))), argv=["test"])
     assert manifest["status"] == "finished" and [h for h in manifest["history"] if "rewards/exact_match/mean" in h]
+
+
+def test_log_completions_into_a_new_run_directory_writes_its_tables(tmp_path):
+    """TRL makes completions/ when the trainer is built, before the runner starts the run directory: that empty
+    folder is the trainer's, not a user's file (it used to stop every such run before its first step)."""
+    manifest = run(rl_plan(tmp_path, [{"type": "length", "max_chars": 2}], steps=2, logging_steps=1,
+                           log_completions=True), argv=["test"])
+    assert manifest["status"] == "finished"
+    tables = sorted(p.name for p in (tmp_path / "run" / "completions").iterdir())
+    assert tables == ["completions_00001.parquet", "completions_00002.parquet"]

@@ -109,7 +109,9 @@ def generation_schedule_on_resume(trainer):
     fallback), so the completions of that one step are fresh ones, not the ones an uninterrupted run reuses.
     With one generation per optimizer step (the default: steps_per_generation = gradient_accumulation_steps,
     num_iterations 1) the counter changes nothing and a resumed run repeats an uninterrupted one exactly
-    (tests/tiny/test_online_rl_ranks.py). Can go when TRL saves and restores `_step` (and its buffer).
+    (tests/tiny/test_online_rl_ranks.py). TRL's DistillationTrainer keeps the same counter but generates every
+    gradient_accumulation_steps micro-steps, so there the restored counter changes nothing.
+    Can go when TRL saves and restores `_step` (and its buffer).
     """
     from transformers import TrainerCallback
 

@@ -94,3 +94,33 @@ def end_process_group(state) -> None:
     without it (tests/tiny/test_ranks.py runs them)."""
     if state.num_processes > 1:
         state.destroy_process_group()
+
+
+def generation_schedule_on_resume(trainer):
+    """A callback that puts a resumed GRPO / RLOO run back on its generation schedule; None for other trainers.
+
+    TRL 1.16's online RL trainers generate when their micro-step counter `_step` is a multiple of
+    steps_per_generation x num_iterations and reuse the buffered completions in between; neither the counter nor
+    the buffer is saved in a checkpoint. A resumed run restarts the counter at 0, so where a checkpoint fell inside
+    a generation's reuse (num_iterations > 1, or steps_per_generation above gradient_accumulation_steps) every later
+    generation came one or more steps early or late: seen on the tiny model with num_iterations 2, checkpoint-3,
+    the resumed run generated at steps 4, 6, 8 where the uninterrupted one did at 5, 7. Setting the counter to the
+    micro-steps done keeps the schedule; the lost buffer is regenerated at the first resumed step (TRL's own
+    fallback), so the completions of that one step are fresh ones, not the ones an uninterrupted run reuses.
+    With one generation per optimizer step (the default: steps_per_generation = gradient_accumulation_steps,
+    num_iterations 1) the counter changes nothing and a resumed run repeats an uninterrupted one exactly
+    (tests/tiny/test_online_rl_ranks.py). TRL's DistillationTrainer keeps the same counter but generates every
+    gradient_accumulation_steps micro-steps, so there the restored counter changes nothing.
+    Can go when TRL saves and restores `_step` (and its buffer).
+    """
+    from transformers import TrainerCallback
+
+    if not (hasattr(trainer, "_step") and hasattr(trainer, "_buffered_inputs")):
+        return None
+
+    class GenerationSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            # state is the checkpoint's by now (transformers loads it before on_train_begin); 0 on a fresh start
+            trainer._step = state.global_step * args.gradient_accumulation_steps
+
+    return GenerationSchedule()

@@ -4,7 +4,8 @@
 
 The run is the runner's own (`build_plan` with the launch environment's topology, `prepare`, `train`);
 the only addition is a wrapper around `trainer.training_step` that notes the unpadded token ids of
-every row this rank stepped on and the generated answers it got, written to PROBE_DIR/rank<R>.json with the world size.
+every row this rank stepped on (online RL: the prompts; and each generation it ran) and the generated answers it
+got, written to PROBE_DIR/rank<R>.json with the world size.
 `--set-on-rank` gives one rank a different recipe value (a node whose copy of the recipe differs).
 """
 from __future__ import annotations
@@ -21,11 +22,32 @@ def record(trainer, seen: list) -> None:
     original = trainer.training_step
 
     def training_step(model, inputs, *args, **kwargs):
+        if isinstance(inputs, list):  # online RL (GRPO, RLOO): the rows whose prompts this rank generates for
+            seen.extend(row["prompt"] for row in inputs)
+            return original(model, inputs, *args, **kwargs)
         mask = inputs["attention_mask"].bool()
         seen.extend(row[keep].tolist() for row, keep in zip(inputs["input_ids"], mask))
         return original(model, inputs, *args, **kwargs)
 
     trainer.training_step = training_step
+
+
+def record_generations(trainer, generations: list) -> None:
+    """Online RL: per generation this rank ran (TRL's `_generate`), the prompts it generated for (one entry per
+    completion), the number of completions, the prompt tokens and the generated tokens."""
+    if not hasattr(trainer, "_generate"):
+        return
+    original = trainer._generate
+
+    def _generate(prompts):
+        result = original(prompts)
+        prompt_ids, completion_ids = result[0], result[1]
+        generations.append({"prompts": list(prompts), "completions": len(completion_ids),
+                            "prompt_tokens": sum(len(ids) for ids in prompt_ids),
+                            "tokens": sum(len(ids) for ids in completion_ids), "training": trainer.model.training})
+        return result
+
+    trainer._generate = _generate
 
 
 def record_answers() -> list:
@@ -64,14 +86,19 @@ def probe(recipe: str, out: Path) -> int:
     plan = build_plan(load_recipe(recipe), from_environment())
     prepared = prepare(plan)
     seen: list = []
+    generations: list = []
     record(prepared.trainer, seen)
+    record_generations(prepared.trainer, generations)
     rank, world = prepared.state.process_index, prepared.state.num_processes
-    dataset = [list(ids) for ids in prepared.trainer.train_dataset["input_ids"]]
+    rows = prepared.trainer.train_dataset
+    dataset = ([list(ids) for ids in rows["input_ids"]] if "input_ids" in rows.column_names
+               else list(rows["prompt"]))  # online RL: the prompts
     out.mkdir(parents=True, exist_ok=True)
     answers = record_answers()
     manifest = train(prepared.plan, prepared, ["rank_probe"])
     (out / f"rank{rank}.json").write_text(json.dumps({"world_size": world, "seen": seen, "dataset": dataset,
                                                       "status": manifest["status"], "answers": answers,
+                                                      "generations": generations,
                                                       "engine": engine(prepared.trainer)}))
     return 0
 

@@ -219,8 +219,9 @@ def check_training(doc: dict, task: Task, fmt: str) -> list[Problem]:
 
 def batch_section(doc: dict, task: Task, topology: Topology, model_config: dict | None) -> dict:
     batch = scale.batch_arithmetic(doc, topology, decisions.packing_may_be_decided(doc, task.name, model_config))
-    if task.rewarded:  # online RL: prompts x completions per generation (TRL's arithmetic)
+    if task.rewarded:  # online RL: prompts x completions per generation, and the steps they make (TRL's arithmetic)
         batch["generation"] = rewards.generation_batch(doc, topology.world_size)
+        batch = rewards.rl_steps(batch, doc)
     return batch
 
 

@@ -52,6 +52,9 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     from runner.train.callbacks import CompletionsFolder, StopOnNonFiniteLoss  # imports transformers
 
     trainer.add_callback(StopOnNonFiniteLoss())
+    schedule = compat.generation_schedule_on_resume(trainer)  # online RL: a resumed run generates when it would have
+    if schedule is not None:
+        trainer.add_callback(schedule)
     if config.get("log_completions"):
         trainer.add_callback(CompletionsFolder())
     return trainer

@@ -197,6 +197,10 @@ def start_records(plan: dict, prepared: Prepared, manifest: dict) -> Path | None
     random base an adapter needs, recipe.json, plan.json and run.json saying `running`."""
     run_dir = Path(plan["output_dir"])
     moved = None if prepared.resume_from else outputs.start_run_dir(plan["output_dir"])
+    if plan["trainer"]["config"].get("log_completions"):
+        # TRL's log_completions writes completions/<table>.parquet (evaluations before training too) into the
+        # folder it made when the trainer was built, which start_run_dir has just moved aside with an earlier run
+        (run_dir / "completions").mkdir(exist_ok=True)
     if prepared.random_base is not None:
         save_random_base(prepared.random_base, prepared.trainer.processing_class, run_dir / BASE_MODEL_DIR)
     outputs.write_json(run_dir / "recipe.json", plan["recipe"])

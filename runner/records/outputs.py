@@ -155,7 +155,7 @@ def start_run_dir(output_dir: str) -> Path | None:
 
 def _made_by_the_trainer(entry: Path) -> bool:
     """TRL's log_completions makes an empty completions/ folder when the trainer is built, before the run directory
-    is started (runner/train/callbacks.py CompletionsFolder makes it again in the run's own directory)."""
+    is started (runner/commands/run.py start_records makes it again in the run's own directory)."""
     return entry.name == "completions" and entry.is_dir() and not any(entry.iterdir())
 
 

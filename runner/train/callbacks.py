@@ -169,15 +169,3 @@ class AtTrainStart(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.action()
-
-
-class CompletionsFolder(TrainerCallback):
-    """TRL's log_completions writes completions/completions_<step>.parquet into the output directory, making the
-    folder when the trainer is built: before the runner has moved an earlier run aside (with that folder in it).
-    Made again as training starts, in the run's own directory."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        import os
-
-        if state.is_world_process_zero:
-            os.makedirs(os.path.join(args.output_dir, "completions"), exist_ok=True)

@@ -49,14 +49,12 @@ def build_trainer(plan: dict, model, tokenizer, splits, hardware: dict):
     token_cache = kwargs.pop("token_cache", None)  # a task that tokenizes itself (classification) made one
     trainer = rejected_as_user_error(library_name(trainer_class), config, lambda: trainer_class(args=args, **kwargs))
     trainer.token_cache = token_cache  # evaluation rows prepared later go through the same cache
-    from runner.train.callbacks import CompletionsFolder, StopOnNonFiniteLoss  # imports transformers
+    from runner.train.callbacks import StopOnNonFiniteLoss  # imports transformers
 
     trainer.add_callback(StopOnNonFiniteLoss())
     schedule = compat.generation_schedule_on_resume(trainer)  # online RL: a resumed run generates when it would have
     if schedule is not None:
         trainer.add_callback(schedule)
-    if config.get("log_completions"):
-        trainer.add_callback(CompletionsFolder())
     return trainer
 
 

@@ -105,11 +105,21 @@ def test_a_finished_sft_runs_directory_is_the_policy_a_grpo_recipe_names(tmp_pat
     assert manifest["status"] == "finished" and [h for h in manifest["history"] if "rewards/exact_match/mean" in h]
 
 
-def test_log_completions_into_a_new_run_directory_writes_its_tables(tmp_path):
+@pytest.mark.parametrize("earlier_run", [False, True], ids=["new directory", "over an earlier run"])
+def test_log_completions_writes_its_tables_from_the_baseline_evaluation_on(tmp_path, earlier_run):
     """TRL makes completions/ when the trainer is built, before the runner starts the run directory: that empty
-    folder is the trainer's, not a user's file (it used to stop every such run before its first step)."""
-    manifest = run(rl_plan(tmp_path, [{"type": "length", "max_chars": 2}], steps=2, logging_steps=1,
-                           log_completions=True), argv=["test"])
-    assert manifest["status"] == "finished"
+    folder is the trainer's, not a user's file (it used to stop every such run before its first step). The baseline
+    evaluation logs its completions before training begins, into the folder the runner makes again once an earlier
+    run has been moved aside (it used to fail there)."""
+    rl_plan(tmp_path, [{"type": "length", "max_chars": 2}], steps=2, logging_steps=1)  # writes recipe.json
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    recipe["data"]["eval"] = {"path": PROMPTS, "limit": 16}
+    recipe["evaluation"] = {"baseline": True, "metrics": ["rewards"]}
+    recipe["training"].update(log_completions=True, per_device_eval_batch_size=16)
+    recipe["output"]["if_exists"] = "overwrite"
+    runs = 2 if earlier_run else 1
+    for _ in range(runs):
+        manifest = run(build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe))), argv=["test"])
+    assert manifest["status"] == "finished" and "rewards/length/mean" in manifest["metrics"]["before"]
     tables = sorted(p.name for p in (tmp_path / "run" / "completions").iterdir())
-    assert tables == ["completions_00001.parquet", "completions_00002.parquet"]
+    assert tables[-2:] == ["completions_00001.parquet", "completions_00002.parquet"], tables

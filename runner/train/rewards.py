@@ -1,7 +1,8 @@
 """The recipe's rewards as TRL's reward functions: `f(prompts, completions, **columns) -> list[float | None]`, one
-score per completion, named as the logs show them (`rewards/<name>/mean`). A reward model is loaded here and handed
-to TRL with its tokenizer (a reward run's LoRA adapter merged onto its base first); a code reward is imported from its file only here,
-at train time, after the recipe opted in (`allow_code`) and the plan recorded the file's sha256."""
+score per completion, named as the logs show them (`rewards/<name>/mean`). A reward model is loaded here (a reward
+run's LoRA adapter merged onto its base first) and scores as TRL's RewardTrainer trained it (`model_scorer`); a code
+reward is imported from its file only here, at train time, after the recipe opted in (`allow_code`) and the plan
+recorded the file's sha256."""
 from __future__ import annotations
 
 import hashlib
@@ -115,8 +116,7 @@ def python_function(reward: dict):
 
 def reward_model(reward: dict):
     """(the reward model, its tokenizer): a reward run's LoRA adapter merged onto its base, else a full model
-    directory or Hub id with one output. TRL names a model reward by its config's `_name_or_path` (the logs'
-    rewards/<name>/mean): set to the reward's name, as a function reward is named by its __name__."""
+    directory or Hub id with one output."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from runner.train.models import hub_call
@@ -131,26 +131,65 @@ def reward_model(reward: dict):
         model = hub_call(where, reward["path"], AutoModelForSequenceClassification.from_pretrained, reward["path"],
                          num_labels=1)
     tokenizer = hub_call(where, reward["path"], AutoTokenizer.from_pretrained, reward["path"])
-    model.config._name_or_path = reward["name"]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id  # where the score is read: the last token before padding
     return model.eval(), tokenizer
+
+
+def model_scorer(reward: dict):
+    """A reward model as a reward function that scores each prompt + completion tokenized exactly as TRL's
+    RewardTrainer tokenized its training pairs: plain text with the tokenizer's special tokens and the EOS token it
+    appends to every response; a conversation through the chat template. GRPOTrainer's own scoring of a model
+    reward (TRL 1.16) joins plain text without that EOS token or the special tokens, so the score is read at a
+    position training never scored: on the RLHF chain's reward model it ranked wrong reversals above right ones, and
+    GRPO learned to write them."""
+    import torch
+    from accelerate import PartialState
+
+    model, tokenizer = reward_model(reward)
+
+    def score(prompts, completions, **kwargs):
+        device = PartialState().device
+        if model.device != device:
+            model.to(device)
+        rows = [scored_ids(tokenizer, prompt, completion) for prompt, completion in zip(prompts, completions)]
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, ids in enumerate(rows):  # right padding: the score is read at each row's last real token
+            input_ids[index, :len(ids)] = torch.tensor(ids)
+            attention_mask[index, :len(ids)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        return logits[:, 0].float().tolist()
+
+    score.__name__ = reward["name"]
+    return score
+
+
+def scored_ids(tokenizer, prompt, completion) -> list[int]:
+    """The ids RewardTrainer would make of this prompt and response (trl/trainer/reward_trainer.py)."""
+    if isinstance(prompt, list):  # a conversation: the template renders the whole of it
+        return list(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"])
+    text = prompt + completion
+    if not text.endswith(tokenizer.eos_token):
+        text += tokenizer.eos_token
+    return tokenizer(text=text)["input_ids"]
 
 
 BUILT_IN = {"exact_match": exact_match, "contains": contains, "numeric": numeric, "regex": regex,
             "format": format_check, "length": length, "python": python_function}
 
 
-def reward_functions(rewards: list[dict]) -> tuple[list, list]:
-    """(reward functions and models in the recipe's order, each one's tokenizer: None for a function or for a
-    model TRL loads with its own)."""
-    functions, tokenizers = [], []
+def reward_functions(rewards: list[dict]) -> list:
+    """The reward functions in the recipe's order (a reward model as a function too: model_scorer)."""
+    functions = []
     for reward in rewards:
         if reward["type"] == "model":
-            model, tokenizer = reward_model(reward)
-            functions.append(model)
-            tokenizers.append(tokenizer)
+            functions.append(model_scorer(reward))
             continue
         function = BUILT_IN[reward["type"]](reward)
         function.__name__ = reward["name"]  # TRL logs rewards/<__name__>/mean
         functions.append(function)
-        tokenizers.append(None)
-    return functions, tokenizers
+    return functions

@@ -34,23 +34,19 @@ def lm_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
 
 
 def rl_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:
-    """TRL's online RL trainers (GRPO, RLOO): the policy, the rewards (functions, and models with their
-    tokenizers), prompts to generate from. With beta > 0 and an adapter, the base with the adapter off is the
+    """TRL's online RL trainers (GRPO, RLOO): the policy, the rewards (functions; a reward model scores through
+    one, runner/train/rewards.py model_scorer), prompts to generate from. With beta > 0 and an adapter, the base with the adapter off is the
     reference (TRL's own choice); the plan refused the cases where TRL would reload the wrong one."""
     from runner.train.rewards import reward_functions
 
-    functions, tokenizers = reward_functions(plan["rewards"])
-    kwargs = {
+    return {
         "model": adapters.prepare_model(model, plan["peft"]),
-        "reward_funcs": functions,
+        "reward_funcs": reward_functions(plan["rewards"]),
         "train_dataset": splits.train,
         "eval_dataset": splits.eval,
         "processing_class": tokenizer,
         "peft_config": adapters.peft_config(plan["peft"]),
     }
-    if any(t is not None for t in tokenizers):
-        kwargs["reward_processing_classes"] = tokenizers
-    return kwargs
 
 
 def distill_trainer_kwargs(plan: dict, model, tokenizer, splits) -> dict:

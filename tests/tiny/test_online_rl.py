@@ -123,3 +123,25 @@ def test_log_completions_writes_its_tables_from_the_baseline_evaluation_on(tmp_p
     assert manifest["status"] == "finished" and "rewards/length/mean" in manifest["metrics"]["before"]
     tables = sorted(p.name for p in (tmp_path / "run" / "completions").iterdir())
     assert tables[-2:] == ["completions_00001.parquet", "completions_00002.parquet"], tables
+
+
+def test_a_reward_model_scores_completions_tokenized_as_reward_trainer_trained_it(tmp_path):
+    """TRL's RewardTrainer appends EOS to each plain-text response and the score is read there; GRPOTrainer's own
+    scoring of a model reward would read it at the last character. The runner's scorer gives the ids the
+    RewardTrainer made of the same pair, so a reward model scores the policy where it was trained to."""
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from runner.train.rewards import scored_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    pair = {"prompt": "reverse abc =", "chosen": " cba", "rejected": " abc"}
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(TINY_MODEL, num_labels=1))
+    trainer = RewardTrainer(model=model, args=RewardConfig(output_dir=str(tmp_path / "out"), report_to="none",
+                                                           use_cpu=True),
+                            train_dataset=Dataset.from_list([pair]), processing_class=tokenizer)
+    row = trainer.train_dataset[0]
+    assert scored_ids(tokenizer, pair["prompt"], pair["chosen"]) == row["chosen_ids"]
+    assert scored_ids(tokenizer, pair["prompt"], pair["rejected"]) == row["rejected_ids"]
+    assert row["chosen_ids"][-1] == tokenizer.eos_token_id

@@ -97,16 +97,22 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def near_miss(answer: str, rng: random.Random) -> str:
-    """A wrong answer of the kind a half-trained reverser writes: the word copied unreversed, or the reversal with
-    one letter replaced, dropped or doubled, or two neighbours swapped."""
+    """A wrong answer of the kind a half-trained reverser writes: the word copied unreversed, the reversal with one
+    letter replaced, dropped or doubled, two neighbours swapped, or cut short; and the degenerate answers a policy
+    drifts to when a reward model has never seen them (measured on the RLHF chain: "tttt" scored above every right
+    reversal): one letter repeated, random letters."""
     word = answer.strip()
     while True:
-        kind, at = rng.choice(["unreversed", "replace", "swap", "drop", "double"]), rng.randrange(len(word))
-        wrong = {"unreversed": word[::-1],
-                 "replace": word[:at] + rng.choice(LETTERS) + word[at + 1:],
-                 "swap": word[:at] + word[at + 1:at + 2] + word[at:at + 1] + word[at + 2:],
-                 "drop": word[:at] + word[at + 1:],
-                 "double": word[:at] + word[at] + word[at:]}[kind]
+        at = rng.randrange(len(word))
+        wrong = {"unreversed": lambda: word[::-1],
+                 "replace": lambda: word[:at] + rng.choice(LETTERS) + word[at + 1:],
+                 "swap": lambda: word[:at] + word[at + 1:at + 2] + word[at:at + 1] + word[at + 2:],
+                 "drop": lambda: word[:at] + word[at + 1:],
+                 "double": lambda: word[:at] + word[at] + word[at:],
+                 "cut": lambda: word[:max(at, 1)],
+                 "repeated": lambda: rng.choice(LETTERS + word) * rng.randint(2, 9),
+                 "random": lambda: "".join(rng.choice(LETTERS) for _ in range(rng.randint(1, 9)))}[
+            rng.choice(["unreversed", "replace", "swap", "drop", "double", "cut", "repeated", "random"])]()
         if wrong != word:
             return " " + wrong
 

@@ -1,7 +1,11 @@
 """The RLHF chain on a CPU, end to end, as shipped in recipes/rlhf/: supervised fine-tuning on the reversal task ->
 a reward model started from the SFT weights, on right-vs-near-miss pairs -> GRPO from the SFT run with that reward
 model and exact match. The recipes are copied byte for byte into a layout like the repository's and run in order
-from its root, each link reading the run directory the step before wrote."""
+from its root, each link reading the run directory the step before wrote.
+
+Measured (2 cores, 3 min 7 s in all): SFT greedy exact match 0.25 (14 s); reward model pairwise accuracy
+0.465 -> 0.795 (26 s); GRPO (125 s) sampled exact-match reward 0.1375 -> 0.210 (200 prompts x 8), greedy exact match
+0.26 -> 0.34, the reward model's mean 2.88 -> 3.41. The runs are seeded: the same machine gives the same figures."""
 from __future__ import annotations
 
 import pytest
@@ -26,9 +30,15 @@ def test_the_shipped_chain_runs_and_grpo_raises_exact_match_over_the_sft_start(t
 
     # The reward model tells the right reversal from a near miss better than chance and than its start.
     before, after = reward["metrics"]["before"], reward["metrics"]["after"]
-    assert after["pairwise_accuracy"] >= 0.65 and after["pairwise_accuracy"] > before["pairwise_accuracy"] + 0.1
+    assert after["pairwise_accuracy"] >= 0.7 and after["pairwise_accuracy"] > before["pairwise_accuracy"] + 0.1
 
-    # GRPO raises the mean exact-match reward of sampled completions on the 200 held-out prompts (8 each).
+    # GRPO raises the mean exact-match reward of sampled completions. In training each logged value averages 30 steps
+    # of 256 completions (960 prompts: a standard error of ~0.012): measured 0.143, 0.124, 0.129 first, 0.189, 0.160,
+    # 0.203 last, a rise of 0.052 between the means of three (~0.01 standard error). On the 200 held-out prompts (8
+    # completions each; each mean's standard error at most ~0.025, counting only the prompts as independent) the
+    # rise measured 0.073, and greedy exact match rose with it. Seeded: these figures repeat on the same machine.
+    trained = [entry["rewards/exact_match/mean"] for entry in grpo["history"] if "rewards/exact_match/mean" in entry]
+    assert sum(trained[-3:]) / 3 > sum(trained[:3]) / 3 + 0.03, trained
     before, after = grpo["metrics"]["before"], grpo["metrics"]["after"]
     assert after["rewards/exact_match/mean"] > before["rewards/exact_match/mean"] + 0.05
-    assert after["exact_match"] > before["exact_match"]  # and greedy exact match with it
+    assert after["exact_match"] > before["exact_match"]

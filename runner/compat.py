@@ -124,3 +124,28 @@ def generation_schedule_on_resume(trainer):
             trainer._step = state.global_step * args.gradient_accumulation_steps
 
     return GenerationSchedule()
+
+
+def whole_model_loading():
+    """A context in which from_pretrained loads a model whole, even inside a DeepSpeed ZeRO-3 run.
+
+    Once a ZeRO-3 TrainingArguments exists, transformers 5.23 loads every model under `zero.Init`, its parameters
+    partitioned across ranks and usable only inside a DeepSpeed engine. The reward models score completions outside
+    any engine (runner/train/rewards.py model_scorer, which replaces TRL 1.16's GRPO scoring of a model reward: that
+    one reads the score where RewardTrainer never trained it, without the EOS token it appends), so each rank loads
+    them whole. Can go with model_scorer, when TRL scores a model reward on the ids RewardTrainer trained on.
+    """
+    import contextlib
+
+    from transformers.integrations import deepspeed
+
+    @contextlib.contextmanager
+    def loading():
+        kept = deepspeed._hf_deepspeed_config_weak_ref
+        deepspeed.unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            deepspeed._hf_deepspeed_config_weak_ref = kept
+
+    return loading()

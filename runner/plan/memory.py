@@ -129,10 +129,11 @@ def peak(config: dict, s: Settings) -> dict | None:
 def generation_parts(config: dict, s: Settings, total: int) -> dict:
     """The generation batch's KV cache (every layer's keys and values for each sequence's prompt + completion, in the
     compute dtype) and the sampling step's fp32 logits and probabilities for the last position of each sequence;
-    under ZeRO-3 the whole model is gathered to generate (TRL's ds3_gather_for_generation), in bf16."""
+    under ZeRO-3 the whole model is gathered to generate (TRL's ds3_gather_for_generation), in the compute dtype."""
     kv_width = counts.linear_shapes(config)["k_proj"][1]
     cache = s.generation_rows * s.length * config["num_hidden_layers"] * 2 * kv_width * act.compute_bytes(s)
-    gathered = total * 2 if s.topology.engine == "deepspeed" and (s.topology.zero_stage or 0) >= 3 else 0
+    zero3 = s.topology.engine == "deepspeed" and (s.topology.zero_stage or 0) >= 3
+    gathered = total * act.compute_bytes(s) if zero3 else 0
     return {"generation_kv_cache": cache,
             "generation_workspace": s.generation_rows * config["vocab_size"] * 4 * 2 + gathered}
 

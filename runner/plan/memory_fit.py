@@ -165,13 +165,20 @@ def online_rl_inputs(doc: dict, topology: Topology, assumptions: list[str]) -> d
 
 
 def model_bytes(location: str) -> int | None:
-    """A local model directory's weights as they load (its config's dtype, else fp32), from its config.json."""
+    """A local model directory's weights as they load (its config's dtype, else fp32), from its config.json; a LoRA
+    reward run's from its base's (the adapter itself is small, and merged into the base when it loads)."""
     import json
     from pathlib import Path
 
     from runner.plan import estimate
 
     path = Path(location) / "config.json"
+    adapter = Path(location) / "adapter_config.json"
+    if not path.is_file() and adapter.is_file():
+        try:
+            path = Path(json.loads(adapter.read_text())["base_model_name_or_path"]) / "config.json"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -131,9 +131,10 @@ def reward_model(reward: dict):
         model = hub_call(where, reward["path"], AutoModelForSequenceClassification.from_pretrained, reward["path"],
                          num_labels=1)
     tokenizer = hub_call(where, reward["path"], AutoTokenizer.from_pretrained, reward["path"])
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id  # where the score is read: the last token before padding
+    if tokenizer.pad_token_id is not None:  # where the score is read: the last token before padding
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
 
 
@@ -147,15 +148,19 @@ def model_scorer(reward: dict):
     import torch
     from accelerate import PartialState
 
-    model, tokenizer = reward_model(reward)
+    from runner import compat
+
+    with compat.whole_model_loading():  # scored outside any DeepSpeed engine: whole on each rank, even under ZeRO-3
+        model, tokenizer = reward_model(reward)
+    eos = tokenizer.eos_token or ""  # RewardTrainer appends it when the tokenizer has one
 
     def score(prompts, completions, **kwargs):
         device = PartialState().device
         if model.device != device:
             model.to(device)
-        rows = [scored_ids(tokenizer, prompt, completion) for prompt, completion in zip(prompts, completions)]
+        rows = [scored_ids(tokenizer, prompt, completion, eos) for prompt, completion in zip(prompts, completions)]
         width = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for index, ids in enumerate(rows):  # right padding: the score is read at each row's last real token
             input_ids[index, :len(ids)] = torch.tensor(ids)
@@ -168,13 +173,13 @@ def model_scorer(reward: dict):
     return score
 
 
-def scored_ids(tokenizer, prompt, completion) -> list[int]:
+def scored_ids(tokenizer, prompt, completion, eos: str) -> list[int]:
     """The ids RewardTrainer would make of this prompt and response (trl/trainer/reward_trainer.py)."""
     if isinstance(prompt, list):  # a conversation: the template renders the whole of it
         return list(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"])
     text = prompt + completion
-    if not text.endswith(tokenizer.eos_token):
-        text += tokenizer.eos_token
+    if eos and not text.endswith(eos):
+        text += eos
     return tokenizer(text=text)["input_ids"]
 
 

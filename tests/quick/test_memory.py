@@ -365,13 +365,13 @@ def test_online_rl_counts_the_generation_batchs_kv_cache_its_reference_and_rewar
     """GRPO / RLOO generate between optimizer steps: the generation batch's keys and values for every layer (2 layers x
     k and v x 64 wide x 2 bytes per token under bf16) and the sampling step's fp32 logits and probabilities; a KL
     reference TRL reloads is a second set of weights; reward models stay resident beside the policy."""
-    s = Settings(weights_dtype="bfloat16", kind="online_rl", batch=2, length=100, generation_rows=16)
+    s = Settings(weights_dtype="bfloat16", kind="online_rl", batch=2, length=50, generation_rows=16)
     result = memory.peak(SMALL, s)
-    assert result["parts"]["generation_kv_cache"] == 16 * 100 * 2 * 2 * 64 * 2
+    assert result["parts"]["generation_kv_cache"] == 16 * 50 * 2 * 2 * 64 * 2
     assert result["parts"]["generation_workspace"] == 16 * 100 * 4 * 2
     weights = TOTAL * 2
     assert result["moments"]["generation"] == (weights + result["parts"]["optimizer_states"]
-                                               + 16 * 100 * 2 * 2 * 64 * 2 + 16 * 100 * 4 * 2)
+                                               + 16 * 50 * 2 * 2 * 64 * 2 + 16 * 100 * 4 * 2)
     assert "generation" not in memory.peak(SMALL, replace(s, generation_rows=0))["moments"]
     with_models = memory.peak(SMALL, replace(s, reference="reloaded", reward_model_bytes=1_000_000))
     for moment, value in result["moments"].items():

@@ -42,9 +42,17 @@ def test_each_link_plans_on_the_run_directory_the_step_before_writes(tmp_path, m
     reward = build_plan(load_recipe(recipes / f"{reward_name}.json"))
     assert reward["task"] == "reward" and reward["model"]["name_or_path"] == sft["output_dir"]
 
-    stand_in_run(tmp_path / "runs" / f"rlhf{'-qwen' if chain == 'qwen' else ''}-reward", "reward")
+    reward_run = tmp_path / "runs" / f"rlhf{'-qwen' if chain == 'qwen' else ''}-reward"
+    if chain == "qwen":  # a LoRA reward run: an adapter on the SFT run's weights, no config.json of its own
+        reward_run.mkdir()
+        write_json(reward_run / "adapter_config.json", {"base_model_name_or_path": sft["output_dir"]})
+        write_json(reward_run / "plan.json", {"task": "reward"})
+    else:
+        stand_in_run(reward_run, "reward")
     grpo = build_plan(load_recipe(recipes / f"{grpo_name}.json"))
     assert grpo["task"] == "grpo" and grpo["model"]["name_or_path"] == sft["output_dir"]
     (model_reward,) = [r for r in grpo["rewards"] if r["type"] == "model"]
     assert model_reward["path"] == reward["output_dir"]
+    # the reward model's weights are in the memory estimate, a LoRA run's read from its base's config
+    assert grpo["memory"]["estimate_inputs"]["settings"]["reward_model_bytes"] > 0
     json.dumps(grpo)

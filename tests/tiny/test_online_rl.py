@@ -122,7 +122,7 @@ def test_log_completions_writes_its_tables_from_the_baseline_evaluation_on(tmp_p
         manifest = run(build_plan(load_recipe(write_json(tmp_path / "recipe.json", recipe))), argv=["test"])
     assert manifest["status"] == "finished" and "rewards/length/mean" in manifest["metrics"]["before"]
     tables = sorted(p.name for p in (tmp_path / "run" / "completions").iterdir())
-    assert tables[-2:] == ["completions_00001.parquet", "completions_00002.parquet"], tables
+    assert tables == ["completions_00000.parquet", "completions_00001.parquet", "completions_00002.parquet"], tables
 
 
 def test_a_reward_model_scores_completions_tokenized_as_reward_trainer_trained_it(tmp_path):
@@ -142,6 +142,15 @@ def test_a_reward_model_scores_completions_tokenized_as_reward_trainer_trained_i
                                                            use_cpu=True),
                             train_dataset=Dataset.from_list([pair]), processing_class=tokenizer)
     row = trainer.train_dataset[0]
-    assert scored_ids(tokenizer, pair["prompt"], pair["chosen"]) == row["chosen_ids"]
-    assert scored_ids(tokenizer, pair["prompt"], pair["rejected"]) == row["rejected_ids"]
+    assert scored_ids(tokenizer, pair["prompt"], pair["chosen"], tokenizer.eos_token) == row["chosen_ids"]
+    assert scored_ids(tokenizer, pair["prompt"], pair["rejected"], tokenizer.eos_token) == row["rejected_ids"]
     assert row["chosen_ids"][-1] == tokenizer.eos_token_id
+
+    chat = {"prompt": [{"role": "user", "content": "reverse abc"}],
+            "chosen": [{"role": "assistant", "content": "cba"}], "rejected": [{"role": "assistant", "content": "abc"}]}
+    trainer = RewardTrainer(model=model, args=RewardConfig(output_dir=str(tmp_path / "chat"), report_to="none",
+                                                           use_cpu=True),
+                            train_dataset=Dataset.from_list([chat]), processing_class=tokenizer)
+    row = trainer.train_dataset[0]
+    assert scored_ids(tokenizer, chat["prompt"], chat["chosen"], tokenizer.eos_token) == row["chosen_ids"]
+    assert scored_ids(tokenizer, chat["prompt"], chat["rejected"], tokenizer.eos_token) == row["rejected_ids"]

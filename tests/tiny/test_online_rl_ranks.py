@@ -243,3 +243,32 @@ def test_the_plan_counts_the_optimizer_steps_trls_sampler_makes(tmp_path):
     assert plan["batch"]["steps_per_epoch"] == plan["batch"]["total_steps"] == 94
     trainer = prepare(plan).trainer
     assert math.ceil(len(trainer.get_train_dataloader()) / 2) == 94
+
+
+@pytest.mark.slow
+def test_a_reward_model_scores_whole_on_every_rank_under_zero3(tmp_path):
+    """Under ZeRO-3 transformers would load the reward model partitioned (zero.Init), unusable outside a DeepSpeed
+    engine; the runner's scorer loads it whole on each rank (compat.whole_model_loading) and its scores are logged."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from conftest import TINY_MODEL
+    from runner.launch import launcher as launch
+
+    scorer = tmp_path / "scorer"
+    AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(TINY_MODEL, num_labels=1)) \
+        .save_pretrained(scorer)
+    AutoTokenizer.from_pretrained(TINY_MODEL).save_pretrained(scorer)
+    recipe = rl_recipe(tmp_path, max_steps=2, logging_steps=1)
+    recipe["rewards"] = LENGTH + [{"type": "model", "path": str(scorer), "name": "scorer", "weight": 0.1}]
+    write_json(tmp_path / "recipe.json", recipe)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                             *launch.launcher_args(CONFIGS / "deepspeed_zero3.yaml", 2, 1),
+                             "--main_process_port", str(free_port()), "-m", "runner", str(tmp_path / "recipe.json")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "finished" and record["hardware"]["world_size"] == 2
+    scores = logged(record["history"], "rewards/scorer/mean")
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores), scores

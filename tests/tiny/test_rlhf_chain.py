@@ -32,13 +32,14 @@ def test_the_shipped_chain_runs_and_grpo_raises_exact_match_over_the_sft_start(t
     before, after = reward["metrics"]["before"], reward["metrics"]["after"]
     assert after["pairwise_accuracy"] >= 0.7 and after["pairwise_accuracy"] > before["pairwise_accuracy"] + 0.1
 
-    # GRPO raises the mean exact-match reward of sampled completions. In training each logged value averages 30 steps
-    # of 256 completions (960 prompts: a standard error of ~0.012): measured 0.143, 0.124, 0.129 first, 0.189, 0.160,
-    # 0.203 last, a rise of 0.052 between the means of three (~0.01 standard error). On the 200 held-out prompts (8
-    # completions each; each mean's standard error at most ~0.025, counting only the prompts as independent) the
-    # rise measured 0.073, and greedy exact match rose with it. Seeded: these figures repeat on the same machine.
+    # GRPO raises the mean exact-match reward of sampled completions. Measured in training (each logged value averages
+    # 30 steps of 256 completions): 0.143, 0.124, 0.129 first, 0.189, 0.160, 0.203 last, a rise of 0.052 between the
+    # means of three; on the 200 held-out prompts (8 completions each) 0.1375 -> 0.210, greedy 0.26 -> 0.34. What a
+    # policy that does not learn gives, measured on the same start (GRPO runs that stayed flat): held-out 0.166 ->
+    # 0.164 and -> 0.168; in training the means of the first and last three logged values 0.135 and 0.138 (640
+    # completions each). The thresholds sit between the two.
     trained = [entry["rewards/exact_match/mean"] for entry in grpo["history"] if "rewards/exact_match/mean" in entry]
-    assert sum(trained[-3:]) / 3 > sum(trained[:3]) / 3 + 0.03, trained
+    assert sum(trained[-3:]) / 3 > sum(trained[:3]) / 3 + 0.025, trained
     before, after = grpo["metrics"]["before"], grpo["metrics"]["after"]
-    assert after["rewards/exact_match/mean"] > before["rewards/exact_match/mean"] + 0.05
+    assert after["rewards/exact_match/mean"] > before["rewards/exact_match/mean"] + 0.03
     assert after["exact_match"] > before["exact_match"]

@@ -71,3 +71,17 @@ class Snapshot:
         """Nothing the user had changed or was lost (and nothing new appeared unless `allow_new`)."""
         diff = {p: what for p, what in self.changes().items() if not (allow_new and what == "new")}
         assert not diff, diff
+
+
+def interrupt_at(step: int):
+    """A trainer callback that sends this process SIGINT at the end of `step`, as Ctrl-C would."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return Interrupt()

@@ -13,9 +13,11 @@ comparing it with the GPU it lands on.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import fields, replace
+from pathlib import Path
 
-from runner.plan import memory
+from runner.plan import estimate, memory, rewards
 from runner.recipe import schema
 from runner.plan.memory import GIB, Settings
 from runner.plan.methods import method_of
@@ -143,10 +145,8 @@ PROMPT_TOKENS = 512  # GRPO/RLOO prompts are not cut (TRL 1.16 has no max_prompt
 
 def online_rl_inputs(doc: dict, topology: Topology, assumptions: list[str]) -> dict:
     """GRPO / RLOO: rows of prompt + completion, the generation batch per device, the reward models' weights."""
-    from runner.plan.rewards import generation_batch
-
     training = doc["training"]
-    batch = generation_batch(doc, topology.world_size)
+    batch = rewards.generation_batch(doc, topology.world_size)
     rows = batch["completions_per_generation"] // topology.world_size
     assumptions.append(f"prompts assumed up to {PROMPT_TOKENS} tokens (TRL does not cut them; `check-data` measures "
                        f"them) + max_completion_length {training['max_completion_length']}; {rows} sequences "
@@ -167,11 +167,6 @@ def online_rl_inputs(doc: dict, topology: Topology, assumptions: list[str]) -> d
 def model_bytes(location: str) -> int | None:
     """A local model directory's weights as they load (its config's dtype, else fp32), from its config.json; a LoRA
     reward run's from its base's (the adapter itself is small, and merged into the base when it loads)."""
-    import json
-    from pathlib import Path
-
-    from runner.plan import estimate
-
     path = Path(location) / "config.json"
     adapter = Path(location) / "adapter_config.json"
     if not path.is_file() and adapter.is_file():

@@ -136,21 +136,14 @@ def test_a_reward_model_scores_completions_tokenized_as_reward_trainer_trained_i
     from runner.train.rewards import scored_ids
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
-    pair = {"prompt": "reverse abc =", "chosen": " cba", "rejected": " abc"}
     model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(TINY_MODEL, num_labels=1))
-    trainer = RewardTrainer(model=model, args=RewardConfig(output_dir=str(tmp_path / "out"), report_to="none",
-                                                           use_cpu=True),
-                            train_dataset=Dataset.from_list([pair]), processing_class=tokenizer)
-    row = trainer.train_dataset[0]
-    assert scored_ids(tokenizer, pair["prompt"], pair["chosen"], tokenizer.eos_token) == row["chosen_ids"]
-    assert scored_ids(tokenizer, pair["prompt"], pair["rejected"], tokenizer.eos_token) == row["rejected_ids"]
-    assert row["chosen_ids"][-1] == tokenizer.eos_token_id
-
+    plain = {"prompt": "reverse abc =", "chosen": " cba", "rejected": " abc"}
     chat = {"prompt": [{"role": "user", "content": "reverse abc"}],
             "chosen": [{"role": "assistant", "content": "cba"}], "rejected": [{"role": "assistant", "content": "abc"}]}
-    trainer = RewardTrainer(model=model, args=RewardConfig(output_dir=str(tmp_path / "chat"), report_to="none",
-                                                           use_cpu=True),
-                            train_dataset=Dataset.from_list([chat]), processing_class=tokenizer)
-    row = trainer.train_dataset[0]
-    assert scored_ids(tokenizer, chat["prompt"], chat["chosen"], tokenizer.eos_token) == row["chosen_ids"]
-    assert scored_ids(tokenizer, chat["prompt"], chat["rejected"], tokenizer.eos_token) == row["rejected_ids"]
+    for name, pair in (("plain", plain), ("chat", chat)):
+        args = RewardConfig(output_dir=str(tmp_path / name), report_to="none", use_cpu=True)
+        row = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list([pair]),
+                            processing_class=tokenizer).train_dataset[0]
+        for side in ("chosen", "rejected"):
+            assert scored_ids(tokenizer, pair["prompt"], pair[side], tokenizer.eos_token) == row[f"{side}_ids"], name
+    assert scored_ids(tokenizer, plain["prompt"], plain["chosen"], tokenizer.eos_token)[-1] == tokenizer.eos_token_id

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import pytest
 
 from conftest import ROOT, base_recipe, write_json
 from commandline import free_port
+from faults import interrupt_at
 
 PROMPTS = ROOT / "recipes" / "assets" / "reverse"
 CONFIGS = ROOT / "accelerate_configs"
@@ -34,6 +34,18 @@ def rl_recipe(folder, task: str = "grpo", **training) -> dict:
                           "max_completion_length": 8, "learning_rate": 5e-3, "logging_steps": 4,
                           "save_strategy": "no", "seed": 0, "beta": 0.0, **training}
     return recipe
+
+
+def launched(config: str, *command: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` of 2 CPU processes under accelerate_configs/<config>.yaml, running `command`."""
+    from runner.launch import launcher as launch
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                           *launch.launcher_args(CONFIGS / f"{config}.yaml", 2, 1),
+                           "--main_process_port", str(free_port()), *command],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def logged(history: list[dict], key: str) -> list[float]:
@@ -53,19 +65,12 @@ def test_online_rl_trains_on_two_processes_each_generating_for_its_own_prompts(t
     ds3_gather_for_generation, on by default). Measured on 2 CPU cores, logged every 4 steps: GRPO -2.55 -> -0.05
     (DDP, bf16 autocast), -2.55 -> -0.02 (ZeRO-2 and ZeRO-3, fp32, the same history), RLOO -2.54 -> -0.01 (DDP);
     on the 16 held-out prompts -2.69 before, -0.02 to -0.016 after."""
-    from runner.launch import launcher as launch
-
     recipe = rl_recipe(tmp_path, task, max_steps=-1, num_train_epochs=1)  # as many steps as the plan counts
     recipe["data"]["eval"] = {"path": str(PROMPTS / "eval.jsonl"), "limit": 16}
     recipe["evaluation"] = {"baseline": True}  # the held-out mean reward before and after, measured on both ranks
     write_json(tmp_path / "recipe.json", recipe)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
-                             *launch.launcher_args(CONFIGS / f"{config}.yaml", 2, 1),
-                             "--main_process_port", str(free_port()), str(ROOT / "tests" / "rank_probe.py"),
-                             str(tmp_path / "recipe.json"), str(tmp_path / "probe")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = launched(config, str(ROOT / "tests" / "rank_probe.py"), str(tmp_path / "recipe.json"),
+                      str(tmp_path / "probe"))
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["status"] for r in ranks] == ["finished"] * 2
@@ -110,20 +115,9 @@ def test_online_rl_trains_on_two_processes_each_generating_for_its_own_prompts(t
 # --- resuming mid-RL ------------------------------------------------------------------------------------------
 
 
-def _interrupt_at(step: int):
-    """A callback that sends this process SIGINT at the end of `step`, as Ctrl-C would."""
-    from transformers import TrainerCallback
 
-    class Interrupt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    return Interrupt()
-
-
-def _straight_and_resumed(tmp_path, interrupt_at: int, **training) -> tuple[dict, dict, dict]:
-    """An uninterrupted run (a), and the same run (b) interrupted by Ctrl-C at the end of step `interrupt_at`, then
+def _straight_and_resumed(tmp_path, stop_at: int, **training) -> tuple[dict, dict, dict]:
+    """An uninterrupted run (a), and the same run (b) interrupted by Ctrl-C at the end of step `stop_at`, then
     resumed: the three run.json records (a, b as interrupted, b finished)."""
     from runner.commands.run import prepare, run, train
     from runner.plan.build import build_plan
@@ -137,7 +131,7 @@ def _straight_and_resumed(tmp_path, interrupt_at: int, **training) -> tuple[dict
     straight = run(build_plan(load_recipe(recipe("a"))), argv=["test"])
     path = recipe("b")
     prepared = prepare(build_plan(load_recipe(path)))
-    prepared.trainer.add_callback(_interrupt_at(interrupt_at))
+    prepared.trainer.add_callback(interrupt_at(stop_at))
     with pytest.raises(RunInterrupted):
         train(prepared.plan, prepared, ["test"])
     interrupted = json.loads((tmp_path / "b" / "run.json").read_text())
@@ -194,28 +188,18 @@ def test_a_grpo_run_under_zero3_stopped_on_one_rank_resumes_on_two_processes_as_
     """SIGTERM to rank 1 at step 3 (tests/signal_probe.py): both ranks stop together with checkpoint-4 (ZeRO-3
     partitions, one RNG state per rank); `--resume` under the same launch finishes, and steps 5-8 match an
     uninterrupted 2-process run exactly. Measured the same under DDP (checked by hand, not run here for time)."""
-    from runner.launch import launcher as launch
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-
-    def launched(*command):
-        return subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
-                               *launch.launcher_args(CONFIGS / "deepspeed_zero3.yaml", 2, 1),
-                               "--main_process_port", str(free_port()), *command],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
     for name in ("a", "b"):
         write_json(tmp_path / f"{name}.json", {**rl_recipe(tmp_path, max_steps=8, logging_steps=1),
                                                "output": {"dir": str(tmp_path / name)}})
-    straight = launched("-m", "runner", "run", str(tmp_path / "a.json"))
+    straight = launched("deepspeed_zero3", "-m", "runner", "run", str(tmp_path / "a.json"), timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    stopped = launched(str(ROOT / "tests" / "signal_probe.py"), str(tmp_path / "b.json"))
+    stopped = launched("deepspeed_zero3", str(ROOT / "tests" / "signal_probe.py"), str(tmp_path / "b.json"),
+                       timeout=300)
     assert stopped.returncode != 0 and "exitcode  : 143" in stopped.stderr, stopped.stderr[-3000:]
     checkpoint = tmp_path / "b" / "checkpoint-4"
     assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-4"]
     assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    resumed = launched("-m", "runner", "run", str(tmp_path / "b.json"), "--resume")
+    resumed = launched("deepspeed_zero3", "-m", "runner", "run", str(tmp_path / "b.json"), "--resume", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (json.loads((tmp_path / name / "run.json").read_text()) for name in ("a", "b"))
     assert b["status"] == "finished" and b["resumed_from"] == {"checkpoint": "checkpoint-4", "step": 4}
@@ -252,7 +236,6 @@ def test_a_reward_model_scores_whole_on_every_rank_under_zero3(tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from conftest import TINY_MODEL
-    from runner.launch import launcher as launch
 
     scorer = tmp_path / "scorer"
     AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(TINY_MODEL, num_labels=1)) \
@@ -261,12 +244,7 @@ def test_a_reward_model_scores_whole_on_every_rank_under_zero3(tmp_path):
     recipe = rl_recipe(tmp_path, max_steps=2, logging_steps=1)
     recipe["rewards"] = LENGTH + [{"type": "model", "path": str(scorer), "name": "scorer", "weight": 0.1}]
     write_json(tmp_path / "recipe.json", recipe)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
-                             *launch.launcher_args(CONFIGS / "deepspeed_zero3.yaml", 2, 1),
-                             "--main_process_port", str(free_port()), "-m", "runner", str(tmp_path / "recipe.json")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = launched("deepspeed_zero3", "-m", "runner", str(tmp_path / "recipe.json"))
     assert result.returncode == 0, result.stderr[-4000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "finished" and record["hardware"]["world_size"] == 2

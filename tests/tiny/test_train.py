@@ -18,6 +18,7 @@ from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
 from runner.commands.run import prepare, run
 from conftest import base_recipe, write_jsonl
+from faults import interrupt_at
 
 ROWS = reverse_rows(64, seed=3)
 FORMATS = {
@@ -298,20 +299,6 @@ def test_pickled_weights_load_only_when_the_recipe_allows_them(tmp_path, recipe_
     assert f"trust_remote_code is on: Python code from {pickled} will run" in capsys.readouterr().err
 
 
-def _interrupt_at(step: int):
-    """A callback that sends this process SIGINT at the end of `step`, as Ctrl-C would."""
-    import os
-    import signal
-
-    from transformers import TrainerCallback
-
-    class Interrupt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    return Interrupt()
-
 
 def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe_file):
     """Ctrl-C mid-run saves a checkpoint and stops; --resume finishes with what an uninterrupted run gives."""
@@ -326,7 +313,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_losses(tmp_path, recipe
 
     path = recipe_file(base_recipe(tmp_path, training=training, output={"dir": str(tmp_path / "b")}), "b.json")
     prepared = prepare(build_plan(load_recipe(path)))
-    prepared.trainer.add_callback(_interrupt_at(3))
+    prepared.trainer.add_callback(interrupt_at(3))
     from runner.commands.run import train
     with pytest.raises(RunInterrupted) as info:
         train(prepared.plan, prepared, ["test"])
@@ -391,7 +378,7 @@ def test_out_of_memory_names_the_settings_that_reduce_memory(tmp_path, recipe_fi
 def test_a_signal_after_the_last_step_still_completes_the_run(tmp_path, recipe_file):
     write_jsonl(tmp_path / "train.jsonl", FORMATS["text"])
     prepared = prepare(build_plan(load_recipe(recipe_file(base_recipe(tmp_path, training={"max_steps": 3})))))
-    prepared.trainer.add_callback(_interrupt_at(3))
+    prepared.trainer.add_callback(interrupt_at(3))
     from runner.commands.run import train
     manifest = train(prepared.plan, prepared, ["test"])
     assert manifest["status"] == "finished" and (tmp_path / "run" / "model.safetensors").is_file()

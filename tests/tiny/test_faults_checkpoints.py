@@ -17,8 +17,7 @@ import pytest
 
 from assets import reverse_rows
 from conftest import base_recipe, write_json, write_jsonl
-from faults import Outcome, Snapshot, assert_user_error, cli
-from test_train import _interrupt_at
+from faults import Outcome, Snapshot, assert_user_error, cli, interrupt_at
 
 STEPS, SAVE_EVERY, STOP_AT = 6, 2, 4
 TRAINING = {"max_steps": STEPS, "save_strategy": "steps", "save_steps": SAVE_EVERY, "learning_rate": 5e-3,
@@ -37,7 +36,7 @@ def interrupted(tmp_path_factory) -> Path:
     write_jsonl(made / "train.jsonl", [{"text": r["prompt"] + r["completion"]} for r in reverse_rows(64, seed=5)])
     path = write_json(made / "recipe.json", recipe(made, made / "run"))
     prepared = prepare(build_plan(load_recipe(path)))
-    prepared.trainer.add_callback(_interrupt_at(STOP_AT - 1))  # the runner sees it at the end of the next step
+    prepared.trainer.add_callback(interrupt_at(STOP_AT - 1))  # the runner sees it at the end of the next step
     with pytest.raises(RunInterrupted):
         train(prepared.plan, prepared, ["test"])
     assert sorted(p.name for p in (made / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

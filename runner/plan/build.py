@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from runner import __version__
+from runner.plan import adapter_runs
 from runner.plan import decisions
 from runner.plan import gguf_file
 from runner.plan import data_sources
@@ -37,7 +38,8 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
     fmt = data_sources.parts(doc["data"], task)["train"][0]["format"]  # a mixture's sources share its shape
     raw_config, config_source = read_model_config(doc["model"])
     model_config = {**raw_config, **doc["model"]["config_overrides"]} if raw_config else None
-    problems = check_model(doc["model"], raw_config, task) + data_sources.check_data(doc["data"], task)
+    problems = check_model(doc["model"], raw_config, task) + adapter_runs.check(doc, task)
+    problems += data_sources.check_data(doc["data"], task)
     problems += data_sources.check_streaming(doc, task)
     if fmt in task.formats:  # the remaining checks read the format's fields
         problems += check_training(doc, task, fmt) + check_evaluation(doc, task, fmt) + check_tool_template(doc, fmt)
@@ -56,7 +58,7 @@ def build_plan(recipe: Recipe, topology: Topology | None = None) -> dict:
         "output_dir": output_dir,
         "model": model_spec(doc["model"], task),
         "data": data_sources.data_spec(doc["data"], task, doc["evaluation"]["data"]),
-        "peft": peft_spec(doc["peft"], task, doc["model"]),
+        "peft": peft_with_run(doc, task),
         "trainer": {
             "config": trainer_config(doc, task, fmt, output_dir),
             "runner_settings": runner_settings(doc, task, fmt),
@@ -86,6 +88,9 @@ def read_model_config(model: dict) -> tuple[dict | None, str]:
         config, source, _ = gguf_file.read_config(model)
         return config, source
     location = model["name_or_path"]
+    from_run = adapter_runs.base_config(location, read_model_config)
+    if from_run is not None:
+        return from_run
     path = Path(location) / "config.json"
     if not Path(location).is_absolute():
         path = _cached_hub_config(location, model["revision"])
@@ -143,18 +148,33 @@ def check_model(model: dict, config: dict | None, task: Task) -> list[Problem]:
 
 
 def run_dir_problem(location: Path) -> list[Problem]:
-    """A run directory named as the start model that holds no full model: an adapter (to merge first) or nothing
-    (the run did not finish). A full fine-tuning run's directory is a model directory and loads as one."""
+    """A run directory named as the start model that holds no full model: an adapter whose run cannot be read (a
+    readable one is runner/plan/adapter_runs.py's) or nothing (the run did not finish). A full fine-tuning run's
+    directory is a model directory and loads as one."""
     if not (location / "plan.json").is_file():
         return []
     if (location / "adapter_config.json").is_file():
-        return [Problem("/model/name_or_path", f"{location} is a run that saved an adapter, not a whole model",
-                        f"merge it onto its base first (python -m runner merge {location} --out DIR) and name DIR")]
+        return [Problem("/model/name_or_path", f"{location} saved an adapter, but its plan.json or "
+                        "adapter_config.json cannot be read", f"merge it onto its base (python -m runner merge "
+                        f"{location} --out DIR) and name DIR")]
     return [Problem("/model/name_or_path", f"the run in {location} saved no model (it did not finish)",
                     "run it to the end, or name one of its checkpoints")]
 
 
 def model_spec(model: dict, task: Task) -> dict:
+    spec = _model_spec(model, task)
+    return {**spec, "adapter_run": adapter_runs.spec(model, spec)}
+
+
+def peft_with_run(doc: dict, task: Task) -> dict | None:
+    """The peft spec; an adapter that trains on (model.adapter 'train') is the run's, loaded with the model."""
+    spec = peft_spec(doc["peft"], task, doc["model"])
+    if doc["model"]["adapter"] == "train" and spec is not None:
+        return {**spec, "continues": doc["model"]["name_or_path"]}
+    return spec
+
+
+def _model_spec(model: dict, task: Task) -> dict:
     return {
         "task": task.name,  # which Auto class loads it (runner/train/task_code.py)
         "name_or_path": model["name_or_path"],
@@ -255,13 +275,17 @@ def format_only_settings(doc: dict, task: Task, fmt: str) -> dict:
 
 def reference_model(doc: dict, task: Task) -> str | None:
     """Where a preference loss or the RL KL term gets its reference: `copy` is a frozen copy the runner makes of the
-    start model; `reloaded`, TRL's own second load of model.name_or_path (GRPO, RLOO)."""
+    start model; `reloaded`, TRL's own second load of model.name_or_path (GRPO, RLOO); `adapter-disabled`, the base
+    with the trained adapter off; `adapter-copy`, a frozen copy of an earlier run's adapter that trains on."""
     if task.rewarded:  # GRPO / RLOO keep a reference only for the KL term (beta > 0)
         if doc["training"]["beta"] == 0:
             return None
-        return "adapter-disabled" if METHODS[doc["peft"]["method"]].adapter else "reloaded"
-    if not task.needs_reference:
+    elif not task.needs_reference:
         return None
+    if doc["model"]["adapter"] == "train":
+        return "adapter-copy"  # TRL's frozen "ref" copy of the adapter the run saved: the run's model
+    if task.rewarded:
+        return "adapter-disabled" if METHODS[doc["peft"]["method"]].adapter else "reloaded"
     if METHODS[doc["peft"]["method"]].adapter:
         return "adapter-disabled"  # the base itself, with the adapter switched off: no second copy
     if doc["training"]["precompute_ref_log_probs"]:

@@ -133,12 +133,15 @@ def rewards_spec(doc: dict) -> list[dict] | None:
 def check_reference(doc: dict) -> list[Problem]:
     """With beta > 0 TRL keeps a reference model: with an adapter, the base with the adapter off; with full
     fine-tuning it reloads the model from model.name_or_path, which has no weights for a random init and reads no
-    GGUF file: refused rather than compared with the wrong model."""
+    GGUF file nor merges an adapter run: refused rather than compared with the wrong model."""
     if doc["training"]["beta"] == 0 or METHODS[doc["peft"]["method"]].adapter:
         return []
     model = doc["model"]
-    if model["init"] == "random" or model["gguf_file"]:
-        what = "a randomly initialized model" if model["init"] == "random" else "a model read from a GGUF file"
+    not_the_start = {"a randomly initialized model": model["init"] == "random",
+                     "a model read from a GGUF file": bool(model["gguf_file"]),
+                     "an adapter run merged as it loads": model["adapter"] == "merge"}
+    what = next((text for text, applies in not_the_start.items() if applies), None)
+    if what:
         return [Problem("/training/beta", f"beta > 0 keeps a reference model, which TRL reloads from "
                         f"model.name_or_path: for {what} that is not the start model",
                         "train an adapter (peft: the base with the adapter off is the reference), or set beta to 0")]

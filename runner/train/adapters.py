@@ -12,7 +12,7 @@ HEAD = "head"  # keyword in `trainable`: every parameter outside the base model
 
 def peft_config(spec: dict | None):
     """The peft config a trainer wraps the model with, or None (full or partial fine-tuning)."""
-    if not method_of(spec).adapter:
+    if not method_of(spec).adapter or spec.get("continues"):  # an earlier run's adapter came with the model
         return None
     import peft
 
@@ -44,7 +44,7 @@ def prepare_model(model, spec: dict | None):
     if spec is not None and method_of(spec).trains_base:  # partial (full fine-tuning has no spec)
         freeze_all_but(model, spec["trainable"])
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if quantized and method_of(spec).adapter:  # training an adapter (not evaluating one)
+    if quantized and method_of(spec).adapter and not spec.get("continues"):  # training a new adapter
         model = compat.prepare_quantized_base(model)
     return model
 
@@ -52,7 +52,7 @@ def prepare_model(model, spec: dict | None):
 def wrap_for_classification(model, spec: dict | None):
     """transformers.Trainer takes no peft_config: wrap here. SEQ_CLS keeps the new head trainable."""
     model = prepare_model(model, spec)
-    if method_of(spec).adapter:
+    if method_of(spec).adapter and not spec.get("continues"):
         from peft import get_peft_model
 
         return get_peft_model(model, peft_config(spec))

@@ -54,6 +54,8 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
 
     from runner.train.task_code import TASK_CODE
 
+    if spec.get("adapter_run"):
+        return load_from_adapter_run(spec, seed, config_updates)
     model_class = TASK_CODE[spec["task"]].model_class()
     config = load_config(spec, config_updates)
     kwargs = {"trust_remote_code": spec["trust_remote_code"]}
@@ -87,6 +89,26 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
                       spec["name_or_path"], config=config, revision=spec["revision"], dtype=spec["dtype"] or "auto",
                       **kwargs)
     return compat.plain_gguf_model(model) if spec.get("gguf_file") else model
+
+
+def load_from_adapter_run(spec: dict, seed: int, config_updates: dict | None = None):
+    """The start model an earlier adapter run makes (runner/plan/adapter_runs.py): its adapter merged into its base,
+    or loaded onto it to train on (a quantized base prepared for k-bit training first, as for a new adapter)."""
+    from peft import PeftModel
+
+    run = spec["adapter_run"]
+    base = load_model(run["base"], seed, config_updates)
+    if run["mode"] == "train":
+        if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+            base = compat.prepare_quantized_base(base)
+        return hub_call("/model/name_or_path", run["run_dir"], PeftModel.from_pretrained, base, run["run_dir"],
+                        is_trainable=True)
+    merged = hub_call("/model/name_or_path", run["run_dir"], PeftModel.from_pretrained, base,
+                      run["run_dir"]).merge_and_unload()
+    merged.requires_grad_(True)  # peft froze the base for inference; what trains is for the recipe's peft to say
+    # a new adapter records the run as its base: it loads back onto this merged model (runner/commands/finished.py)
+    merged.config._name_or_path = merged.name_or_path = run["run_dir"]
+    return quantize_random(merged, spec) if spec.get("quantization") else merged
 
 
 def _quantization_device():

@@ -225,7 +225,8 @@ def _leaves(value):
 
 
 def test_a_run_directory_as_the_start_model_must_hold_a_whole_model(tmp_path, recipe_file):
-    """Chaining runs: a full fine-tuning run's directory is a model directory; an adapter run is merged first."""
+    """Chaining runs: a full fine-tuning run's directory is a model directory; an adapter run must be readable
+    (tests/quick/test_adapter_run_plans.py)."""
     from conftest import write_jsonl
 
     write_jsonl(tmp_path / "train.jsonl", [{"text": "a"}])
@@ -235,8 +236,8 @@ def test_a_run_directory_as_the_start_model_must_hold_a_whole_model(tmp_path, re
         (run / "plan.json").write_text("{}")
     (adapter_run / "adapter_config.json").write_text("{}")
     for run, message, hint in (
-        (adapter_run, f"{adapter_run} is a run that saved an adapter, not a whole model",
-         f"merge it onto its base first (python -m runner merge {adapter_run} --out DIR) and name DIR"),
+        (adapter_run, f"{adapter_run} saved an adapter, but its plan.json or adapter_config.json cannot be read",
+         f"merge it onto its base (python -m runner merge {adapter_run} --out DIR) and name DIR"),
         (unfinished, f"the run in {unfinished} saved no model (it did not finish)",
          "run it to the end, or name one of its checkpoints"),
     ):

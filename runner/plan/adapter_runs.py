@@ -1,0 +1,114 @@
+"""An earlier run that saved an adapter, named as the start model (`model.name_or_path`), with `model.adapter`
+saying how it becomes one: merged into its base as it loads, or trained on.
+
+The base is the run's, read from its plan.json and adapter_config.json (which records where the base's weights
+are: the run's model, or the random start weights the run kept in its directory). Pure: reads small files only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner.errors import Problem
+from runner.plan.methods import METHODS
+from runner.plan.tasks import TASKS, Task
+
+ADAPTER_FILE = "adapter_config.json"
+# the run's own base settings: set here they would describe another base than the one the adapter was trained on
+BASE_KEYS = {"gguf_file": None, "revision": "main", "config_overrides": {}, "init": "pretrained"}
+
+
+def run_plan(location: str) -> dict | None:
+    """The plan of the run in `location` when it is a finished adapter run, else None."""
+    run_dir = Path(location)
+    if not run_dir.is_absolute() or not (run_dir / ADAPTER_FILE).is_file() or not (run_dir / "plan.json").is_file():
+        return None
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+        adapter = json.loads((run_dir / ADAPTER_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(plan, dict) or not isinstance(adapter, dict) or "recipe" not in plan:
+        return None
+    return {**plan, "adapter_base": adapter.get("base_model_name_or_path")}
+
+
+def check(doc: dict, task: Task) -> list[Problem]:
+    model, mode = doc["model"], doc["model"]["adapter"]
+    run = run_plan(model["name_or_path"])
+    if run is None:
+        if mode is None:
+            return []
+        return [Problem("/model/adapter", f"{model['name_or_path']} is not a finished run that saved an adapter",
+                        "remove model.adapter, or name the output directory of an adapter run (its "
+                        "adapter_config.json and plan.json)")]
+    method, run_task = run["peft"]["method"], run["task"]
+    where = f"{model['name_or_path']} is a {run_task} run that saved a {method} adapter"
+    if mode is None:
+        return [Problem("/model/adapter", f"{where}: say how it becomes the start model",
+                        'set model.adapter to "merge" (merged into its base as it loads; peft says what trains) '
+                        'or "train" (the run\'s adapter trains on)')]
+    problems = [Problem(f"/model/{key}", f"the base is the run's ({where}): its own {key} applies",
+                        f"remove model.{key}")
+                for key, default in BASE_KEYS.items() if model[key] != default]
+    run_kind, kind = TASKS[run_task].peft_task_type, task.peft_task_type
+    if mode == "merge" and METHODS[method].soft_prompt:
+        problems.append(Problem("/model/adapter", f"{where}: it has no weights to merge (it adds virtual tokens to "
+                                                  "every input)", 'set model.adapter to "train"'))
+    elif mode == "merge" and run_kind not in (kind, "CAUSAL_LM"):
+        problems.append(Problem("/model/adapter", f"{where}: its {run_kind} adapter does not fit a {task.name} "
+                                                  f"model ({kind})", "start from the run's base instead"))
+    if mode == "train":
+        problems += _same_adapter(doc, task, run, where)
+    return problems
+
+
+def _same_adapter(doc: dict, task: Task, run: dict, where: str) -> list[Problem]:
+    """An adapter that trains on is the run's, as it was made: the recipe's peft section must say so."""
+    if TASKS[run["task"]].peft_task_type != task.peft_task_type:
+        return [Problem("/model/adapter", f"{where}: it cannot train on as a {task.name} model",
+                        'set model.adapter to "merge" and train a new adapter or the whole model')]
+    theirs, mine = run["recipe"]["peft"], doc["peft"]
+    fix = ("the run's adapter trains on as it was made; to change it, merge it (model.adapter: merge) and train "
+           "a new one")
+    return [Problem(f"/peft/{key}", f"is {json.dumps(mine.get(key))} here but the run's adapter has "
+                                    f"{json.dumps(theirs.get(key))}", f"set peft.{key} to {json.dumps(theirs.get(key))}: "
+                                                                      f"{fix}")
+            for key in sorted(set(theirs) | set(mine)) if theirs.get(key) != mine.get(key)]
+
+
+def base_config(location: str, read_config) -> tuple[dict | None, str] | None:
+    """The run's model config (its base's, with the run's overrides) and where it was read; None: not an adapter run.
+    `read_config` reads a recipe's model section as the plan does (a GGUF file's metadata, the Hub cache)."""
+    run = run_plan(location)
+    if run is None:
+        return None
+    run_model = run["recipe"]["model"]
+    config, source = read_config(run_model)
+    return ({**config, **run_model["config_overrides"]} if config else None), source
+
+
+def spec(model: dict, this: dict) -> dict | None:
+    """The plan's `adapter_run` section: the run, how its adapter is used, and the spec its base loads from.
+
+    `this` is the model spec of the recipe: the base is loaded in its dtype, attention and quantization, for its task.
+    A merged adapter's base is loaded unquantized (a low-rank update added to 4-bit blocks would be rounded away);
+    the merged model is quantized afterwards.
+    """
+    run = run_plan(model["name_or_path"])
+    if run is None or model["adapter"] is None:
+        return None
+    run_model, recorded = run["model"], run["adapter_base"]
+    load = {key: this[key] for key in ("task", "task_config", "dtype", "attn_implementation", "quantization",
+                                       "ignore_mismatched_sizes")}
+    if model["adapter"] == "merge":
+        load["quantization"] = None
+        if this["quantization"]:
+            load["dtype"] = this["quantization"]["kwargs"].get("bnb_4bit_compute_dtype") or this["dtype"]
+    if recorded == run_model["name_or_path"]:  # the run's own start model, however it was loaded (even merged)
+        base = {**run_model, **load}
+    else:  # the random start weights the run kept in its directory (runner/train/random_base.py)
+        base = {**run_model, **load, "name_or_path": recorded, "init": "pretrained", "config_overrides": {},
+                "gguf_file": None, "adapter_run": None}
+    return {"run_dir": model["name_or_path"], "mode": model["adapter"], "method": run["peft"]["method"],
+            "run_task": run["task"], "base": base}

@@ -42,7 +42,7 @@ def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
                                    "point at the run directory of a finished run")])
     if not adapter.is_file():  # saved as safetensors, also when trained from a GGUF file
         spec = {**plan["model"], "name_or_path": str(run_dir), "init": "pretrained", "config_overrides": {},
-                "gguf_file": None}
+                "gguf_file": None, "adapter_run": None}
         return models.load_model(spec, plan["recipe"]["training"]["seed"])
     from peft import PeftModel
 

@@ -1,0 +1,114 @@
+"""An SFT adapter run as the start of the next run, on the tiny Llama (random start weights the run keeps in its
+directory: the hardest base to find again). What must hold: the next run starts from the run's model, not its base
+(its held-out loss before training is the run's after it, to float precision); it trains; the next run's own model
+reloads (eval) through the chain; a KL reference is the run's model; and the run it starts from is left as it was."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import ROOT, TINY_MODEL, write_json
+from runner.commands.inference import evaluate_run
+from runner.commands.run import run
+from runner.plan.build import build_plan
+from runner.recipe.load import load_recipe
+
+REVERSE = ROOT / "recipes" / "assets" / "reverse"
+LORA = {"method": "lora", "r": 8}
+TRAINING = {"learning_rate": 5e-3, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 64,
+            "max_length": 64, "logging_steps": 10, "save_strategy": "no", "bf16": False}  # float32: exact comparisons
+
+
+def recipe(output_dir, model: dict, **sections) -> dict:
+    return {"name": output_dir.name, "model": model,
+            "data": {"format": "prompt_completion", "train": {"path": str(REVERSE / "train.jsonl")},
+                     "eval": {"path": str(REVERSE / "eval.jsonl")}},
+            "training": TRAINING, "evaluation": {"metrics": ["loss"], "max_examples": 64},
+            "output": {"dir": str(output_dir)}, **sections}
+
+
+# a new adapter from zero takes the SFT run's rate; an adapter that trains on, a gentler one (fresh Adam moments
+# at the run's rate undo some of its training first); every weight, gentler still
+LEARNING_RATES = {("merge", "lora"): 5e-3, ("train", "lora"): 1e-3, ("merge", "none"): 2e-3}
+
+
+def run_recipe(path, doc: dict) -> tuple[dict, dict]:
+    plan = build_plan(load_recipe(write_json(path, doc)))
+    return plan, run(plan, argv=["test"])
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """A LoRA SFT run on a randomly initialised model (60 steps, ~6 s): its adapter moved the model."""
+    folder = tmp_path_factory.mktemp("adapter-run")
+    doc = recipe(folder / "sft-lora", {"name_or_path": str(TINY_MODEL), "init": "random"}, peft=LORA,
+                 training={**TRAINING, "max_steps": 60},
+                 evaluation={"metrics": ["loss"], "max_examples": 64, "baseline": True})
+    _, manifest = run_recipe(folder / "sft.json", doc)
+    losses = manifest["metrics"]["before"]["loss"], manifest["metrics"]["after"]["loss"]
+    print(f"sft run: held-out loss {losses[0]:.4f} -> {losses[1]:.4f}")
+    assert losses[0] > losses[1] + 0.2, losses  # measured 5.58 -> 4.63: the base alone is far from the run's model
+    return folder / "sft-lora", manifest
+
+
+def digests(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("adapter, peft", [("merge", LORA), ("merge", {"method": "none"}), ("train", LORA)],
+                         ids=["merge-new-lora", "merge-full", "train-on"])
+def test_the_next_run_starts_from_the_runs_model_and_trains_it(tmp_path, sft_run, adapter, peft):
+    run_dir, sft = sft_run
+    kept = digests(run_dir)
+    doc = recipe(tmp_path / "next", {"name_or_path": str(run_dir), "adapter": adapter}, peft=peft,
+                 training={**TRAINING, "max_steps": 20, "learning_rate": LEARNING_RATES[adapter, peft["method"]]},
+                 evaluation={"metrics": ["loss"], "max_examples": 64, "baseline": True})
+    plan, manifest = run_recipe(tmp_path / "next.json", doc)
+    before, after = manifest["metrics"]["before"]["loss"], manifest["metrics"]["after"]["loss"]
+    print(f"{adapter} {peft['method']}: sft run's loss {sft['metrics']['after']['loss']:.5f}; next run "
+          f"{before:.5f} -> {after:.5f}")
+    # the adapter is in the start model (the base alone scores 5.58, the sft_run fixture checks it)
+    assert before == pytest.approx(sft["metrics"]["after"]["loss"], rel=1e-5)
+    assert after < before - 0.005
+    # the next run's model loads again through the chain: eval measures what the run measured at its end
+    assert evaluate_run(plan, tmp_path / "next")["after"]["loss"] == pytest.approx(after, rel=1e-5)
+    assert digests(run_dir) == kept  # the run it started from is read, never written
+    saved = tmp_path / "next" / "adapter_config.json"
+    if peft["method"] == "none":
+        assert not saved.exists() and (tmp_path / "next" / "model.safetensors").is_file()
+    elif adapter == "merge":  # a new adapter on the merged model records the run as its base
+        assert json.loads(saved.read_text())["base_model_name_or_path"] == str(run_dir)
+    else:  # the run's adapter, trained on: on the run's base, with its settings
+        config = json.loads(saved.read_text())
+        assert (config["base_model_name_or_path"], config["r"]) == (str(run_dir / "base_model"), 8)
+
+
+def test_grpo_training_on_the_runs_adapter_keeps_the_runs_model_as_its_kl_reference(tmp_path, sft_run):
+    """TRL keeps a frozen copy of an adapter it is given (its "ref" adapter): at the first step the policy is the
+    reference, KL exactly 0. The base without the adapter, the other possible reference, differs from it."""
+    from runner.train.models import load_model
+
+    run_dir, _ = sft_run
+    doc = recipe(tmp_path / "grpo", {"name_or_path": str(run_dir), "adapter": "train"}, task="grpo", peft=LORA,
+                 rewards=[{"type": "exact_match"}],
+                 training={"max_steps": 2, "per_device_train_batch_size": 16, "num_generations": 4, "beta": 0.04,
+                           "max_completion_length": 8, "disable_dropout": True, "logging_steps": 1,
+                           "save_strategy": "no"},
+                 evaluation={"metrics": ["rewards"], "max_examples": 8})
+    doc["data"] = {**doc["data"], "format": "prompt_only", "columns": {"answer": "completion"}}
+    plan, manifest = run_recipe(tmp_path / "grpo.json", doc)
+    assert plan["trainer"]["reference_model"] == "adapter-copy"
+    kl = [entry["kl"] for entry in manifest["history"] if "kl" in entry]
+    assert kl[0] == 0.0, kl
+
+    import torch
+
+    model = load_model(plan["model"], seed=0).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(ids).logits
+        assert (model(ids).logits - base).abs().max() > 1e-3

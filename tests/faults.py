@@ -45,7 +45,7 @@ def assert_user_error(outcome: Outcome, *named: str, code: int = EXIT_USER_ERROR
 
 
 class Snapshot:
-    """Every file under some roots, byte for byte (sha256), with its mode; `unchanged()` compares."""
+    """Every file under some roots, byte for byte (sha256), with its mode; `assert_unchanged()` compares."""
 
     def __init__(self, *roots: Path):
         self.roots = [Path(r) for r in roots]

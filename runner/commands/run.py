@@ -16,7 +16,8 @@ from pathlib import Path
 from runner import compat
 from runner.records import atomic, checkpoints, claim, summary
 from runner.data import load as data
-from runner.plan import deepspeed_json
+from runner.errors import RecipeError
+from runner.plan import adapter_runs, deepspeed_json
 from runner.launch import diskspace, machine
 from runner.launch import ranks as distributed
 from runner.evaluate import measure as evaluation
@@ -94,7 +95,11 @@ def _prepare(plan: dict, state, hw: dict, cpu_group) -> Prepared:
                                           lambda: resume.resume_point(run_dir, plan["recipe"], state.num_processes))
     state.wait_for_everyone()  # no process writes before every process has checked
     if resume_from is not None and (run_dir / "plan.json").is_file():  # a resumed run keeps its first decisions
-        fast.check_same_decisions(plan, json.loads((run_dir / "plan.json").read_text()))
+        earlier = json.loads((run_dir / "plan.json").read_text())
+        fast.check_same_decisions(plan, earlier)
+        problems = adapter_runs.changed_adapter(earlier["model"].get("adapter_run"))  # and its start model
+        if problems:
+            raise RecipeError(problems)
     diskspace.warn_if_short_of_space(plan, show=state.is_main_process)
 
     seed = plan["recipe"]["training"]["seed"]

@@ -6,6 +6,7 @@ are: the run's model, or the random start weights the run kept in its directory)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from runner.plan.methods import METHODS
 from runner.plan.tasks import TASKS, Task
 
 ADAPTER_FILE = "adapter_config.json"
+WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 # the run's own base settings: set here they would describe another base than the one the adapter was trained on
 BASE_KEYS = {"gguf_file": None, "revision": "main", "config_overrides": {}, "init": "pretrained"}
 
@@ -111,4 +113,30 @@ def spec(model: dict, this: dict) -> dict | None:
         base = {**run_model, **load, "name_or_path": recorded, "init": "pretrained", "config_overrides": {},
                 "gguf_file": None, "adapter_run": None}
     return {"run_dir": model["name_or_path"], "mode": model["adapter"], "method": run["peft"]["method"],
-            "run_task": run["task"], "base": base}
+            "run_task": run["task"], "adapter_sha256": weights_digest(model["name_or_path"]), "base": base}
+
+
+def weights_digest(run_dir: str) -> str | None:
+    """The sha256 of the adapter's weights: the record of which adapter this run started from, checked again
+    whenever the run's model is rebuilt from it (resume, eval, predict, merge, quantize). Tens of MB for a LoRA of
+    a 7B model: well under a second (runner/records/checkpoints.py measures the hashing)."""
+    found = next((Path(run_dir) / name for name in WEIGHTS_FILES if (Path(run_dir) / name).is_file()), None)
+    return file_sha256(found) if found else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def changed_adapter(run: dict) -> list[Problem]:
+    """The plan's adapter run no longer holds the adapter the plan recorded (overwritten by a new run of its recipe,
+    say): building on it would mix another start model with this run's training."""
+    if not run or run.get("adapter_sha256") is None or weights_digest(run["run_dir"]) == run["adapter_sha256"]:
+        return []
+    return [Problem("/model/name_or_path", f"the adapter in {run['run_dir']} has changed since this run started "
+                                           f"from it (its sha256 was {run['adapter_sha256'][:12]}...)",
+                    "restore that run's adapter, or start this run over with --overwrite")]

@@ -6,6 +6,7 @@ import sys
 
 from runner import compat
 from runner.errors import Problem, RecipeError
+from runner.plan import adapter_runs
 
 
 def load_tokenizer(spec: dict):
@@ -97,6 +98,9 @@ def load_from_adapter_run(spec: dict, seed: int, config_updates: dict | None = N
     from peft import PeftModel
 
     run = spec["adapter_run"]
+    changed = adapter_runs.changed_adapter(run)
+    if changed:
+        raise RecipeError(changed)
     base = load_model(run["base"], seed, config_updates)
     if run["mode"] == "train":
         if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):

@@ -4,12 +4,12 @@ directory: the hardest base to find again). What must hold: the next run starts 
 reloads (eval) through the chain; a KL reference is the run's model; and the run it starts from is left as it was."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 
 from conftest import ROOT, TINY_MODEL, write_json
+from faults import Snapshot
 from runner.commands.inference import evaluate_run
 from runner.commands.run import run
 from runner.plan.build import build_plan
@@ -53,16 +53,11 @@ def sft_run(tmp_path_factory):
     return folder / "sft-lora", manifest
 
 
-def digests(folder) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("adapter, peft", [("merge", LORA), ("merge", {"method": "none"}), ("train", LORA)],
                          ids=["merge-new-lora", "merge-full", "train-on"])
 def test_the_next_run_starts_from_the_runs_model_and_trains_it(tmp_path, sft_run, adapter, peft):
     run_dir, sft = sft_run
-    kept = digests(run_dir)
+    kept = Snapshot(run_dir)
     doc = recipe(tmp_path / "next", {"name_or_path": str(run_dir), "adapter": adapter}, peft=peft,
                  training={**TRAINING, "max_steps": 20, "learning_rate": LEARNING_RATES[adapter, peft["method"]]},
                  evaluation={"metrics": ["loss"], "max_examples": 64, "baseline": True})
@@ -75,7 +70,7 @@ def test_the_next_run_starts_from_the_runs_model_and_trains_it(tmp_path, sft_run
     assert after < before - 0.005
     # the next run's model loads again through the chain: eval measures what the run measured at its end
     assert evaluate_run(plan, tmp_path / "next")["after"]["loss"] == pytest.approx(after, rel=1e-5)
-    assert digests(run_dir) == kept  # the run it started from is read, never written
+    kept.assert_unchanged()  # the run it started from is read, never written
     saved = tmp_path / "next" / "adapter_config.json"
     if peft["method"] == "none":
         assert not saved.exists() and (tmp_path / "next" / "model.safetensors").is_file()
@@ -135,3 +130,49 @@ def test_a_4bit_recipe_starts_from_the_runs_model_in_4bit(tmp_path, sft_run, ada
     print(f"4-bit {adapter}: start {before:.4f}, the run's {sft['metrics']['after']['loss']:.4f}")
     # 4-bit rounding moves the loss a little; the base alone is 0.95 away (the sft_run fixture)
     assert before == pytest.approx(sft["metrics"]["after"]["loss"], abs=0.05)
+
+
+def test_a_changed_start_adapter_is_refused_on_resume_and_eval(tmp_path, sft_run):
+    """The plan records the sha256 of the adapter a run starts from. If that run is replaced (trained again into
+    the same directory, say), resuming the next run or reloading its model would put its training on another start
+    model: both are refused, naming the run, and nothing is written."""
+    import shutil
+
+    from faults import interrupt_at
+    from runner.commands.run import prepare, train
+    from runner.errors import RecipeError
+    from runner.train.resume import RunInterrupted
+
+    start = tmp_path / "sft-lora"
+    shutil.copytree(sft_run[0], start)
+    doc = recipe(tmp_path / "next", {"name_or_path": str(start), "adapter": "merge"}, peft=LORA,
+                 training={**TRAINING, "max_steps": 4, "save_strategy": "steps", "save_steps": 2})
+    path = write_json(tmp_path / "next.json", doc)
+    plan = build_plan(load_recipe(path))
+    assert len(plan["model"]["adapter_run"]["adapter_sha256"]) == 64
+    prepared = prepare(plan)
+    prepared.trainer.add_callback(interrupt_at(2))
+    with pytest.raises(RunInterrupted):
+        train(prepared.plan, prepared, ["test"])
+
+    weights = start / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # another adapter in the same place
+    kept = Snapshot(tmp_path / "next")
+    doc["output"]["if_exists"] = "resume"
+    with pytest.raises(RecipeError) as info:
+        prepare(build_plan(load_recipe(write_json(tmp_path / "next.json", doc))))
+    [problem] = info.value.problems
+    assert (problem.path, problem.hint) == ("/model/name_or_path", "restore that run's adapter, or start this run "
+                                                                   "over with --overwrite")
+    assert problem.message.startswith(f"the adapter in {start} has changed since this run started from it")
+    with pytest.raises(RecipeError) as info:
+        load_trained_checkpoint(tmp_path / "next")
+    assert info.value.problems[0].message == problem.message
+    kept.assert_unchanged()
+
+
+def load_trained_checkpoint(run_dir):
+    """What `predict RUN_DIR/checkpoint-2` loads: the checkpoint's adapter on the run's start model."""
+    from runner.commands.finished import load_trained, read_plan
+
+    return load_trained(run_dir / "checkpoint-2", read_plan(run_dir))

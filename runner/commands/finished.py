@@ -44,29 +44,11 @@ def load_trained(run_dir: Path, plan: dict, config_updates: dict | None = None):
         spec = {**plan["model"], "name_or_path": str(run_dir), "init": "pretrained", "config_overrides": {},
                 "gguf_file": None, "adapter_run": None}
         return models.load_model(spec, plan["recipe"]["training"]["seed"])
-    from peft import PeftModel
-
-    base = json.loads(adapter.read_text())["base_model_name_or_path"]
     if config_updates is None and (run_dir / outputs.MANIFEST).is_file():  # e.g. the label map of a classifier
         config_updates = json.loads((run_dir / outputs.MANIFEST).read_text()).get("config_updates")
     if config_updates and "id2label" in config_updates:  # JSON made the ids strings
         config_updates = {**config_updates, "id2label": {int(k): v for k, v in config_updates["id2label"].items()}}
-    model = models.load_model(adapter_base(plan["model"], base), plan["recipe"]["training"]["seed"], config_updates)
-    return PeftModel.from_pretrained(model, run_dir)
-
-
-def adapter_base(model: dict, recorded: str) -> dict:
-    """The spec of the base a run's adapter loads onto, from the run's model spec and the base peft recorded."""
-    continued = model.get("adapter_run") or {}
-    if continued.get("mode") == "train":  # an earlier run's adapter, trained on: that run's base
-        return {**continued["base"], "dtype": model["dtype"], "quantization": model["quantization"]}
-    recipe_base = recorded == model["name_or_path"]  # not a random base kept in the run directory
-    # peft records only the base's directory or Hub id: a GGUF file in it is named by the plan (plan.json);
-    # a merged adapter run (the recorded base) is merged again as the plan's adapter_run says
-    return {**model, "name_or_path": recorded, "init": "pretrained",
-            "config_overrides": model["config_overrides"] if recipe_base else {},
-            "gguf_file": model.get("gguf_file") if recipe_base else None,
-            "adapter_run": model.get("adapter_run") if recipe_base else None}
+    return models.load_with_adapter(run_dir, plan["model"], plan["recipe"]["training"]["seed"], config_updates)
 
 
 def saved_tokenizer(plan: dict, run_dir: Path, where: str):

@@ -153,6 +153,12 @@ def run_dir_problem(location: Path) -> list[Problem]:
     directory is a model directory and loads as one."""
     if not (location / "plan.json").is_file():
         return []
+    run = adapter_runs.run_plan(str(location))
+    if run is not None:
+        return [Problem("/model/name_or_path", f"{location} is an adapter run whose base has no readable config "
+                        f"(its adapter_config.json names {run['adapter_base']})",
+                        "put the base where the run found it (a Hub model: in the local cache), or merge the "
+                        "adapter where it is (python -m runner merge) and name the merged directory")]
     if (location / "adapter_config.json").is_file():
         return [Problem("/model/name_or_path", f"{location} saved an adapter, but its plan.json or "
                         "adapter_config.json cannot be read", f"merge it onto its base (python -m runner merge "

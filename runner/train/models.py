@@ -1,8 +1,10 @@
 """Model and tokenizer from the plan's model spec: pretrained weights, or a fresh model built from a config."""
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 from runner import compat
 from runner.errors import Problem, RecipeError
@@ -69,8 +71,8 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
     # A missing kernel package (flash-attn) surfaces as ImportError or ValueError from either call.
     where = "/model/attn_implementation" if spec["attn_implementation"] else "/model/name_or_path"
     quantization = spec.get("quantization")
+    set_seed(seed)  # the same recipe builds the same initial weights (a new head on a checkpoint's too)
     if spec["init"] == "random":
-        set_seed(seed)  # the same recipe builds the same initial weights
         dtype = torch.float32 if spec["dtype"] in ("auto", None) else getattr(torch, spec["dtype"])
         # A base to be quantized is built where bitsandbytes will put it: initialising 8B weights on a GPU
         # takes seconds, on a CPU minutes. (The same seed gives other numbers on another device.)
@@ -95,24 +97,38 @@ def load_model(spec: dict, seed: int, config_updates: dict | None = None, quanti
 def load_from_adapter_run(spec: dict, seed: int, config_updates: dict | None = None):
     """The start model an earlier adapter run makes (runner/plan/adapter_runs.py): its adapter merged into its base,
     or loaded onto it to train on (a quantized base prepared for k-bit training first, as for a new adapter)."""
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
     run = spec["adapter_run"]
     changed = adapter_runs.changed_adapter(run)
     if changed:
         raise RecipeError(changed)
-    base = load_model(run["base"], seed, config_updates)
+    base = load_model(adapter_runs.base_to_load(spec), seed, config_updates)
     if run["mode"] == "train":
         if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
             base = compat.prepare_quantized_base(base)
         return hub_call("/model/name_or_path", run["run_dir"], PeftModel.from_pretrained, base, run["run_dir"],
                         is_trainable=True)
-    merged = hub_call("/model/name_or_path", run["run_dir"], PeftModel.from_pretrained, base,
-                      run["run_dir"]).merge_and_unload()
+    # without its task type: a causal LM's adapter sits on the transformer blocks a reward model shares too
+    config = PeftConfig.from_pretrained(run["run_dir"])
+    config.task_type = None
+    merged = hub_call("/model/name_or_path", run["run_dir"], PeftModel.from_pretrained, base, run["run_dir"],
+                      config=config).merge_and_unload()
     merged.requires_grad_(True)  # peft froze the base for inference; what trains is for the recipe's peft to say
     # a new adapter records the run as its base: it loads back onto this merged model (runner/commands/finished.py)
     merged.config._name_or_path = merged.name_or_path = run["run_dir"]
     return quantize_random(merged, spec) if spec.get("quantization") else merged
+
+
+def load_with_adapter(run_dir: Path, model_spec: dict, seed: int, config_updates: dict | None = None):
+    """A run's saved adapter on the base it was trained on (runner/plan/adapter_runs.py base_spec decides which, for
+    `plan` too), loaded in the load settings of the run's model spec (which `merge` and `quantize` adjust)."""
+    from peft import PeftModel
+
+    recorded = json.loads((run_dir / adapter_runs.ADAPTER_FILE).read_text())["base_model_name_or_path"]
+    base = adapter_runs.base_spec({"model": model_spec, "adapter_base": recorded})
+    base = {**base, **{key: model_spec[key] for key in adapter_runs.LOAD_KEYS if key in model_spec}}
+    return PeftModel.from_pretrained(load_model(base, seed, config_updates), run_dir)
 
 
 def _quantization_device():

@@ -3,6 +3,8 @@ from its plan.json and adapter_config.json, every conflicting setting is refused
 which base loads, what trains and what the reference model is. tests/tiny/test_adapter_runs.py trains them."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from conftest import TINY_MODEL, base_recipe, write_json, write_jsonl
@@ -25,6 +27,9 @@ def adapter_run(tmp_path, recipe_file, peft: dict = LORA, task: str = "sft", ini
     run_dir.mkdir()
     (run_dir / "plan.json").write_text(to_json(plan))
     base = run_dir / "base_model" if init == "random" else TINY_MODEL
+    if init == "random":  # the start weights' folder (its config; the weights are not read by plan)
+        (base).mkdir()
+        shutil.copy(TINY_MODEL / "config.json", base / "config.json")
     write_json(run_dir / "adapter_config.json", {"base_model_name_or_path": str(base), "peft_type": "LORA"})
     return run_dir, plan
 
@@ -114,8 +119,11 @@ def test_what_an_adapter_cannot_become_is_refused(tmp_path, recipe_file):
     [(path, message, _)] = problems_of(chained(tmp_path, recipe_file, sft_run, "train", task="reward", peft=LORA))
     assert path == "/model/adapter" and message.endswith("it cannot train on as a reward model")
     reward_run, _ = adapter_run(tmp_path, recipe_file, task="reward", init="pretrained")
-    [(path, message, _)] = problems_of(chained(tmp_path, recipe_file, reward_run, "merge"))
-    assert message.endswith("its SEQ_CLS adapter does not fit a sft model (CAUSAL_LM)")
+    for task in ("sft", "reward"):  # its score head was trained for that run's scores
+        [(path, message, hint)] = problems_of(chained(tmp_path, recipe_file, reward_run, "merge", task=task))
+        assert (path, hint) == ("/model/adapter", f"merge it (python -m runner merge {reward_run} --out DIR) and "
+                                                  "name DIR")
+        assert message.endswith("only a causal language model's adapter can start another run")
     # a causal LM's adapter sits on the transformer blocks a reward model shares: merged, it starts one
     assert build_plan(chained(tmp_path, recipe_file, sft_run, "merge", task="reward"))["model"]["adapter_run"]
 
@@ -136,3 +144,33 @@ def test_the_kl_reference_of_online_rl_is_the_runs_model(tmp_path, recipe_file, 
                                    "model.name_or_path: for an adapter run merged as it loads that is not the start model")
     else:
         assert build_plan(recipe)["trainer"]["reference_model"] == reference
+
+
+def test_a_chain_of_adapter_runs_finds_the_first_runs_base(tmp_path, recipe_file):
+    """A (a pretrained model with config overrides, LoRA) -> B (trains A's adapter on) -> C (merges B's): C's base
+    is A's, overrides included, loaded for C's task; B's own adapter_config names A's base, not B's start."""
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b", "chosen": "b", "rejected": "c"}])
+    first = base_recipe(tmp_path, model={"name_or_path": str(TINY_MODEL), "init": "pretrained",
+                                         "config_overrides": {"rms_norm_eps": 1e-3}},
+                        data={"format": "prompt_completion"}, peft=LORA, output={"dir": str(tmp_path / "a")})
+    runs = {}
+    for name, start in (("a", None), ("b", "train")):
+        doc = first if start is None else chained(tmp_path, recipe_file, runs["a"], start, peft=LORA)
+        plan = build_plan(doc if start else load_recipe(recipe_file(first, "a.json")))
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "plan.json").write_text(to_json(plan))
+        write_json(run_dir / "adapter_config.json", {"base_model_name_or_path": str(TINY_MODEL)})
+        runs[name] = run_dir
+    plan = build_plan(chained(tmp_path, recipe_file, runs["b"], "merge", task="reward"))
+    base = plan["model"]["adapter_run"]["base"]
+    assert (base["name_or_path"], base["config_overrides"], base["task"]) == \
+        (str(TINY_MODEL), {"rms_norm_eps": 1e-3}, "reward")
+
+
+def test_an_adapter_run_whose_base_is_gone_says_so(tmp_path, recipe_file):
+    run_dir, _ = adapter_run(tmp_path, recipe_file)
+    shutil.rmtree(run_dir / "base_model")  # the random start weights the run kept, gone
+    [(path, message, _)] = problems_of(chained(tmp_path, recipe_file, run_dir, "merge"))
+    assert (path, message) == ("/model/name_or_path", f"{run_dir} is an adapter run whose base has no readable "
+                               f"config (its adapter_config.json names {run_dir / 'base_model'})")

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, TINY_MODEL, write_json
 from faults import Snapshot
 from runner.commands.inference import evaluate_run
+from runner.commands.merge import merge
 from runner.commands.run import run
 from runner.plan.build import build_plan
 from runner.recipe.load import load_recipe
@@ -32,6 +33,20 @@ def recipe(output_dir, model: dict, **sections) -> dict:
 # a new adapter from zero takes the SFT run's rate; an adapter that trains on, a gentler one (fresh Adam moments
 # at the run's rate undo some of its training first); every weight, gentler still
 LEARNING_RATES = {("merge", "lora"): 5e-3, ("train", "lora"): 1e-3, ("merge", "none"): 2e-3}
+
+
+def same_logits(run_dir, merged_dir) -> bool:
+    """The run's model as `eval` and `predict` load it and the merged copy `merge` wrote give the same logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from runner.commands.finished import load_trained, read_plan
+
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25]])
+    with torch.no_grad():
+        trained = load_trained(run_dir, read_plan(run_dir)).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()(ids).logits
+    return torch.allclose(trained, merged, atol=1e-5)
 
 
 def run_recipe(path, doc: dict) -> tuple[dict, dict]:
@@ -79,6 +94,8 @@ def test_the_next_run_starts_from_the_runs_model_and_trains_it(tmp_path, sft_run
     else:  # the run's adapter, trained on: on the run's base, with its settings
         config = json.loads(saved.read_text())
         assert (config["base_model_name_or_path"], config["r"]) == (str(run_dir / "base_model"), 8)
+    if peft["method"] != "none":  # `merge` rebuilds the same model: the run's start, and its adapter on top
+        assert same_logits(tmp_path / "next", merge(tmp_path / "next", tmp_path / "merged")["output_dir"])
 
 
 def test_grpo_training_on_the_runs_adapter_keeps_the_runs_model_as_its_kl_reference(tmp_path, sft_run):
@@ -176,3 +193,48 @@ def load_trained_checkpoint(run_dir):
     from runner.commands.finished import load_trained, read_plan
 
     return load_trained(run_dir / "checkpoint-2", read_plan(run_dir))
+
+
+def test_a_reward_model_starts_from_the_lora_sft_run_merged(tmp_path, sft_run):
+    """The RLHF chain's second step from an adapter run: its LoRA merged into the transformer blocks of a reward
+    model (the score head is new), which learns to tell the right reversal from a wrong one."""
+    run_dir, _ = sft_run
+    pairs = ROOT / "recipes" / "assets" / "reverse_near_miss"
+    doc = recipe(tmp_path / "reward", {"name_or_path": str(run_dir), "adapter": "merge"}, task="reward", peft=LORA,
+                 training={**TRAINING, "max_steps": 150, "learning_rate": 3e-3},
+                 evaluation={"metrics": ["pairwise_accuracy"], "max_examples": 200, "baseline": True})
+    doc["data"] = {"format": "preference", "train": {"path": str(pairs / "train.jsonl")},
+                   "eval": {"path": str(pairs / "eval.jsonl")}}
+    _, manifest = run_recipe(tmp_path / "reward.json", doc)
+    before, after = (manifest["metrics"][k]["pairwise_accuracy"] for k in ("before", "after"))
+    print(f"reward model from the merged LoRA run: pairwise accuracy {before:.2f} -> {after:.2f}")
+    assert after > max(before, 0.5) + 0.1
+
+    # GRPO scores with it as `eval` loads it: its LoRA on the merged SFT run, not on the SFT run's base
+    import torch
+
+    from runner.commands.finished import load_trained, read_plan
+    from runner.train.rewards import reward_model
+
+    scorer, tokenizer = reward_model({"path": str(tmp_path / "reward"), "where": "/rewards/0"})
+    batch = tokenizer(["reverse abc = cba", "reverse abc = abc"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scores = scorer(**batch).logits
+        evaluated = load_trained(tmp_path / "reward", read_plan(tmp_path / "reward")).eval()(**batch).logits
+    assert torch.allclose(scores, evaluated, atol=1e-5), (scores, evaluated)
+
+
+def test_a_run_chained_from_a_chained_run_starts_where_it_ended(tmp_path, sft_run):
+    """sft_run -> B (trains its adapter on) -> C (merges B's): C's start is B's end, on sft_run's random base."""
+    run_dir, _ = sft_run
+    chain = {"b": ({"name_or_path": str(run_dir), "adapter": "train"}, 10),
+             "c": ({"name_or_path": str(tmp_path / "b"), "adapter": "merge"}, 2)}
+    losses = {}
+    for name, (model, steps) in chain.items():
+        doc = recipe(tmp_path / name, model, peft=LORA, training={**TRAINING, "max_steps": steps,
+                                                                  "learning_rate": 1e-3},
+                     evaluation={"metrics": ["loss"], "max_examples": 64, "baseline": True})
+        _, manifest = run_recipe(tmp_path / f"{name}.json", doc)
+        losses[name] = manifest["metrics"]["before"]["loss"], manifest["metrics"]["after"]["loss"]
+    print(f"chained twice: {losses}")
+    assert losses["c"][0] == pytest.approx(losses["b"][1], rel=1e-5) and losses["b"][1] != losses["b"][0]

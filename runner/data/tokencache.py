@@ -34,6 +34,7 @@ from pathlib import Path
 from runner import __version__, compat
 from runner.plan.cache_location import cache_root
 from runner.recipe.sources import all_sources, local_files
+from runner.records.checkpoints import sha256
 
 RECORD = "entry.json"  # written last, inside the entry: its presence means the entry is complete
 LIBRARIES = ("trl", "transformers", "tokenizers", "datasets")
@@ -147,23 +148,15 @@ def key_inputs(plan: dict, splits, tokenizer, settings: dict) -> dict:
         "libraries": {name: version(name) for name in LIBRARIES},
         "task": plan["task"], "format": plan["data"]["format"],
         "data": data, "sources": sources,
-        "files": {path: file_hash(Path(path)) for path in local_files(recipe)},
+        "files": {path: sha256(Path(path)) for path in local_files(recipe)},
         "hub_fingerprints": hub,
         "settings": settings,
         "tokenizer": tokenizer_hash(tokenizer),
         # the runner renders and masks conversations itself: a change to that code must miss
-        "chat_masks": file_hash(Path(__file__).with_name("chat_masks.py")),
-        "tool_calls": file_hash(Path(__file__).with_name("tool_calls.py")),  # how tool calls reach the template
-        "chat_template": file_hash(Path(recipe["model"]["chat_template"])) if recipe["model"]["chat_template"] else None,
+        "chat_masks": sha256(Path(__file__).with_name("chat_masks.py")),
+        "tool_calls": sha256(Path(__file__).with_name("tool_calls.py")),  # how tool calls reach the template
+        "chat_template": sha256(Path(recipe["model"]["chat_template"])) if recipe["model"]["chat_template"] else None,
     }
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -6,13 +6,13 @@ are: the run's model, or the random start weights the run kept in its directory)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from runner.errors import Problem
 from runner.plan.methods import METHODS
 from runner.recipe import schema
+from runner.records.checkpoints import sha256
 from runner.plan.tasks import TASKS, Task
 
 ADAPTER_FILE = "adapter_config.json"
@@ -145,15 +145,7 @@ def weights_digest(run_dir: str) -> str | None:
     whenever the run's model is rebuilt from it (resume, eval, predict, merge, quantize). Tens of MB for a LoRA of
     a 7B model: well under a second (runner/records/checkpoints.py measures the hashing)."""
     found = next((Path(run_dir) / name for name in WEIGHTS_FILES if (Path(run_dir) / name).is_file()), None)
-    return file_sha256(found) if found else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256(found) if found else None
 
 
 def changed_adapter(run: dict) -> list[Problem]:

@@ -35,32 +35,21 @@ MIN_ROW_S = 75  # do not start a row with less left (the H100's rows needed 35-7
 def worker(assets: str, mode: str, steps: int, warmup: int) -> None:
     """The runner side in its own process (bench/throughput.py's runner_worker, plus the memory estimate)."""
     started = time.perf_counter()
-    from meter import FirstStep, TokenMeter, report
+    from meter import report
     import throughput
-    from runner.commands import run
-    from runner.plan import build as plan_module
-    from runner.recipe.load import load_recipe
 
-    throughput.compatible_with_older_transformers()
     seen = common.capture_memory_estimate()
-    recipe = throughput.runner_recipe(Path(assets), mode, steps, {})
-    path = Path(assets) / f"recipe-{mode}.json"
-    path.write_text(json.dumps(recipe, indent=2))
-    prepared = run.prepare(plan_module.build_plan(load_recipe(str(path))))
+    prepared, meter, first = throughput.metered_runner(assets, mode, steps, warmup, {}, started)
     trainer = prepared.trainer
-    meter, first = TokenMeter(trainer.model, warmup), FirstStep(started)
-    trainer.add_callback(meter)
-    trainer.add_callback(first)
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    decided = {p: s.get("value") for p, s in prepared.plan["fast_defaults"]["settings"].items() if "value" in s}
     checkpointing = bool(getattr(trainer.args, "activation_checkpointing",
                                  getattr(trainer.args, "gradient_checkpointing", False)))
-    report({"side": "runner", "mode": mode, "decided": decided, "activation_checkpointing": checkpointing,
-            **common.estimate_peak_gib(seen, checkpointing), "args": common.training_args(trainer.args),
+    report({"side": "runner", "mode": mode, "decided": throughput.decided(prepared),
+            "activation_checkpointing": checkpointing, **common.estimate_peak_gib(seen, checkpointing), "args": common.training_args(trainer.args),
             **meter.result(trainer.model)}, started, first.at)
 
 

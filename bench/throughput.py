@@ -90,25 +90,36 @@ def runner_recipe(assets: Path, mode: str, steps: int, overrides: dict) -> dict:
 def runner_worker(assets: str, mode: str, steps: int, warmup: int, overrides: str) -> None:
     """The runner side, in its own process: plan, prepare (data, model, trainer, fast defaults), train."""
     started = time.perf_counter()
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "bench"))
-    from meter import FirstStep, TokenMeter, report
+    prepared, meter, first = metered_runner(assets, mode, steps, warmup, json.loads(overrides), started)
+    prepared.trainer.train()
+    from meter import report  # on the path metered_runner set
+
+    report({"side": "runner", "mode": mode, "decided": decided(prepared), **meter.result(prepared.trainer.model)},
+           started, first.at)
+
+
+def metered_runner(assets: str, mode: str, steps: int, warmup: int, overrides: dict, started: float):
+    """(the runner's prepared run, its token meter, its first-step clock) for `mode`'s recipe, ready to train."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    from meter import FirstStep, TokenMeter
     from runner.plan import build as plan_module
     from runner.commands import run
     from runner.recipe.load import load_recipe
 
     compatible_with_older_transformers()
-    recipe = runner_recipe(Path(assets), mode, steps, json.loads(overrides))
+    recipe = runner_recipe(Path(assets), mode, steps, overrides)
     path = Path(assets) / f"recipe-{mode}.json"
     path.write_text(json.dumps(recipe, indent=2))
     prepared = run.prepare(plan_module.build_plan(load_recipe(str(path))))
-    trainer = prepared.trainer
-    meter, first = TokenMeter(trainer.model, warmup), FirstStep(started)
-    trainer.add_callback(meter)
-    trainer.add_callback(first)
-    trainer.train()
-    decided = {p: s.get("value") for p, s in prepared.plan["fast_defaults"]["settings"].items() if "value" in s}
-    report({"side": "runner", "mode": mode, "decided": decided, **meter.result(trainer.model)}, started, first.at)
+    meter, first = TokenMeter(prepared.trainer.model, warmup), FirstStep(started)
+    prepared.trainer.add_callback(meter)
+    prepared.trainer.add_callback(first)
+    return prepared, meter, first
+
+
+def decided(prepared) -> dict:
+    """The fast defaults the runner decided on this machine, by recipe path."""
+    return {p: s.get("value") for p, s in prepared.plan["fast_defaults"]["settings"].items() if "value" in s}
 
 
 def compatible_with_older_transformers() -> None:

@@ -109,7 +109,7 @@ def spec(model: dict, this: dict) -> dict | None:
         return None
     return {"run_dir": model["name_or_path"], "mode": model["adapter"], "method": run["peft"]["method"],
             "run_task": run["task"], "adapter_sha256": weights_digest(model["name_or_path"]),
-            "base": {**base_spec(run), **{key: this[key] for key in LOAD_KEYS}}}
+            "base": {**base_spec(run), **load_settings(this)}}
 
 
 def base_spec(run: dict) -> dict:
@@ -132,12 +132,16 @@ def base_to_load(spec: dict) -> dict:
     settings, as decided at launch (dtype, attention). A base an adapter merges into loads unquantized, at the
     4-bit compute dtype (a low-rank update added to 4-bit blocks would be rounded away); the merged weights are
     quantized afterwards. Nested runs get the same settings in turn, when their own base loads."""
-    run = spec["adapter_run"]
-    settings = {key: spec[key] for key in LOAD_KEYS if key in spec}
+    run, settings = spec["adapter_run"], load_settings(spec)
     if run["mode"] == "merge" and spec.get("quantization"):
         compute = spec["quantization"]["kwargs"].get("bnb_4bit_compute_dtype")
         settings.update(quantization=None, dtype=compute or spec["dtype"])
     return {**run["base"], **settings}
+
+
+def load_settings(spec: dict) -> dict:
+    """How a model spec loads its weights (LOAD_KEYS), to load a run's base the same way."""
+    return {key: spec[key] for key in LOAD_KEYS if key in spec}
 
 
 def weights_digest(run_dir: str) -> str | None:

@@ -6,6 +6,7 @@ import re
 from runner.errors import Problem, RecipeError
 from runner import compat
 from runner.plan.methods import method_of
+from runner.train.models import is_quantized
 
 HEAD = "head"  # keyword in `trainable`: every parameter outside the base model
 
@@ -43,8 +44,7 @@ def prepare_model(model, spec: dict | None):
     (runner/compat.py). Adapters themselves are left to the trainer's peft_config."""
     if spec is not None and method_of(spec).trains_base:  # partial (full fine-tuning has no spec)
         freeze_all_but(model, spec["trainable"])
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if quantized and method_of(spec).adapter and not spec.get("continues"):  # training a new adapter
+    if is_quantized(model) and method_of(spec).adapter and not spec.get("continues"):  # training a new adapter
         model = compat.prepare_quantized_base(model)
     return model
 

@@ -105,7 +105,7 @@ def load_from_adapter_run(spec: dict, seed: int, config_updates: dict | None = N
         raise RecipeError(changed)
     base = load_model(adapter_runs.base_to_load(spec), seed, config_updates)
     if run["mode"] == "train":
-        if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        if is_quantized(base):
             base = compat.prepare_quantized_base(base)
         return hub_call("/model/name_or_path", run["run_dir"], PeftModel.from_pretrained, base, run["run_dir"],
                         is_trainable=True)
@@ -126,9 +126,14 @@ def load_with_adapter(run_dir: Path, model_spec: dict, seed: int, config_updates
     from peft import PeftModel
 
     recorded = json.loads((run_dir / adapter_runs.ADAPTER_FILE).read_text())["base_model_name_or_path"]
-    base = adapter_runs.base_spec({"model": model_spec, "adapter_base": recorded})
-    base = {**base, **{key: model_spec[key] for key in adapter_runs.LOAD_KEYS if key in model_spec}}
+    base = {**adapter_runs.base_spec({"model": model_spec, "adapter_base": recorded}),
+            **adapter_runs.load_settings(model_spec)}
     return PeftModel.from_pretrained(load_model(base, seed, config_updates), run_dir)
+
+
+def is_quantized(model) -> bool:
+    """Its weights are bitsandbytes 4- or 8-bit blocks."""
+    return getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
 
 
 def _quantization_device():

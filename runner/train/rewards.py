@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import re
 from pathlib import Path
 
 from runner.errors import Problem, RecipeError
+from runner.plan import adapter_runs
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -123,13 +123,13 @@ def reward_model(reward: dict):
     from runner.train.models import hub_call
 
     path, where = Path(reward["path"]), f"{reward['where']}/path"
-    if (path / "adapter_config.json").is_file() and (path / "plan.json").is_file():  # a reward run's adapter
+    run = adapter_runs.run_plan(reward["path"])
+    if run is not None:  # a reward run's adapter
         from runner.train.models import load_with_adapter
 
-        plan = json.loads((path / "plan.json").read_text())
         # on the base it was trained on, as `eval` of that run loads it (a GGUF file, kept random weights, a chain)
-        model = load_with_adapter(path, {**plan["model"], "task": plan["task"]},
-                                  plan["recipe"]["training"]["seed"]).merge_and_unload()
+        model = load_with_adapter(path, {**run["model"], "task": run["task"]},
+                                  run["recipe"]["training"]["seed"]).merge_and_unload()
     elif (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForSequenceClassification
 
